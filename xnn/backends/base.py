@@ -1,0 +1,94 @@
+"""The surface every backend offers, and the kernels written once against ``xp``.
+
+A :class:`Device` bundles an array namespace (``numpy`` or ``cupy``) with the few
+operations that are not plain ``xp`` calls: moving arrays to and from the host,
+a seeded random generator, synchronisation, and the windowed-view kernels that
+convolution needs (im2col / col2im on channels-last data).
+
+The generic kernels below use only ``xp`` functions that NumPy and CuPy share, so
+a backend overrides one only where it has a faster way of its own.
+"""
+from __future__ import annotations
+
+import numpy
+
+from ..errors import DeviceMismatchError
+
+
+class Device:
+    """One place arrays live and are computed on. Subclasses set ``name`` and ``xp``."""
+
+    name = "abstract"
+    xp = None
+    array_type: type = object
+
+    # ----------------------------------------------------------------- arrays
+    def owns(self, array) -> bool:
+        """True when ``array`` is an array of this device."""
+        return isinstance(array, self.array_type)
+
+    def check(self, array, what: str = "input") -> None:
+        """Raise :class:`DeviceMismatchError` unless ``array`` lives on this device."""
+        if not self.owns(array):
+            raise DeviceMismatchError(
+                f"{what} is a {type(array).__module__}.{type(array).__name__} but this "
+                f"operation runs on the {self.name} device; move it explicitly with "
+                f"xnn.device('{self.name}').asarray(...) or xnn.to_numpy(...)")
+
+    def asarray(self, host, dtype=None):
+        """Copy a host (NumPy) array, scalar or list to this device; arrays already here pass through."""
+        raise NotImplementedError
+
+    def to_numpy(self, array) -> numpy.ndarray:
+        """A NumPy copy (or the array itself on the CPU)."""
+        raise NotImplementedError
+
+    def rng(self, seed):
+        """A seeded random generator of this device's namespace."""
+        return self.xp.random.default_rng(seed)
+
+    def synchronize(self) -> None:
+        """Wait until queued work is done (a no-op on the CPU)."""
+
+    def as_strided(self, x, shape, strides):
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"xnn.device('{self.name}')"
+
+    # ------------------------------------------------------- conv kernels
+    def windows(self, x, kh: int, kw: int, sh: int, sw: int):
+        """Sliding windows of a channels-last array as a view, no copy.
+
+        x: (N, H, W, C), any strides.  Returns (N, Ho, Wo, kh, kw, C) with
+        ``out[n, i, j, a, b, c] = x[n, i*sh + a, j*sw + b, c]``.
+        """
+        n, h, w, c = x.shape
+        ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+        s_n, s_h, s_w, s_c = x.strides
+        return self.as_strided(x, (n, ho, wo, kh, kw, c),
+                               (s_n, s_h * sh, s_w * sw, s_h, s_w, s_c))
+
+    def im2col(self, x, kh: int, kw: int, sh: int, sw: int):
+        """Column matrix of a channels-last array, channels innermost.
+
+        x: (N, H, W, C) already padded.  Returns a C-contiguous
+        (N*Ho*Wo, kh*kw*C) matrix whose row (n, i, j) is the flattened window
+        (a, b, c); one GEMM with a (kh*kw*C, O) weight matrix is the convolution.
+        """
+        win = self.windows(x, kh, kw, sh, sw)
+        n, ho, wo = win.shape[:3]
+        return self.xp.ascontiguousarray(win).reshape(n * ho * wo, kh * kw * x.shape[3])
+
+    def col2im(self, cols, padded_shape, kh: int, kw: int, sh: int, sw: int):
+        """Adjoint of :meth:`im2col`: scatter-add window gradients back to pixels.
+
+        cols: (N, Ho, Wo, kh, kw, C).  Returns (N, Hp, Wp, C), the padded shape.
+        One vectorised add per kernel offset (kh*kw of them), never per pixel.
+        """
+        n, ho, wo = cols.shape[:3]
+        out = self.xp.zeros(padded_shape, dtype=cols.dtype)
+        for a in range(kh):
+            for b in range(kw):
+                out[:, a:a + sh * (ho - 1) + 1:sh, b:b + sw * (wo - 1) + 1:sw, :] += cols[:, :, :, a, b, :]
+        return out

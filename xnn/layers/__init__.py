@@ -1,0 +1,12 @@
+"""Layers: each a forward and a hand-written backward, written once against ``xp``."""
+from .activation import ReLU, Softmax
+from .base import Layer, he_normal, xavier_uniform
+from .conv import Conv2d
+from .linear import Linear
+from .loss import SoftmaxCrossEntropy
+from .padding import ReflectionPad2d
+from .pool import AvgPool2d, MaxPool2d
+from .shape import Flatten
+
+__all__ = ["Layer", "Linear", "ReLU", "Softmax", "SoftmaxCrossEntropy", "Conv2d", "MaxPool2d",
+           "AvgPool2d", "Flatten", "ReflectionPad2d", "he_normal", "xavier_uniform"]

@@ -1,0 +1,101 @@
+"""The layer contract.
+
+    y = layer.forward(x)       # caches what backward needs
+    dx = layer.backward(dy)    # (re)fills layer.grads[name] unless the layer is frozen
+    layer.params, layer.grads  # dicts name -> array on layer.device
+
+Parameters are made on the host with a seeded NumPy generator (so the CPU and the
+GPU start from the same numbers) and then copied once to the layer's device.
+"""
+from __future__ import annotations
+
+import numpy
+
+from ..backends import Device, cpu, device as get_device
+
+
+def he_normal(rng: numpy.random.Generator, shape, fan_in: int, dtype=numpy.float32):
+    """He et al. 2015: N(0, 2 / fan_in), for layers followed by ReLU."""
+    return (rng.standard_normal(shape) * numpy.sqrt(2.0 / fan_in)).astype(dtype)
+
+
+def xavier_uniform(rng: numpy.random.Generator, shape, fan_in: int, fan_out: int, dtype=numpy.float32):
+    """Glorot & Bengio 2010: U(-a, a), a = sqrt(6 / (fan_in + fan_out))."""
+    a = numpy.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-a, a, size=shape).astype(dtype)
+
+
+def init_weight(init: str, rng, shape, fan_in: int, fan_out: int, dtype):
+    if init == "he":
+        return he_normal(rng, shape, fan_in, dtype)
+    if init == "xavier":
+        return xavier_uniform(rng, shape, fan_in, fan_out, dtype)
+    raise ValueError(f"unknown initialiser {init!r}; choose 'he' or 'xavier'")
+
+
+def as_rng(seed_or_rng) -> numpy.random.Generator:
+    if isinstance(seed_or_rng, numpy.random.Generator):
+        return seed_or_rng
+    return numpy.random.default_rng(seed_or_rng)
+
+
+class Layer:
+    """Base class: parameter bookkeeping, freezing and device moves."""
+
+    def __init__(self, device: Device | str | None = None):
+        self.device = cpu if device is None else get_device(device)
+        self.params: dict = {}
+        self.grads: dict = {}
+        self.frozen = False
+        #: False lets a first layer skip computing the gradient of its input.
+        self.needs_input_grad = True
+
+    @property
+    def xp(self):
+        return self.device.xp
+
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, dy):
+        raise NotImplementedError
+
+    def __call__(self, x):
+        self.device.check(x, f"input of {type(self).__name__}")
+        return self.forward(x)
+
+    def _set_params(self, **host_arrays):
+        self.params = {k: self.device.asarray(v) for k, v in host_arrays.items()}
+        self.grads = {}
+
+    def zero_grad(self):
+        self.grads = {}
+
+    def freeze(self):
+        self.frozen = True
+        self.grads = {}
+        return self
+
+    def unfreeze(self):
+        self.frozen = False
+        return self
+
+    def to(self, device=None, dtype=None):
+        """Move parameters to another device and/or dtype (an explicit copy)."""
+        new = self.device if device is None else get_device(device)
+        moved = {}
+        for k, v in self.params.items():
+            host = self.device.to_numpy(v)
+            moved[k] = new.asarray(host if dtype is None else host.astype(dtype))
+        self.device = new
+        self.params = moved
+        self.grads = {}
+        self._clear_cache()
+        return self
+
+    def _clear_cache(self):
+        """Drop cached forward state (arrays of the old device)."""
+
+    def __repr__(self):
+        shapes = ", ".join(f"{k}{tuple(v.shape)}" for k, v in self.params.items())
+        return f"{type(self).__name__}({shapes})"

@@ -1,0 +1,119 @@
+"""Max and average pooling over (N, C, H, W), with overlapping windows and ceil mode."""
+from __future__ import annotations
+
+import math
+
+from .base import Layer
+
+
+def pool_output_size(size: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
+    """Output length along one axis (PyTorch's rule: a last window that would start
+    inside the right padding only is dropped)."""
+    span = size + 2 * p - k
+    out = (math.ceil(span / s) if ceil_mode else span // s) + 1
+    if ceil_mode and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+class _Pool2d(Layer):
+    def __init__(self, kernel_size, stride=None, padding: int = 0, ceil_mode: bool = False, device=None):
+        super().__init__(device)
+        k = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        s = k if stride is None else ((stride, stride) if isinstance(stride, int) else tuple(stride))
+        self.kernel_size, self.stride, self.padding, self.ceil_mode = k, s, int(padding), ceil_mode
+        if self.padding * 2 > min(k):
+            raise ValueError("pool padding must be at most half the kernel size")
+
+    def _geometry(self, h, w):
+        (kh, kw), (sh, sw), p = self.kernel_size, self.stride, self.padding
+        ho = pool_output_size(h, kh, sh, p, self.ceil_mode)
+        wo = pool_output_size(w, kw, sw, p, self.ceil_mode)
+        # padded extent that every window fits in: p before, the rest after
+        hp, wp = max(h + 2 * p, (ho - 1) * sh + kh), max(w + 2 * p, (wo - 1) * sw + kw)
+        return ho, wo, hp, wp
+
+    def _offsets(self, ho, wo):
+        """(a, b, slice_h, slice_w): the strided slice each kernel offset reads."""
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        for a in range(kh):
+            for b in range(kw):
+                yield a, b, slice(a, a + sh * (ho - 1) + 1, sh), slice(b, b + sw * (wo - 1) + 1, sw)
+
+    def _padded(self, x, hp, wp, fill):
+        n, c, h, w = x.shape
+        p = self.padding
+        if (hp, wp) == (h, w):
+            return x
+        out = self.xp.full((n, c, hp, wp), fill, dtype=x.dtype)
+        out[:, :, p:p + h, p:p + w] = x
+        return out
+
+
+class MaxPool2d(_Pool2d):
+    """y[n, c, i, j] = max over the window at (i*sh, j*sw) of the (-inf padded) input.
+
+    Forward takes the running maximum over the kh*kw strided slices and records
+    which offset won (the first one on ties).  Backward routes dy to that offset:
+    dx += dy * [winner == offset] for each offset; overlapping windows add up.
+    """
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        ho, wo, hp, wp = self._geometry(h, w)
+        xpad = self._padded(x, hp, wp, -self.xp.inf)
+        y = winner = None
+        for a, b, sa, sb in self._offsets(ho, wo):
+            v = xpad[:, :, sa, sb]
+            if y is None:
+                y, winner = v.copy(), self.xp.zeros(v.shape, dtype=self.xp.uint8)
+            else:
+                better = v > y
+                y = self.xp.where(better, v, y)
+                winner[better] = a * self.kernel_size[1] + b
+        self._winner, self._shape = winner, (x.shape, hp, wp)
+        return y
+
+    def backward(self, dy):
+        (n, c, h, w), hp, wp = self._shape
+        p = self.padding
+        dx = self.xp.zeros((n, c, hp, wp), dtype=dy.dtype)
+        ho, wo = dy.shape[2:]
+        for a, b, sa, sb in self._offsets(ho, wo):
+            dx[:, :, sa, sb] += dy * (self._winner == a * self.kernel_size[1] + b)
+        return dx[:, :, p:p + h, p:p + w]
+
+    def _clear_cache(self):
+        self._winner = self._shape = None
+
+
+class AvgPool2d(_Pool2d):
+    """y = mean of each window over the pixels that lie inside the input.
+
+    Padding and the ceil-mode overhang are excluded from the divisor (PyTorch's
+    count_include_pad=False).  Backward: each in-window pixel gets dy / divisor.
+    """
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        ho, wo, hp, wp = self._geometry(h, w)
+        xpad = self._padded(x, hp, wp, 0)
+        ones = self._padded(self.xp.ones((1, 1, h, w), dtype=x.dtype), hp, wp, 0)
+        total = count = 0
+        for _, _, sa, sb in self._offsets(ho, wo):
+            total = total + xpad[:, :, sa, sb]
+            count = count + ones[:, :, sa, sb]
+        self._inv_count, self._shape = 1 / count, (x.shape, hp, wp)
+        return total * self._inv_count
+
+    def backward(self, dy):
+        (n, c, h, w), hp, wp = self._shape
+        p = self.padding
+        dx = self.xp.zeros((n, c, hp, wp), dtype=dy.dtype)
+        g = dy * self._inv_count
+        for _, _, sa, sb in self._offsets(*dy.shape[2:]):
+            dx[:, :, sa, sb] += g
+        return dx[:, :, p:p + h, p:p + w]
+
+    def _clear_cache(self):
+        self._inv_count = self._shape = None

@@ -1,0 +1,176 @@
+"""Sequential: an ordered container of named layers.
+
+    net = Sequential([("fc1", Linear(784, 128)), ("relu1", ReLU()), ("fc2", Linear(128, 10))])
+    y = net.forward(x)                       # whole net
+    feats = net.features(x, ["relu1"])       # only as deep as needed, dict name -> output
+    dx = net.backward(dy)                    # from the output
+    dx = net.backward(inject={"relu1": g})   # gradients injected at named outputs,
+                                             # summed on the way down in ONE pass
+    net.params / net.grads                   # flat dicts "fc1.W" -> array
+    net.save("model.npz"); net.load("model.npz")
+"""
+from __future__ import annotations
+
+import os
+
+import numpy
+
+from .backends import device as get_device
+from .errors import XnnError
+from .layers.base import Layer
+
+
+class Sequential:
+    def __init__(self, layers, device=None):
+        named = []
+        for i, item in enumerate(layers):
+            name, layer = item if isinstance(item, tuple) else (f"{i}_{type(item).__name__.lower()}", item)
+            if not isinstance(layer, Layer):
+                raise TypeError(f"{name!r} is not an xnn layer")
+            named.append((name, layer))
+        names = [n for n, _ in named]
+        if len(set(names)) != len(names):
+            raise ValueError("layer names must be unique")
+        self.layers = dict(named)
+        self.names = names
+        self._ran = 0  # how many layers the last forward ran
+        if device is not None:
+            self.to(device)
+
+    # ------------------------------------------------------------ access
+    def __getitem__(self, name) -> Layer:
+        return self.layers[name]
+
+    def __iter__(self):
+        return iter(self.layers.items())
+
+    def __len__(self):
+        return len(self.names)
+
+    @property
+    def device(self):
+        return next(iter(self.layers.values())).device
+
+    @property
+    def params(self) -> dict:
+        return {f"{n}.{k}": v for n, l in self.layers.items() for k, v in l.params.items()}
+
+    @property
+    def grads(self) -> dict:
+        return {f"{n}.{k}": v for n, l in self.layers.items() for k, v in l.grads.items()}
+
+    def trainable_params(self) -> dict:
+        return {f"{n}.{k}": v for n, l in self.layers.items() if not l.frozen for k, v in l.params.items()}
+
+    def to(self, device=None, dtype=None):
+        dev = None if device is None else get_device(device)
+        for layer in self.layers.values():
+            layer.to(dev, dtype)
+        return self
+
+    def freeze(self):
+        for layer in self.layers.values():
+            layer.freeze()
+        return self
+
+    def zero_grad(self):
+        for layer in self.layers.values():
+            layer.zero_grad()
+
+    # ------------------------------------------------------------ passes
+    def _index(self, name):
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise XnnError(f"no layer named {name!r}; layers are: {', '.join(self.names)}") from None
+
+    def forward(self, x, until: str | None = None):
+        """Run the layers in order (up to and including ``until``) and return the output."""
+        stop = len(self.names) if until is None else self._index(until) + 1
+        self.device.check(x, "model input")
+        for name in self.names[:stop]:
+            x = self.layers[name].forward(x)
+        self._ran = stop
+        return x
+
+    __call__ = forward
+
+    def features(self, x, names):
+        """Outputs of the named layers; runs only as deep as the deepest of them."""
+        names = [names] if isinstance(names, str) else list(names)
+        want = {self._index(n) for n in names}
+        stop = max(want) + 1
+        self.device.check(x, "model input")
+        out = {}
+        for i, name in enumerate(self.names[:stop]):
+            x = self.layers[name].forward(x)
+            if i in want:
+                out[name] = x
+        self._ran = stop
+        return out
+
+    def backward(self, dy=None, inject: dict | None = None):
+        """One backward pass from the deepest layer of the last forward.
+
+        ``dy`` is the gradient of the last output (may be None when everything is
+        injected); ``inject`` maps layer names to gradients of their outputs, which
+        are added as the pass reaches them.  Returns the gradient of the input.
+        """
+        inject = dict(inject or {})
+        for name in inject:
+            if self._index(name) >= self._ran:
+                raise ValueError(f"cannot inject at {name!r}: the last forward stopped before it")
+        g = dy
+        for name in reversed(self.names[:self._ran]):
+            if name in inject:
+                g = inject[name] if g is None else g + inject[name]
+            if g is None:
+                continue  # nothing flows yet above the deepest injection
+            g = self.layers[name].backward(g)
+        return g
+
+    # ------------------------------------------------------------ files
+    def state_dict(self) -> dict:
+        """Host copies of every parameter, keyed "layer.param"."""
+        return {k: self.device.to_numpy(v).copy() for k, v in self.params.items()}
+
+    def load_state_dict(self, state: dict, strict: bool = True, source: str = "state"):
+        """Copy host arrays into the parameters, checking every name and shape."""
+        own = self.params
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        if strict and (missing or unexpected):
+            raise XnnError(f"{source} does not fit this model: missing {missing or 'none'}, "
+                           f"unexpected {unexpected or 'none'}")
+        for key, value in state.items():
+            if key not in own:
+                continue
+            if tuple(value.shape) != tuple(own[key].shape):
+                raise XnnError(f"{source}: {key} has shape {tuple(value.shape)}, "
+                               f"the model expects {tuple(own[key].shape)}")
+            lname, pname = key.rsplit(".", 1)
+            layer = self.layers[lname]
+            layer.params[pname] = layer.device.asarray(numpy.asarray(value, dtype=own[key].dtype))
+        return self
+
+    def save(self, path):
+        """Write the parameters to ``path`` (.npz) atomically: no half-written file."""
+        path = os.fspath(path)
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            numpy.savez(f, **self.state_dict())
+        os.replace(tmp, path)
+
+    def load(self, path, strict: bool = True):
+        try:
+            with numpy.load(path, allow_pickle=False) as data:
+                state = {k: data[k] for k in data.files}
+        except FileNotFoundError:
+            raise XnnError(f"checkpoint not found: {path}") from None
+        except (OSError, ValueError) as e:
+            raise XnnError(f"cannot read checkpoint {path}: {e}") from None
+        return self.load_state_dict(state, strict, source=str(path))
+
+    def __repr__(self):
+        lines = [f"  ({n}): {l!r}" for n, l in self.layers.items()]
+        return "Sequential(\n" + "\n".join(lines) + "\n)"

@@ -1,0 +1,101 @@
+"""Optimisers over named arrays: model parameters, or a raw image for style transfer.
+
+    opt = Adam(net.trainable_params(), lr=1e-3)
+    ...; net.backward(...); opt.step(net.grads)
+
+Updates are in place, so layers see them without re-binding.  ``state_dict`` /
+``load_state_dict`` give host copies for checkpoints (resume).
+"""
+from __future__ import annotations
+
+import numpy
+
+from .backends import device_of
+
+
+class Optimizer:
+    def __init__(self, params: dict, lr: float):
+        if lr <= 0:
+            raise ValueError(f"learning rate must be > 0, got {lr}")
+        self.params = params
+        self.lr = lr
+        self.t = 0
+        self.slots: dict = {}  # name -> dict of state arrays
+
+    def step(self, grads: dict):
+        self.t += 1
+        for name, p in self.params.items():
+            g = grads.get(name)
+            if g is not None:
+                self._update(name, p, g)
+
+    def _update(self, name, p, g):
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        out = {"t": numpy.asarray(self.t)}
+        for name, slot in self.slots.items():
+            for k, v in slot.items():
+                out[f"{name}/{k}"] = device_of(v).to_numpy(v).copy()
+        return out
+
+    def load_state_dict(self, state: dict):
+        self.t = int(state["t"])
+        for key, value in state.items():
+            if key == "t":
+                continue
+            name, k = key.rsplit("/", 1)
+            dev = device_of(self.params[name])
+            self.slots.setdefault(name, {})[k] = dev.asarray(value)
+
+
+class SGD(Optimizer):
+    """v <- momentum * v + (g + weight_decay * p);  p <- p - lr * v  (nesterov optional)."""
+
+    def __init__(self, params, lr=0.01, momentum=0.0, weight_decay=0.0, nesterov=False):
+        super().__init__(params, lr)
+        self.momentum, self.weight_decay, self.nesterov = momentum, weight_decay, nesterov
+
+    def _update(self, name, p, g):
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        if self.momentum:
+            slot = self.slots.setdefault(name, {})
+            v = slot.get("v")
+            if v is None:
+                v = slot["v"] = g.copy()
+            else:
+                v *= self.momentum
+                v += g
+            g = g + self.momentum * v if self.nesterov else v
+        p -= self.lr * g
+
+
+class Adam(Optimizer):
+    """Kingma & Ba 2015, with bias correction.
+
+    m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2;
+    p <- p - lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)
+    ``weight_decay`` adds weight_decay * p to g (L2, not AdamW).
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(params, lr)
+        self.b1, self.b2 = betas
+        self.eps, self.weight_decay = eps, weight_decay
+
+    def _update(self, name, p, g):
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        slot = self.slots.setdefault(name, {})
+        if "m" not in slot:
+            slot["m"] = g * 0
+            slot["v"] = g * 0
+        m, v = slot["m"], slot["v"]
+        m *= self.b1
+        m += (1 - self.b1) * g
+        v *= self.b2
+        v += (1 - self.b2) * (g * g)
+        c1 = 1 - self.b1 ** self.t
+        c2 = 1 - self.b2 ** self.t
+        p -= (self.lr / c1) * m / ((v / c2) ** 0.5 + self.eps)
