@@ -148,9 +148,8 @@ class Sequential:
             if tuple(value.shape) != tuple(own[key].shape):
                 raise XnnError(f"{source}: {key} has shape {tuple(value.shape)}, "
                                f"the model expects {tuple(own[key].shape)}")
-            lname, pname = key.rsplit(".", 1)
-            layer = self.layers[lname]
-            layer.params[pname] = layer.device.asarray(numpy.asarray(value, dtype=own[key].dtype))
+            # in place, so optimisers holding these arrays keep seeing the model's parameters
+            own[key][...] = self.device.asarray(numpy.asarray(value, dtype=own[key].dtype))
         return self
 
     def save(self, path):
