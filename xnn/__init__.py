@@ -4,12 +4,12 @@
     dev = xnn.device("auto")           # "cpu" | "gpu" | "auto"
     net = xnn.Sequential([...], device=dev)
 """
-from . import layers, optim
+from . import layers, models, optim
 from .backends import Device, device, device_of, to_numpy
 from .errors import DeviceMismatchError, XnnError
 from .model import Sequential
 
 __version__ = "0.1.0"
 
-__all__ = ["device", "device_of", "to_numpy", "Device", "layers", "optim", "Sequential",
+__all__ = ["device", "device_of", "to_numpy", "Device", "layers", "models", "optim", "Sequential",
            "XnnError", "DeviceMismatchError", "__version__"]

@@ -88,10 +88,16 @@ def fetch(relpath: str, download: bool = True) -> pathlib.Path:
         pooch.retrieve(remote.url, known_hash=f"md5:{remote.md5}" if remote.md5 else None,
                        fname=path.name, path=path.parent, progressbar=_progress())
     except Exception as e:  # network down, checksum mismatch, disk full ...
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise XnnError(f"{relpath} is missing and downloading it from {remote.url} failed "
-                       f"({type(e).__name__}: {reason[:160]}); {where}") from None
+                       f"({_short_reason(e)}); {where}") from None
     return path
+
+
+def _short_reason(e: Exception) -> str:
+    text = str(e).splitlines()[0] if str(e) else ""
+    if "ConnectionError" in type(e).__name__ or "Max retries" in text or "NameResolution" in text:
+        return "no connection to the server"
+    return f"{type(e).__name__}: {text[:120]}" if text else type(e).__name__
 
 
 def _progress() -> bool:

@@ -25,7 +25,10 @@ def xavier_uniform(rng: numpy.random.Generator, shape, fan_in: int, fan_out: int
     return rng.uniform(-a, a, size=shape).astype(dtype)
 
 
-def init_weight(init: str, rng, shape, fan_in: int, fan_out: int, dtype):
+def init_weight(init: str | None, rng, shape, fan_in: int, fan_out: int, dtype):
+    """He or Xavier values, or zeros for ``init=None`` (weights about to be loaded)."""
+    if init is None:
+        return numpy.zeros(shape, dtype)
     if init == "he":
         return he_normal(rng, shape, fan_in, dtype)
     if init == "xavier":
