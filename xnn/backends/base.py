@@ -50,6 +50,10 @@ class Device:
     def synchronize(self) -> None:
         """Wait until queued work is done (a no-op on the CPU)."""
 
+    def memory_available(self) -> int | None:
+        """Bytes free for new arrays on this device (None if unknown)."""
+        return None
+
     def as_strided(self, x, shape, strides):
         raise NotImplementedError
 

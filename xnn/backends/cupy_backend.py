@@ -43,5 +43,10 @@ class CupyDevice(Device):
     def synchronize(self):
         cupy.cuda.get_current_stream().synchronize()
 
+    def memory_available(self):
+        free, _total = cupy.cuda.runtime.memGetInfo()
+        pool = cupy.get_default_memory_pool()
+        return free + pool.free_bytes()
+
     def as_strided(self, x, shape, strides):
         return cupy.lib.stride_tricks.as_strided(x, shape=shape, strides=strides)

@@ -1,6 +1,8 @@
 """The CPU backend: NumPy arrays, OpenBLAS GEMMs."""
 from __future__ import annotations
 
+import os
+
 import numpy
 from numpy.lib.stride_tricks import as_strided
 
@@ -23,6 +25,19 @@ class NumpyDevice(Device):
     def to_numpy(self, array):
         self.check(array)
         return array
+
+    def memory_available(self):
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
 
     def as_strided(self, x, shape, strides):
         return as_strided(x, shape=shape, strides=strides, writeable=False)

@@ -185,6 +185,14 @@ class VGG:
                 os.remove(tmp)
             raise XnnError(f"cannot write {path}: {e.strerror or e}") from None
 
+    def truncate(self, name: str):
+        """Drop every layer after ``name`` (and the classifier): keeps only what a feature
+        extractor up to ``name`` needs, e.g. style transfer up to relu5_1."""
+        stop = self.net._index(name) + 1
+        self.net = Sequential([(n, self.net[n]) for n in self.net.names[:stop]])
+        self.include_top = self.include_top and "prob" in self.net.names
+        return self
+
     def to(self, device):
         self.net.to(device)
         return self

@@ -1,0 +1,239 @@
+"""AdaIN arbitrary style transfer (Huang & Belongie, ICCV 2017): encoder, decoder, stylizer.
+
+    enc, dec = adain_encoder(device=dev), adain_decoder(device=dev)
+    st = AdaINStylizer(enc, dec)
+    out = st.stylize(content_hw3, styles=[style_hw3], alpha=1.0)   # float RGB in [0, 1]
+
+Encoder: the "normalised" VGG19 up to relu4_1 with a 1x1 ``preprocess`` conv in front
+(RGB in [0, 1] -> mean-subtracted BGR * 255); every 3x3 conv has 1-pixel reflection
+padding and a ReLU, pools are 2x2 / 2 in ceil mode.  Decoder: its mirror image, with
+nearest x2 upsampling, ending in a conv to RGB without ReLU.  Weights: the AdaIN
+authors' release (MIT), as npz in PyTorch layout, keys "<layer>.weight" / "<layer>.bias".
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+from typing import NamedTuple
+
+import numpy
+
+from ..backends import device as get_device
+from ..data.cache import fetch
+from ..errors import XnnError
+from ..layers import Conv2d, MaxPool2d, ReLU
+from ..layers.adain import blend_stats, channel_stats
+from ..layers.upsample import Upsample2d
+from ..model import Sequential
+
+ENCODER_FILE = "weights/adain_vgg_normalised_to_relu4_1.npz"
+DECODER_FILE = "weights/adain_decoder.npz"
+
+#: (name, in, out) of each 3x3 conv; "pool" / "up" between blocks.
+ENCODER_PLAN = [("conv1_1", 3, 64), ("conv1_2", 64, 64), "pool1",
+                ("conv2_1", 64, 128), ("conv2_2", 128, 128), "pool2",
+                ("conv3_1", 128, 256), ("conv3_2", 256, 256), ("conv3_3", 256, 256),
+                ("conv3_4", 256, 256), "pool3", ("conv4_1", 256, 512)]
+DECODER_PLAN = [("dec4_1", 512, 256), "up3",
+                ("dec3_4", 256, 256), ("dec3_3", 256, 256), ("dec3_2", 256, 256),
+                ("dec3_1", 256, 128), "up2", ("dec2_2", 128, 128), ("dec2_1", 128, 64), "up1",
+                ("dec1_2", 64, 64), ("dec1_1", 64, 3)]
+#: The encoder's total down-sampling factor (three 2x2 pools).
+STRIDE = 8
+
+
+def _conv(cin, cout, k=3):
+    return Conv2d(cin, cout, k, padding=k // 2, padding_mode="reflect")
+
+
+def _build_encoder():
+    layers = [("preprocess", _conv(3, 3, 1))]
+    for item in ENCODER_PLAN:
+        if isinstance(item, str):
+            layers.append((item, MaxPool2d(2, 2, ceil_mode=True)))
+        else:
+            name, cin, cout = item
+            layers += [(name, _conv(cin, cout)), ("relu" + name[4:], ReLU())]
+    return Sequential(layers)
+
+
+def _build_decoder():
+    layers = []
+    for item in DECODER_PLAN:
+        if isinstance(item, str):
+            layers.append((item, Upsample2d(2)))
+        else:
+            name, cin, cout = item
+            layers.append((name, _conv(cin, cout)))
+            if name != "dec1_1":
+                layers.append(("relu_" + name, ReLU()))
+    return Sequential(layers)
+
+
+class StyleStats(NamedTuple):
+    """A style's relu4_1 statistics, each (1, 512, 1, 1) on the device (see channel_stats)."""
+    mean: object
+    std: object
+
+
+def _resolve(weights, relpath):
+    if isinstance(weights, str) and weights == "adain":
+        return fetch(relpath)
+    if not isinstance(weights, (str, os.PathLike)):
+        raise XnnError(f"weights must be 'adain', a path to an .npz file or None, got {weights!r}")
+    path = os.fspath(weights)
+    if not os.path.isfile(path):
+        raise XnnError(f"AdaIN weights not found: {path} (pass weights='adain' to use "
+                       f"$XNN_HOME/{relpath}, or a path to an .npz file)")
+    return path
+
+
+def load_adain_weights(net: Sequential, path, what: str) -> Sequential:
+    """Copy "<layer>.weight" (OIHW) / "<layer>.bias" from an npz into the convs of ``net``."""
+    try:
+        with numpy.load(path, allow_pickle=False) as data:
+            state = {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise XnnError(f"cannot read AdaIN {what} weights {path}: {e}") from None
+    convs = [n for n, l in net if isinstance(l, Conv2d)]
+    expected = [f"{n}.{s}" for n in convs for s in ("weight", "bias")]
+    missing = [k for k in expected if k not in state]
+    if missing:
+        raise XnnError(f"{path} is not an AdaIN {what}: it lacks {', '.join(missing[:4])}"
+                       f"{' ...' if len(missing) > 4 else ''} (keys found: {', '.join(sorted(state)[:6])}"
+                       f"{' ...' if len(state) > 6 else ''})")
+    extra = sorted(set(state) - set(expected))
+    if extra:
+        raise XnnError(f"{path} has entries the AdaIN {what} does not use: {', '.join(extra[:4])}; "
+                       "is it the other half (encoder vs decoder)?")
+    for name in convs:
+        layer = net[name]
+        for src, dst in (("weight", "W"), ("bias", "b")):
+            value, want = state[f"{name}.{src}"], tuple(layer.params[dst].shape)
+            if tuple(value.shape) != want:
+                raise XnnError(f"{path}: layer {name} {src} has shape {tuple(value.shape)}, "
+                               f"the AdaIN {what} expects {want}")
+            layer.params[dst] = layer.device.asarray(numpy.asarray(value, dtype=layer.params[dst].dtype))
+    return net
+
+
+def _make(build, weights, relpath, what, device, frozen):
+    net = build()
+    if device is not None:
+        net.to(get_device(device))
+    if weights is not None:
+        load_adain_weights(net, _resolve(weights, relpath), what)
+    if frozen if frozen is not None else weights is not None:
+        net.freeze()
+    return net
+
+
+def adain_encoder(weights="adain", device=None, frozen: bool | None = None) -> Sequential:
+    """The AdaIN encoder: RGB (N, 3, H, W) in [0, 1] -> relu4_1 (N, 512, ceil(H/8), ceil(W/8)).
+
+    ``weights``: "adain" ($XNN_HOME/weights/adain_vgg_normalised_to_relu4_1.npz), a path
+    to such an npz, or None (He-initialised).  Frozen when weights are loaded unless
+    ``frozen=False``.  Layers: preprocess, conv1_1, relu1_1, ..., pool3, conv4_1, relu4_1.
+    """
+    return _make(_build_encoder, weights, ENCODER_FILE, "encoder", device, frozen)
+
+
+def adain_decoder(weights="adain", device=None, frozen: bool | None = None) -> Sequential:
+    """The AdaIN decoder: (N, 512, h, w) -> RGB (N, 3, 8h, 8w), roughly in [0, 1].
+
+    ``weights``: "adain" ($XNN_HOME/weights/adain_decoder.npz), a path, or None.
+    Layers: dec4_1, relu_dec4_1, up3, dec3_4, ..., up1, dec1_2, relu_dec1_2, dec1_1.
+    """
+    return _make(_build_decoder, weights, DECODER_FILE, "decoder", device, frozen)
+
+
+def _as_float_image(img, what):
+    """Host HxWx3 (uint8 0..255 or float 0..1; gray and RGBA accepted) -> float32 HxWx3."""
+    a = numpy.asarray(img)
+    if a.ndim == 2:
+        a = numpy.repeat(a[:, :, None], 3, axis=2)
+    if a.ndim != 3 or a.shape[2] not in (3, 4):
+        raise XnnError(f"{what} must be an HxWx3 RGB image array, got shape {a.shape}")
+    a = a[:, :, :3]
+    if a.shape[0] <= STRIDE or a.shape[1] <= STRIDE:
+        raise XnnError(f"{what} is {a.shape[0]}x{a.shape[1]}; AdaIN needs at least "
+                       f"{STRIDE + 1}x{STRIDE + 1} pixels")
+    if a.dtype == numpy.uint8:
+        return a.astype(numpy.float32) / 255
+    if not numpy.issubdtype(a.dtype, numpy.floating):
+        raise XnnError(f"{what} has dtype {a.dtype}; pass uint8 (0..255) or float (0..1)")
+    return a.astype(numpy.float32, copy=False)
+
+
+class AdaINStylizer:
+    """Content image + style image(s) -> stylised image, all host arrays HxWx3.
+
+    Sizes: the encoder divides H and W by 8 (ceil-mode pools), the decoder multiplies
+    by 8.  The content is reflection-padded on the bottom and right to a multiple of 8
+    before encoding and the decoded image is cropped back, so the output has exactly
+    the content's size and its right / bottom edge is decoded from full 8x8 cells
+    (cropping an output decoded from a ceil-mode encoding would instead stretch the
+    partial last cell over 8 pixels).
+    """
+
+    def __init__(self, encoder: Sequential | None = None, decoder: Sequential | None = None,
+                 device=None, eps: float = 1e-5):
+        dev = None if device is None else get_device(device)
+        self.encoder = encoder if encoder is not None else adain_encoder(device=dev)
+        self.decoder = decoder if decoder is not None else adain_decoder(device=dev)
+        self.eps = eps
+        if self.encoder.device is not self.decoder.device:
+            raise XnnError(f"encoder is on {self.encoder.device}, decoder on {self.decoder.device}; "
+                           "build both for the same device")
+
+    @property
+    def device(self):
+        return self.encoder.device
+
+    def _encode(self, img, what, pad):
+        a = _as_float_image(img, what)
+        h, w = a.shape[:2]
+        if pad:
+            a = numpy.pad(a, ((0, -h % STRIDE), (0, -w % STRIDE), (0, 0)), mode="reflect")
+        a = numpy.ascontiguousarray(a, dtype=self.encoder["preprocess"].params["W"].dtype)
+        # one host -> device copy; NCHW view of channels-last memory, as Conv2d likes
+        return self.encoder.forward(self.device.asarray(a)[None].transpose(0, 3, 1, 2))
+
+    def encode_style(self, style_img) -> StyleStats:
+        """(mean, std) of the style's relu4_1 features, each (1, 512, 1, 1) on the device.
+
+        Cache this to stylise many contents with one style; :meth:`stylize` accepts it
+        in place of a style image.
+        """
+        return StyleStats(*channel_stats(self._encode(style_img, "style image", pad=False), self.eps))
+
+    def stylize(self, content, styles, weights=None, alpha: float = 1.0):
+        """Stylised content as float32 RGB HxWx3 in [0, 1] (clipped), on the host.
+
+        ``styles``: a style image (HxWx3 host array), the :class:`StyleStats`
+        :meth:`encode_style` returns, or a list / tuple of those; ``weights`` (one per style, >= 0) are normalised
+        to sum 1 and mix the AdaIN outputs as the reference code does;
+        ``alpha`` in [0, 1] blends the result with the content features (1: full style).
+        """
+        if not 0 <= alpha <= 1:
+            raise XnnError(f"alpha must be in [0, 1], got {alpha}")
+        if isinstance(styles, StyleStats) or not isinstance(styles, (list, tuple)):
+            styles = [styles]
+        if weights is None:
+            weights = [1.0] * len(styles)
+        weights = [float(w) for w in weights]
+        if len(weights) != len(styles) or min(weights) < 0 or sum(weights) <= 0:
+            raise XnnError(f"need one non-negative weight per style ({len(styles)}) with a positive "
+                           f"sum, got {weights}")
+        total = sum(weights)
+        stats = [s if isinstance(s, StyleStats) else self.encode_style(s) for s in styles]
+        mean_t, std_t = blend_stats(stats, [w / total for w in weights])
+
+        h, w = numpy.shape(content)[:2]
+        c = self._encode(content, "content image", pad=True)
+        mean_c, std_c = channel_stats(c, self.eps)
+        t = (c - mean_c) * (std_t / std_c) + mean_t
+        if alpha != 1:
+            t = alpha * t + (1 - alpha) * c
+        out = self.decoder.forward(t)[0, :, :h, :w].clip(0, 1)
+        return numpy.ascontiguousarray(self.device.to_numpy(out).transpose(1, 2, 0))
