@@ -1,0 +1,78 @@
+"""The adain experiment: one image, a folder of images (batch mode), and its errors."""
+import json
+import pathlib
+
+import numpy
+import pytest
+from PIL import Image
+
+from xnn.cli import main
+from xnn.data.images import load_image
+
+from .conftest import weights_path
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CFG = str(REPO / "configs" / "adain.yaml")
+
+
+@pytest.fixture(autouse=True)
+def need_weights():
+    weights_path("adain_vgg_normalised_to_relu4_1.npz")
+    weights_path("adain_decoder.npz")
+
+
+def test_single_image_run_folder(tmp_path):
+    out = tmp_path / "run"
+    assert main([CFG, "--set", "image_size=72", "--set", "style_size=64", "--device", "cpu", "--quiet",
+                 "--out", str(out)]) == 0
+    assert {"output.png", "summary.png", "summary.json", "config.yaml", "metrics.jsonl"} <= {p.name for p in out.iterdir()}
+    img = load_image(out / "output.png")
+    content = load_image(REPO / "examples" / "chelsea.png")
+    assert img.shape == (48, 72, 3)  # 451x300 resized to a longer side of 72, exactly
+    assert content.shape[1] * 48 // content.shape[0] in (71, 72)
+    s = json.loads((out / "summary.json").read_text())
+    assert s["images"] == 1 and s["seconds_per_image_median"] > 0 and s["output_size"] == [48, 72]
+
+
+def test_batch_mode_keeps_names_and_sizes(tmp_path):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = numpy.random.default_rng(0)
+    sizes = {"f001.png": (40, 56), "f002.jpg": (33, 47), "f003.png": (50, 50)}
+    for name, (h, w) in sizes.items():
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=numpy.uint8)).save(frames / name)
+    (frames / "notes.txt").write_text("not an image")
+    out = tmp_path / "run"
+    assert main([CFG, "--set", f"content_image={frames}", "--set", "image_size=null", "--set", "style_size=48",
+                 "--set", "alpha=0.5", "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+    produced = sorted(p.name for p in (out / "outputs").iterdir())
+    assert produced == sorted(sizes)
+    for name, (h, w) in sizes.items():
+        assert load_image(out / "outputs" / name).shape == (h, w, 3)
+    assert json.loads((out / "summary.json").read_text())["images"] == 3
+
+
+def test_two_styles_and_original_colors(tmp_path):
+    out = tmp_path / "run"
+    assert main([CFG, "--set", "image_size=48", "--set", "style_size=48",
+                 "--set", "style_image=[examples/starry_night.jpg, examples/the_scream.jpg]",
+                 "--set", "style_blend_weights=[0.7, 0.3]", "--set", "original_colors=true",
+                 "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+    assert load_image(out / "output.png").shape[:2] == (32, 48)
+
+
+@pytest.mark.parametrize("override,needle", [
+    (["style_blend_weights=[1, 2, 3]"], "3 weights for 1 style images"),
+    (["alpha=1.5"], "alpha = 1.5 is out of range"),
+    (["content_image=missing.png"], "missing.png"),
+    (["output_image=../x.png"], "inside the run folder"),
+    (["weights=/nonexistent"], "not found"),
+])
+def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, capsys, override, needle):
+    argv = [CFG, "--device", "cpu", "--out", str(tmp_path / "run")]
+    for o in override:
+        argv += ["--set", o]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()

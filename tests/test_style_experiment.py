@@ -1,0 +1,171 @@
+"""The style experiment end to end with the real VGG19 conv weights, on tiny images."""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy
+import pytest
+
+from xnn.cli import main
+from xnn.data.images import load_image, resize_longer_side, rgb_to_yiq
+
+from .conftest import weights_path
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CFG = str(REPO / "configs" / "style.yaml")
+TINY = ["--set", "image_size=40", "--set", "print_iter=1", "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(autouse=True)
+def need_weights():
+    weights_path("vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5")
+
+
+def run(tmp_path, name, *overrides):
+    out = tmp_path / name
+    argv = [CFG, *TINY, "--out", str(out)]
+    for o in overrides:
+        argv += ["--set", o]
+    assert main(argv) == 0
+    return out
+
+
+def metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_iteration_zero_losses_match_an_independent_computation(tmp_path):
+    out = run(tmp_path, "r", "num_iterations=0", "init=random", "tv_weight=0.5", "content_weight=2",
+              "style_weight=3")
+    row = metrics(out)[0]
+    assert row["iter"] == 0 and set(row) == {"iter", "content_loss", "style_loss", "tv_loss", "total_loss", "elapsed_s"}
+    # independent: float64 features from the model, losses from the formulas written here
+    from xnn.models import vgg19
+    vgg = vgg19(weights="vgg19-imagenet-notop", include_top=False)
+    vgg.net.to(None, numpy.float64)
+    content = resize_longer_side(load_image(REPO / "examples" / "chelsea.png"), 40)
+    style = resize_longer_side(load_image(REPO / "examples" / "starry_night.jpg"), 40)
+    x0 = numpy.random.default_rng(0).standard_normal((1, 3) + content.shape[:2]).astype(numpy.float32)
+    x0 = x0.astype(numpy.float64)
+    prep = lambda im: vgg.preprocess(im).astype(numpy.float64)  # noqa: E731
+    layers = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
+    fx = {k: v.copy() for k, v in vgg.features(x0, layers + ["relu4_2"]).items()}
+    fc = vgg.features(prep(content), ["relu4_2"])["relu4_2"].copy()
+    fs = {k: v.copy() for k, v in vgg.features(prep(style), layers).items()}
+    lc = 0.5 * ((fx["relu4_2"] - fc) ** 2).sum()
+    ls = 0.0
+    for name in layers:
+        _, c, h, w = fx[name].shape
+        g = numpy.einsum("cm,dm->cd", fx[name].reshape(c, -1), fx[name].reshape(c, -1))
+        a = numpy.einsum("cm,dm->cd", fs[name].reshape(c, -1), fs[name].reshape(c, -1))
+        ls += ((g - a) ** 2).sum() / (4 * c ** 2 * (h * w) ** 2) / len(layers)
+    img = x0[0]
+    tv = ((img[:, 1:, :] - img[:, :-1, :]) ** 2).sum() + ((img[:, :, 1:] - img[:, :, :-1]) ** 2).sum()
+    assert row["content_loss"] == pytest.approx(2 * lc, rel=1e-4)
+    assert row["style_loss"] == pytest.approx(3 * ls, rel=1e-4)
+    assert row["tv_loss"] == pytest.approx(0.5 * tv, rel=1e-4)
+    assert row["total_loss"] == pytest.approx(2 * lc + 3 * ls + 0.5 * tv, rel=1e-4)
+
+
+@pytest.mark.parametrize("opt", [["optimizer=lbfgs"], ["optimizer=lbfgs", "lbfgs_backend=device"],
+                                 ["optimizer=adam", "learning_rate=5"]])
+def test_optimisers_reduce_the_loss_and_write_the_run_folder(tmp_path, opt):
+    out = run(tmp_path, "r", "num_iterations=6", "save_iter=3", *opt)
+    rows = metrics(out)
+    assert [r["iter"] for r in rows] == list(range(7))
+    assert rows[-1]["total_loss"] < 0.8 * rows[0]["total_loss"]
+    names = {p.name for p in out.iterdir()}
+    assert {"output.png", "summary.png", "losses.png", "summary.json", "config.yaml", "iter_00003.png",
+            "checkpoint.npz"} <= names
+    assert not [n for n in names if ".tmp" in n]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["iterations"] == 6 and s["seconds_per_iteration"] > 0 and s["total_loss"] <= rows[0]["total_loss"]
+    assert load_image(out / "output.png").shape == (27, 40, 3)
+
+
+def test_adam_resume_gives_the_uninterrupted_result(tmp_path):
+    full = run(tmp_path, "full", "optimizer=adam", "num_iterations=6", "save_iter=0")
+    part = run(tmp_path, "part", "optimizer=adam", "num_iterations=3", "save_iter=0")
+    assert main(["--resume", str(part), "--set", "num_iterations=6", "--quiet"]) == 0
+    with numpy.load(full / "checkpoint.npz") as a, numpy.load(part / "checkpoint.npz") as b:
+        assert int(a["iteration"]) == int(b["iteration"]) == 6
+        numpy.testing.assert_array_equal(a["image"], b["image"])
+    assert [r["iter"] for r in metrics(part)] == list(range(7))
+    assert metrics(part)[-1]["total_loss"] == metrics(full)[-1]["total_loss"]
+
+
+def test_same_seed_same_numbers(tmp_path):
+    a = run(tmp_path, "a", "init=random", "num_iterations=2")
+    b = run(tmp_path, "b", "init=random", "num_iterations=2")
+    assert [r["total_loss"] for r in metrics(a)] == [r["total_loss"] for r in metrics(b)]
+
+
+def test_original_colors_keep_the_content_chroma(tmp_path):
+    out = run(tmp_path, "r", "num_iterations=3", "original_colors=true")
+    result = load_image(out / "output.png") / 255.0
+    content = resize_longer_side(load_image(REPO / "examples" / "chelsea.png"), 40) / 255.0
+    yr, yc = rgb_to_yiq(result), rgb_to_yiq(content)
+    assert numpy.abs(yr[..., 1:] - yc[..., 1:]).mean() < 0.03  # chroma from the content (up to clipping, 8-bit)
+
+
+def test_blend_weights_select_styles(tmp_path):
+    one = run(tmp_path, "one", "num_iterations=0")
+    two = run(tmp_path, "two", "num_iterations=0",
+              "style_image=[examples/starry_night.jpg, examples/the_scream.jpg]", "style_blend_weights=[1, 0]")
+    mix = run(tmp_path, "mix", "num_iterations=0",
+              "style_image=[examples/starry_night.jpg, examples/the_scream.jpg]", "style_blend_weights=[1, 1]")
+    assert metrics(two)[0]["style_loss"] == pytest.approx(metrics(one)[0]["style_loss"], rel=1e-5)
+    assert metrics(mix)[0]["style_loss"] != pytest.approx(metrics(one)[0]["style_loss"], rel=1e-3)
+
+
+@pytest.mark.parametrize("override,needle", [
+    (["content_image=nope.jpg"], "nope.jpg"),
+    (["style_layers=[relu9_1]"], "unknown VGG19 layer 'relu9_1'"),
+    (["style_weight=-1"], "style_weight = -1.0 is out of range"),
+    (["style_blend_weights=[1, 2]"], "2 weights for 1 style images"),
+    (["image_size=16384"], "needs about"),
+    (["output_image=/tmp/x.png"], "inside the run folder"),
+])
+def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, capsys, override, needle):
+    argv = [CFG, "--device", "cpu", "--out", str(tmp_path / "run")]
+    for o in override:
+        argv += ["--set", o]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_corrupt_image_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    assert main([CFG, "--set", f"style_image={bad}", "--out", str(tmp_path / "run")]) == 2
+    assert "bad.jpg" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_sigint_saves_image_and_checkpoint_then_resume(tmp_path):
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    p = subprocess.Popen([sys.executable, str(REPO / "run.py"), CFG, *TINY, "--set", "num_iterations=500",
+                          "--set", "optimizer=adam", "--out", str(out)], env=env, cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        m = out / "metrics.jsonl"
+        if m.exists() and len(m.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err.decode()
+    assert (out / "output.png").exists() and (out / "checkpoint.npz").exists()
+    assert b"--resume" in err
+    with numpy.load(out / "checkpoint.npz") as f:
+        stopped_at = int(f["iteration"])
+    assert 2 <= stopped_at < 500
+    assert main(["--resume", str(out), "--set", f"num_iterations={stopped_at + 2}", "--quiet"]) == 0
+    assert json.loads((out / "summary.json").read_text())["iterations"] == stopped_at + 2
