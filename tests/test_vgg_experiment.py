@@ -5,7 +5,6 @@ import json
 import pathlib
 
 import numpy
-import pytest
 
 import xnn.models
 from xnn.cli import main

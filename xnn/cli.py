@@ -103,7 +103,7 @@ def run(args) -> int:
     ctx.info(f"xnn: {kind} on {device.name}, run folder {run_dir}")
     _install_stop_handlers(ctx)
     try:
-        summary = module.run(state, ctx)
+        module.run(state, ctx)
     except XnnError:
         ctx.close()
         if created and not args.resume:

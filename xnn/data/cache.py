@@ -101,8 +101,5 @@ def _short_reason(e: Exception) -> str:
 
 
 def _progress() -> bool:
-    try:
-        import tqdm  # noqa: F401
-        return True
-    except ImportError:
-        return False
+    import importlib.util
+    return importlib.util.find_spec("tqdm") is not None

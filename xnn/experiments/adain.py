@@ -14,23 +14,19 @@ import numpy
 
 from ..config import Field
 from ..errors import XnnError
+from .base import check_blend_weights, stylisation_fields
 
 KIND = "adain"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 SCHEMA = {
-    "content_image": Field("path", "examples/chelsea.png", "an image, or a folder of images (batch mode)"),
-    "style_image": Field("path|list[path]", ["examples/starry_night.jpg"], "one style image or a list"),
-    "style_blend_weights": Field("list[float]", None, "one weight per style image (normalised to sum 1; "
-                                 "default equal)", nullable=True, min=0),
+    **stylisation_fields("an image, or a folder of images (batch mode: outputs/ gets one output per "
+                         "input, same names)"),
     "alpha": Field("float", 1.0, "content / style trade-off: 0 = content, 1 = full style", min=0, max=1),
     "image_size": Field("int", 512, "longer side of the content (the output has exactly this size); "
                         "null keeps each image's own size", min=16, max=16384, nullable=True),
     "style_size": Field("int", 512, "longer side the style images are resized to; null keeps their size",
                         min=16, max=16384, nullable=True),
-    "original_colors": Field("bool", False, "keep the content's colours (transfer luminance only)"),
-    "output_image": Field("path", "output.png", "file name of the result in the run folder (single image); "
-                          "in batch mode outputs go to outputs/ with the input names"),
     "weights": Field("str", "adain", "'adain' (the released encoder + decoder in $XNN_HOME/weights) or a "
                      "folder holding adain_vgg_normalised_to_relu4_1.npz and adain_decoder.npz"),
 }
@@ -53,16 +49,8 @@ def prepare(cfg, device, resume_dir=None):
     from ..models import AdaINStylizer, adain_decoder, adain_encoder
     if resume_dir is not None:
         raise XnnError("adain runs take seconds and have nothing to resume; start a new run")
+    check_blend_weights(cfg)
     styles = cfg["style_image"]
-    weights = cfg["style_blend_weights"]
-    if weights is not None and len(weights) != len(styles):
-        raise XnnError(f"config: style_blend_weights has {len(weights)} weights for {len(styles)} style images")
-    if weights is not None and sum(weights) <= 0:
-        raise XnnError("config: style_blend_weights must not all be 0")
-    out = pathlib.PurePath(cfg["output_image"])
-    if out.is_absolute() or ".." in out.parts or out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
-        raise XnnError(f"config: output_image = {cfg['output_image']!r} must be a .png or .jpg file name "
-                       "inside the run folder")
     files, batch = _contents(cfg["content_image"])
     if not batch:
         load_image(files[0])  # fail now, before the run folder exists

@@ -19,7 +19,40 @@ import pathlib
 import sys
 import time
 
-from ..config import dump_yaml
+from ..config import Field, dump_yaml
+from ..errors import XnnError
+
+
+def _output_name_problem(name: str):
+    p = pathlib.PurePath(name)
+    if p.is_absolute() or ".." in p.parts or p.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        return "must be a .png or .jpg file name inside the run folder (use --out to choose the folder)"
+    return None
+
+
+def stylisation_fields(content_help: str) -> dict:
+    """Keys that the style and adain experiments share, with the same meaning."""
+    return {
+        "content_image": Field("path", "examples/chelsea.png", content_help),
+        "style_image": Field("path|list[path]", ["examples/starry_night.jpg"], "one style image or a list"),
+        "style_blend_weights": Field("list[float]", None, "one weight per style image (normalised to sum 1; "
+                                     "default equal)", nullable=True, min=0),
+        "original_colors": Field("bool", False, "keep the content's colours (transfer luminance only)"),
+        "output_image": Field("path", "output.png", "file name of the result inside the run folder",
+                              check=_output_name_problem),
+    }
+
+
+def check_blend_weights(cfg) -> None:
+    """One weight per style image, not all zero."""
+    weights, styles = cfg["style_blend_weights"], cfg["style_image"]
+    if weights is None:
+        return
+    if len(weights) != len(styles):
+        raise XnnError(f"config: style_blend_weights has {len(weights)} weights for {len(styles)} style "
+                       "images; give one weight per style image")
+    if sum(weights) <= 0:
+        raise XnnError("config: style_blend_weights must not all be 0")
 
 
 def atomic_write_bytes(path, data: bytes):

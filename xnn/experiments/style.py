@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import math
 import os
-import pathlib
 import time
 
 import numpy
 
 from ..config import Field
 from ..errors import XnnError
+from .base import check_blend_weights, stylisation_fields
 
 KIND = "style"
 VGG_LAYERS = [f"{kind}{b}_{i}" for b, n in enumerate((2, 2, 4, 4, 4), 1) for i in range(1, n + 1)
@@ -27,10 +27,7 @@ def _layers_ok(names):
 
 
 SCHEMA = {
-    "content_image": Field("path", "examples/chelsea.png", "the photo to repaint"),
-    "style_image": Field("path|list[path]", ["examples/starry_night.jpg"], "one painting or a list"),
-    "style_blend_weights": Field("list[float]", None, "one weight per style image (normalised to sum 1; "
-                                 "default equal)", nullable=True, min=0),
+    **stylisation_fields("the photo to repaint"),
     "image_size": Field("int", 384, "longer side of the output in pixels", min=16, max=16384),
     "style_scale": Field("float", 1.0, "style images are resized to image_size * style_scale", gt=0, max=8),
     "num_iterations": Field("int", 300, "optimiser iterations (0: only evaluate and save the start image)",
@@ -48,12 +45,10 @@ SCHEMA = {
                           "VGG19 layers of the style loss", check=_layers_ok),
     "init": Field("str", "image", "start from the content image or from noise", choices=("image", "random")),
     "init_image": Field("path", None, "start from this image instead (overrides init)", nullable=True),
-    "original_colors": Field("bool", False, "keep the content's colours (transfer luminance only)"),
     "pooling": Field("str", "max", "VGG pooling: max or avg", choices=("max", "avg")),
     "print_iter": Field("int", 10, "log losses every N iterations (0: only first and last)", min=0),
     "save_iter": Field("int", 100, "save an intermediate image and a checkpoint every N iterations (0: never)",
                        min=0),
-    "output_image": Field("path", "output.png", "file name of the result inside the run folder"),
     "weights": Field("str", "vgg19-imagenet-notop", "VGG19 weights: a registered name or a path"),
 }
 
@@ -66,16 +61,9 @@ def prepare(cfg, device, resume_dir=None):
     from ..models import vgg19
     from ..style import normalise_blend_weights
 
+    check_blend_weights(cfg)
     styles = cfg["style_image"]
-    if cfg["style_blend_weights"] is not None:
-        if len(cfg["style_blend_weights"]) != len(styles):
-            raise XnnError(f"config: style_blend_weights has {len(cfg['style_blend_weights'])} weights for "
-                           f"{len(styles)} style images; give one weight per style image")
     blend = normalise_blend_weights(cfg["style_blend_weights"], len(styles))
-    out_name = pathlib.PurePath(cfg["output_image"])
-    if out_name.is_absolute() or ".." in out_name.parts or out_name.suffix.lower() not in (".png", ".jpg", ".jpeg"):
-        raise XnnError(f"config: output_image = {cfg['output_image']!r} must be a .png or .jpg file name "
-                       "inside the run folder (use --out to choose the folder)")
     content = resize_longer_side(load_image(cfg["content_image"]), cfg["image_size"])
     style_size = max(16, round(cfg["image_size"] * cfg["style_scale"]))
     style_imgs = [resize_longer_side(load_image(p), style_size) for p in styles]
@@ -124,7 +112,6 @@ def run(state, ctx):
     from ..optim import Adam
 
     cfg, vgg, dev = state["cfg"], state["vgg"], ctx.device
-    xp = dev.xp
     obj = StyleTransferObjective(vgg, cfg["content_layers"], cfg["style_layers"],
                                  content_weight=cfg["content_weight"], style_weight=cfg["style_weight"],
                                  tv_weight=cfg["tv_weight"])

@@ -48,7 +48,7 @@ def prepare(cfg, device, resume_dir=None):
 
 
 def run(state, ctx):
-    cfg, vgg = state["cfg"], state["vgg"]
+    vgg = state["vgg"]
     ctx.save_image("input.png", state["image"])
     x = vgg.preprocess(state["image"])
     if vgg.include_top:
