@@ -102,15 +102,17 @@ class RunContext:
         rows = self.read_metrics()
         fig, axes = plt.subplots(1, len(series), figsize=(5 * len(series), 3.6), squeeze=False)
         for ax, (panel, keys) in zip(axes[0], series.items()):
+            log = panel.endswith("(log)")
             for key in keys:
-                pts = [(r[x_key], r[key]) for r in rows if key in r and x_key in r and r[key] is not None]
+                pts = [(r[x_key], r[key]) for r in rows if key in r and x_key in r and r[key] is not None
+                       and not (log and r[key] <= 0)]  # a log axis cannot show 0 (e.g. iteration 0)
                 if pts:
                     xs, ys = zip(*pts)
                     ax.plot(xs, ys, marker="o" if len(pts) < 30 else None, ms=3, label=key)
             ax.set_xlabel(x_key)
             ax.set_title(panel)
             ax.grid(alpha=0.3)
-            if panel.endswith("(log)"):
+            if log:
                 ax.set_yscale("log")
             ax.legend()
         if title:
