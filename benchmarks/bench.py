@@ -111,6 +111,10 @@ def machine_info(device):
     except ImportError:
         pass
     info["OPENBLAS_CORETYPE"] = os.environ.get("OPENBLAS_CORETYPE", "(unset)")
+    try:   # other work on the machine skews every number: record it
+        info["load average at start"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        pass
     try:
         from importlib.metadata import version
         info["torch"] = version("torch")

@@ -150,6 +150,8 @@ class Sequential:
                                f"the model expects {tuple(own[key].shape)}")
             # in place, so optimisers holding these arrays keep seeing the model's parameters
             own[key][...] = self.device.asarray(numpy.asarray(value, dtype=own[key].dtype))
+        for layer in self.layers.values():
+            layer._clear_cache()  # e.g. transformed weights cached by frozen convolutions
         return self
 
     def save(self, path):

@@ -21,6 +21,8 @@ class Device:
     name = "abstract"
     xp = None
     array_type: type = object
+    #: how many chunks ``parallel_map`` runs at once (work is split into at least this many)
+    workers = 1
 
     # ----------------------------------------------------------------- arrays
     def owns(self, array) -> bool:
@@ -59,6 +61,14 @@ class Device:
 
     def __repr__(self):
         return f"xnn.device('{self.name}')"
+
+    def parallel_map(self, fn, items) -> list:
+        """[fn(item) for item in items]; a backend may run the calls concurrently.
+
+        ``fn`` must only write disjoint parts of shared outputs.  The generic version
+        (used by CuPy, whose kernels are asynchronous anyway) runs them in order.
+        """
+        return [fn(item) for item in items]
 
     # ------------------------------------------------------- conv kernels
     def windows(self, x, kh: int, kw: int, sh: int, sw: int):

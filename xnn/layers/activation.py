@@ -5,7 +5,10 @@ from .base import Layer
 
 
 class ReLU(Layer):
-    """y = max(x, 0);  dx = dy * [x > 0].  Any shape."""
+    """y = max(x, 0);  dx = dy * [x > 0].  Any shape; y keeps x's memory order.
+
+    Only the boolean mask (1 byte per element) is kept for backward.
+    """
 
     def __init__(self, device=None):
         super().__init__(device)
@@ -13,7 +16,7 @@ class ReLU(Layer):
 
     def forward(self, x):
         self._mask = x > 0
-        return x * self._mask
+        return self.xp.maximum(x, 0)
 
     def backward(self, dy):
         return dy * self._mask

@@ -1,8 +1,9 @@
-"""2-D convolution (cross-correlation, as in every framework) via im2col + one GEMM."""
+"""2-D convolution (cross-correlation, as in every framework): im2col or Winograd GEMMs."""
 from __future__ import annotations
 
 import numpy
 
+from . import conv_algorithms as ca
 from .base import Layer, as_rng, init_weight
 from .padding import pad_hw, pad_hw_backward
 
@@ -17,24 +18,31 @@ class Conv2d(Layer):
     Shapes: x (N, C, H, W), W (O, C, kh, kw) (OIHW, as PyTorch), b (O,),
     y (N, O, Ho, Wo) with Ho = (H + 2p - kh) // s + 1.
 
-    Forward: the padded input is taken channels-last, unrolled to a column matrix
-    X (N*Ho*Wo, kh*kw*C) with channels innermost, and multiplied once by
-    Wm (kh*kw*C, O).  The output is returned as an NCHW-shaped view of NHWC
-    memory, so the next layer's channels-last view costs nothing.
-    Backward: dWm = X^T dY,  db = sum dY,  dX = dY Wm^T, folded back to pixels by
-    col2im (the adjoint of im2col) and un-padded.  A frozen layer keeps no X and
-    computes only dx.
-    ``padding_mode`` is "zeros" or "reflect".
+    Forward: the input is padded channels-last and convolved by one of
+    :mod:`~xnn.layers.conv_algorithms` (``algorithm``: "auto" times the applicable
+    ones once per shape; "im2col", "winograd2", "winograd4" force one).  The output
+    is an NCHW-shaped view of NHWC memory, so the next layer's channels-last view is free.
+    Backward: dW = X^T dY (X the im2col matrix, rebuilt chunk by chunk from the kept
+    padded input), db = sum dY.  For stride 1 the input gradient is itself a
+    convolution, dx = conv(pad(dY, k-1-p), W'), W'[c, o, a, b] = W[o, c, k-1-a, k-1-b],
+    so it takes the same fast algorithms; other strides fold dY Wm^T back by col2im.
+    A frozen layer keeps no input and caches its transformed weights (dropped when
+    ``params["W"]`` is replaced or the layer is frozen again; after writing into W
+    in place call ``_clear_cache()``).  ``padding_mode`` is "zeros" or "reflect".
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  bias: bool = True, padding_mode: str = "zeros", init: str = "he", seed=0,
-                 dtype=numpy.float32, device=None):
+                 dtype=numpy.float32, device=None, algorithm: str = "auto"):
         super().__init__(device)
         kh, kw = _pair(kernel_size)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = (kh, kw), _pair(stride), int(padding)
         self.padding_mode = padding_mode
+        if algorithm != "auto" and not ca.applicable(algorithm, kh, kw, *self.stride):
+            raise ValueError(f"conv algorithm {algorithm!r} needs a 3x3 stride-1 kernel; "
+                             f"choose one of auto, {', '.join(ca.ALGORITHMS)}")
+        self.algorithm = algorithm
         fan_in, fan_out = in_channels * kh * kw, out_channels * kh * kw
         params = {"W": init_weight(init, as_rng(seed), (out_channels, in_channels, kh, kw), fan_in, fan_out, dtype)}
         if bias:
@@ -43,46 +51,112 @@ class Conv2d(Layer):
         self._clear_cache()
 
     def _clear_cache(self):
-        self._cols = self._xshape = self._wmat = None
+        self._xpad = self._xshape = None
+        self._wcache = {}
+        self.last_algorithms = {}
 
-    def _weight_matrix(self):
-        """W as (kh*kw*C, O), matching the (a, b, c) order of the columns."""
-        o = self.out_channels
-        return self.params["W"].transpose(2, 3, 1, 0).reshape(-1, o)
+    def freeze(self):
+        self._wcache = {}
+        return super().freeze()
 
     def output_shape(self, h: int, w: int):
         (kh, kw), (sh, sw), p = self.kernel_size, self.stride, self.padding
         return (h + 2 * p - kh) // sh + 1, (w + 2 * p - kw) // sw + 1
 
+    # ------------------------------------------------------------ helpers
+    def _weights(self, algorithm, direction):
+        """Weights prepared for ``algorithm``.
+
+        The forward ones are cached while the layer is frozen (Winograd's are 1.8x / 4x
+        the size of W); the input-gradient ones are rebuilt per call (a few ms at most),
+        which keeps a frozen VGG19 at 5x its weights, not 9x.
+        """
+        w = self.params["W"]
+        hit = self._wcache.get(algorithm)
+        if direction == "fwd" and self.frozen and hit is not None and hit[0] is w:
+            return hit[1]
+        prep = ca.prepare_weights(self.xp, w if direction == "fwd" else ca.flipped_weights(w), algorithm)
+        if direction == "fwd" and self.frozen:
+            self._wcache[algorithm] = (w, prep)
+        return prep
+
+    def _pad(self, x, p, mode, extent):
+        """x (N, H, W, C) padded by p, then with zeros up to ``extent`` rows/columns."""
+        n, h, w, c = x.shape
+        eh, ew = max(extent[0], h + 2 * p), max(extent[1], w + 2 * p)
+        if mode == "reflect" and p:
+            x, p = pad_hw(self.xp, x, p, mode), 0
+            h, w = x.shape[1:3]
+            if (eh, ew) == (h, w):
+                return x
+        elif (eh, ew) == (h, w):
+            return x
+        out = self.xp.zeros((n, eh, ew, c), dtype=x.dtype)
+        out[:, p:p + h, p:p + w] = x
+        return out
+
+    def _conv(self, x, p, mode, direction, bias, stride):
+        """(y, xpad, algorithm) of the channels-last x; times the candidates on a shape's first call."""
+        (kh, kw), (sh, sw) = self.kernel_size, stride
+        n, h, w, c = x.shape
+        ho, wo = (h + 2 * p - kh) // sh + 1, (w + 2 * p - kw) // sw + 1
+        algo = self.algorithm if self.algorithm != "auto" else ca.forced_algorithm()
+        if algo != "auto" and not ca.applicable(algo, kh, kw, sh, sw):
+            algo = "im2col"
+        key = (self.device.name, x.dtype.str, direction, n, h, w, c, kh, kw, sh, sw, p,
+               self.out_channels if direction == "fwd" else self.in_channels)
+        algo = ca.cached_choice(key) if algo == "auto" else algo
+        todo = [algo] if algo is not None else ca.candidates(kh, kw, sh, sw, ho, wo)
+        extent = numpy.max([ca.padded_extent(a, ho, wo, kh, kw, sh, sw) for a in todo], axis=0)
+        xpad = self._pad(x, p, mode, extent)
+        best = None
+        for a in todo:
+            t, y = ca.timed(self.device, lambda: ca.conv_nhwc(
+                self.device, xpad, self._weights(a, direction), bias, a, (ho, wo), kh, kw, sh, sw))
+            if best is None or t < best[0]:
+                best = (t, y, a)
+        if algo is None:
+            ca.remember_choice(key, best[2])
+            self._wcache = {k: v for k, v in self._wcache.items() if k == best[2]}
+        self.last_algorithms[direction] = best[2]
+        return best[1], xpad, best[2]
+
+    # ------------------------------------------------------------ passes
     def forward(self, x):
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"Conv2d expects (N, {self.in_channels}, H, W) input, got {tuple(x.shape)}")
-        (kh, kw), (sh, sw), p = self.kernel_size, self.stride, self.padding
+        (kh, kw), p = self.kernel_size, self.padding
         n, _, h, w = x.shape
         ho, wo = self.output_shape(h, w)
         if ho < 1 or wo < 1:
             raise ValueError(f"Conv2d input {h}x{w} is smaller than its {kh}x{kw} kernel")
-        xpad = pad_hw(self.xp, x.transpose(0, 2, 3, 1), p, self.padding_mode)
-        cols = self.device.im2col(xpad, kh, kw, sh, sw)
-        wmat = self._weight_matrix()
-        y = cols @ wmat
-        if "b" in self.params:
-            y += self.params["b"]
-        self._xshape, self._wmat = xpad.shape, wmat
-        self._cols = None if self.frozen else cols
-        return y.reshape(n, ho, wo, self.out_channels).transpose(0, 3, 1, 2)
+        y, xpad, _ = self._conv(x.transpose(0, 2, 3, 1), p, self.padding_mode, "fwd",
+                                self.params.get("b"), self.stride)
+        self._xshape = (n, h, w, self.in_channels)
+        self._xpad = None if self.frozen else xpad
+        return y.transpose(0, 3, 1, 2)
 
     def backward(self, dy):
         (kh, kw), (sh, sw), p = self.kernel_size, self.stride, self.padding
         n, o, ho, wo = dy.shape
-        dy2 = dy.transpose(0, 2, 3, 1).reshape(n * ho * wo, o)
+        dy = self.xp.ascontiguousarray(dy.transpose(0, 2, 3, 1))
         if not self.frozen:
             c = self.in_channels
-            self.grads["W"] = (self._cols.T @ dy2).reshape(kh, kw, c, o).transpose(3, 2, 0, 1)
+            dwm = ca.weight_grad_nhwc(self.device, self._xpad, dy, kh, kw, sh, sw)
+            self.grads["W"] = dwm.reshape(kh, kw, c, o).transpose(3, 2, 0, 1)
             if "b" in self.params:
-                self.grads["b"] = dy2.sum(axis=0)
+                self.grads["b"] = dy.reshape(-1, o).sum(axis=0)
         if not self.needs_input_grad:
             return None
-        dcols = (dy2 @ self._wmat.T).reshape(n, ho, wo, kh, kw, self.in_channels)
-        dxpad = self.device.col2im(dcols, self._xshape, kh, kw, sh, sw)
+        if (sh, sw) == (1, 1) and kh == kw and p <= kh - 1:
+            if self.padding_mode == "zeros":
+                dx, _, _ = self._conv(dy, kh - 1 - p, "zeros", "dx", None, (1, 1))
+            else:
+                dxpad, _, _ = self._conv(dy, kh - 1, "zeros", "dx", None, (1, 1))
+                dx = pad_hw_backward(dxpad, p, self.padding_mode)
+            return dx.transpose(0, 3, 1, 2)
+        n, h, w, c = self._xshape
+        dcols = (dy.reshape(-1, o) @ self._weights("im2col", "fwd").T).reshape(n, ho, wo, kh, kw, c)
+        hp, wp = h + 2 * p, w + 2 * p
+        dxpad = self.device.col2im(dcols, (n, hp, wp, c), kh, kw, sh, sw)
         return pad_hw_backward(dxpad, p, self.padding_mode).transpose(0, 3, 1, 2)

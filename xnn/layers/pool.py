@@ -53,38 +53,70 @@ class _Pool2d(Layer):
 class MaxPool2d(_Pool2d):
     """y[n, c, i, j] = max over the window at (i*sh, j*sw) of the (-inf padded) input.
 
-    Forward takes the running maximum over the kh*kw strided slices and records
-    which offset won (the first one on ties).  Backward routes dy to that offset:
-    dx += dy * [winner == offset] for each offset; overlapping windows add up.
+    General path: a running maximum over the kh*kw strided slices that records which
+    offset won (the first one on ties); backward routes dy to that offset,
+    dx += dy * [winner == offset] for each offset (overlapping windows add up).
+    Fast path, for non-overlapping windows that tile the input exactly (kernel ==
+    stride, no padding, sizes divisible: VGG's 2x2 pools): y is the element-wise
+    maximum of the kh*kw slices, the input is kept (a reference, no copy), and the
+    winners are found only in backward: offset (a, b) gets dy where
+    x[a::kh, b::kw] == y and no earlier offset has taken it.
     """
 
+    def _tiles_exactly(self, h, w):
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        return (kh, kw) == (sh, sw) and self.padding == 0 and h % kh == 0 and w % kw == 0
+
     def forward(self, x):
+        xp = self.xp
         n, c, h, w = x.shape
         ho, wo, hp, wp = self._geometry(h, w)
-        xpad = self._padded(x, hp, wp, -self.xp.inf)
+        if self._tiles_exactly(h, w):
+            views = [x[:, :, sa, sb] for _, _, sa, sb in self._offsets(ho, wo)]
+            # the first maximum allocates y in the inputs' memory order (NHWC stays NHWC)
+            y = xp.maximum(views[0], views[1]) if len(views) > 1 else views[0].copy()
+            for v in views[2:]:
+                xp.maximum(y, v, out=y)
+            self._x, self._y, self._winner = x, y, None
+            return y
+        xpad = self._padded(x, hp, wp, -xp.inf)
         y = winner = None
         for a, b, sa, sb in self._offsets(ho, wo):
             v = xpad[:, :, sa, sb]
             if y is None:
-                y, winner = v.copy(), self.xp.zeros(v.shape, dtype=self.xp.uint8)
+                y, winner = v.copy(), xp.zeros(v.shape, dtype=xp.uint8)
             else:
                 better = v > y
-                y = self.xp.where(better, v, y)
+                y = xp.where(better, v, y)
                 winner[better] = a * self.kernel_size[1] + b
-        self._winner, self._shape = winner, (x.shape, hp, wp)
+        self._winner, self._shape, self._x = winner, (x.shape, hp, wp), None
         return y
 
     def backward(self, dy):
+        xp = self.xp
+        if self._x is not None:
+            x, y = self._x, self._y
+            dx = xp.zeros_like(x)
+            taken = None
+            for _, _, sa, sb in self._offsets(*dy.shape[2:]):
+                hit = x[:, :, sa, sb] == y
+                if taken is None:
+                    taken = hit
+                else:
+                    hit &= ~taken
+                    taken |= hit
+                xp.multiply(dy, hit, out=dx[:, :, sa, sb])
+            return dx
         (n, c, h, w), hp, wp = self._shape
         p = self.padding
-        dx = self.xp.zeros((n, c, hp, wp), dtype=dy.dtype)
+        dx = xp.zeros((n, c, hp, wp), dtype=dy.dtype)
         ho, wo = dy.shape[2:]
         for a, b, sa, sb in self._offsets(ho, wo):
             dx[:, :, sa, sb] += dy * (self._winner == a * self.kernel_size[1] + b)
         return dx[:, :, p:p + h, p:p + w]
 
     def _clear_cache(self):
-        self._winner = self._shape = None
+        self._winner = self._shape = self._x = self._y = None
 
 
 class AvgPool2d(_Pool2d):

@@ -1,0 +1,210 @@
+"""Every convolution algorithm (forced through Conv2d(algorithm=...)) against direct loops
+in float64, finite-difference gradients, float32 accuracy at VGG's channel counts,
+chunking, algorithm selection, the frozen-weight cache, and the MaxPool2d fast path."""
+import tracemalloc
+
+import numpy
+import pytest
+
+import xnn
+from xnn.layers import Conv2d, MaxPool2d
+from xnn.layers import conv_algorithms as ca
+
+from .gradcheck import check_layer, rel_error
+
+ALGOS = list(ca.ALGORITHMS)
+
+
+def conv_loops(x, w, b, pad, mode="zeros"):
+    """Stride-1 reference from the definition: one tensordot per kernel offset, float64."""
+    x, w = numpy.asarray(x, numpy.float64), numpy.asarray(w, numpy.float64)
+    o, c, kh, kw = w.shape
+    np_mode = "constant" if mode == "zeros" else "reflect"
+    xpad = numpy.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode=np_mode)
+    ho, wo = xpad.shape[2] - kh + 1, xpad.shape[3] - kw + 1
+    y = numpy.zeros((x.shape[0], o, ho, wo)) + numpy.asarray(b, numpy.float64)[:, None, None]
+    for a in range(kh):
+        for bb in range(kw):
+            y += numpy.einsum("nchw,oc->nohw", xpad[:, :, a:a + ho, bb:bb + wo], w[:, :, a, bb])
+    return y
+
+
+def input_grad_loops(dy, w, pad, shape):
+    """dx of a stride-1 zero-padded conv by scattering each dy through each kernel offset."""
+    n, c, h, wd = shape
+    o, _, kh, kw = w.shape
+    dxpad = numpy.zeros((n, c, h + 2 * pad, wd + 2 * pad))
+    ho, wo = dy.shape[2:]
+    for a in range(kh):
+        for bb in range(kw):
+            dxpad[:, :, a:a + ho, bb:bb + wo] += numpy.einsum("nohw,oc->nchw", dy, w[:, :, a, bb])
+    return dxpad[:, :, pad:pad + h, pad:pad + wd]
+
+
+def make(dev, algo, c, o, pad=1, mode="zeros", dtype=numpy.float64, frozen=False, rng=None):
+    layer = Conv2d(c, o, 3, padding=pad, padding_mode=mode, algorithm=algo, seed=3).to(dev, dtype)
+    if rng is not None:   # a non-zero bias
+        layer.params["b"] = dev.asarray(rng.standard_normal(o).astype(dtype))
+    return layer.freeze() if frozen else layer
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("n,c,o,h,w,pad,mode", [
+    (1, 3, 4, 11, 9, 1, "zeros"),      # sizes that are not whole tiles
+    (2, 2, 3, 4, 4, 0, "zeros"),       # no padding: 2x2 output
+    (2, 5, 2, 8, 8, 1, "reflect"),
+    (1, 1, 1, 1, 1, 1, "zeros"),       # one pixel
+])
+def test_forward_matches_direct_loops(dev, rng, algo, n, c, o, h, w, pad, mode):
+    layer = make(dev, algo, c, o, pad, mode, rng=rng)
+    x = rng.standard_normal((n, c, h, w))
+    y = xnn.to_numpy(layer.forward(dev.asarray(x)))
+    ref = conv_loops(x, xnn.to_numpy(layer.params["W"]), xnn.to_numpy(layer.params["b"]), pad, mode)
+    assert y.shape == ref.shape
+    assert rel_error(y, ref) < 1e-12
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("pad,mode,frozen", [(1, "zeros", False), (0, "zeros", False), (1, "reflect", False),
+                                             (1, "zeros", True), (2, "zeros", False)])
+def test_gradients(dev, rng, algo, pad, mode, frozen):
+    layer = Conv2d(2, 3, 3, padding=pad, padding_mode=mode, algorithm=algo, seed=1)
+    if frozen:
+        layer.freeze()
+    errors = check_layer(layer, rng.standard_normal((2, 2, 6, 5)), dev)
+    assert ("W" in errors) != frozen
+
+
+# measured here: 3e-7, 4.7e-7 and 2.5e-6 (norm-relative, 256 and 512 channels)
+@pytest.mark.parametrize("algo,tol", [("im2col", 1e-6), ("winograd2", 1.5e-6), ("winograd4", 1e-5)])
+@pytest.mark.parametrize("channels", [256, 512])
+def test_float32_accuracy_at_vgg_widths(dev, rng, algo, tol, channels):
+    x = rng.standard_normal((1, channels, 10, 9)).astype(numpy.float32)
+    layer = make(dev, algo, channels, channels, dtype=numpy.float32, frozen=True)
+    w = xnn.to_numpy(layer.params["W"]).astype(numpy.float64)
+    y = layer.forward(dev.asarray(x))
+    assert y.dtype == numpy.float32
+    assert rel_error(xnn.to_numpy(y), conv_loops(x, w, numpy.zeros(channels), 1)) < tol
+    dy = rng.standard_normal(y.shape).astype(numpy.float32)
+    dx = layer.backward(dev.asarray(dy))
+    assert dx.dtype == numpy.float32
+    assert rel_error(xnn.to_numpy(dx), input_grad_loops(dy, w, 1, x.shape)) < tol
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_chunked_and_threaded_paths_agree(dev, rng, monkeypatch, algo):
+    """Tiny chunks: split rows of one image, and groups of images; forward and backward."""
+    for n, h in ((1, 13), (5, 6)):
+        monkeypatch.setattr(ca, "CHUNK_BYTES", 3000)
+        layer = make(dev, algo, 4, 5, rng=rng)
+        x = rng.standard_normal((n, 4, h, 7))
+        y = layer.forward(dev.asarray(x))
+        dy = rng.standard_normal(y.shape)
+        dx = xnn.to_numpy(layer.backward(dev.asarray(dy)))
+        w = xnn.to_numpy(layer.params["W"])
+        assert rel_error(xnn.to_numpy(y), conv_loops(x, w, xnn.to_numpy(layer.params["b"]), 1)) < 1e-12
+        assert rel_error(dx, input_grad_loops(dy, w, 1, x.shape)) < 1e-12
+        dw = numpy.einsum("nohw,nchw->oc", dy, numpy.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))[:, :, :h, :7])
+        assert rel_error(xnn.to_numpy(layer.grads["W"])[:, :, 0, 0], dw) < 1e-12
+
+
+def test_chunks_cover_everything_once():
+    for n, rows, row_bytes, parts in [(1, 512, 10**6, 2), (64, 28, 10**4, 2), (3, 5, 10, 2), (1, 1, 10, 2),
+                                      (7, 3, 2 * 10**7, 1)]:
+        hits = numpy.zeros((n, rows), int)
+        for n0, n1, r0, r1 in ca._chunks(n, rows, row_bytes, parts):
+            assert n1 - n0 == 1 or (r0, r1) == (0, rows)       # out[n0:n1, r0:r1] is contiguous
+            hits[n0:n1, r0:r1] += 1
+        assert (hits == 1).all()
+
+
+def test_forward_memory_grows_with_pixels_not_with_im2col(rng, monkeypatch):
+    """A 64-channel forward at 128x128 would need a 37 MB column matrix; chunked it stays small."""
+    monkeypatch.setattr(ca, "CHUNK_BYTES", 2**20)
+    x = rng.standard_normal((1, 64, 128, 128)).astype(numpy.float32)
+    layer = Conv2d(64, 64, 3, padding=1, algorithm="im2col").freeze()
+    layer.forward(x)
+    tracemalloc.start()
+    layer.forward(x)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    io = 2 * x.nbytes * 1.1          # padded input + output
+    assert peak < io + 4 * ca.CHUNK_BYTES * xnn.device("cpu").workers
+
+
+def test_auto_times_once_and_remembers(dev, rng):
+    ca.clear_choices()
+    layer = make(dev, "auto", 3, 4)
+    x = dev.asarray(rng.standard_normal((1, 3, 9, 9)))
+    layer.forward(x)
+    chosen = layer.last_algorithms["fwd"]
+    assert chosen in ca.ALGORITHMS
+    key = [k for k in ca._CHOICE if k[0] == dev.name and k[2] == "fwd"]
+    assert len(key) == 1 and ca._CHOICE[key[0]] == chosen
+
+
+def test_environment_forces_an_algorithm(dev, rng, monkeypatch):
+    monkeypatch.setenv("XNN_CONV_ALGO", "winograd2")
+    layer = make(dev, "auto", 2, 2)
+    layer.backward(layer.forward(dev.asarray(rng.standard_normal((1, 2, 6, 6)))))
+    assert layer.last_algorithms == {"fwd": "winograd2", "dx": "winograd2"}
+    strided = Conv2d(2, 2, 3, stride=2).to(dev)           # Winograd does not apply: im2col
+    strided.forward(dev.asarray(rng.standard_normal((1, 2, 6, 6)).astype(numpy.float32)))
+    assert strided.last_algorithms["fwd"] == "im2col"
+    monkeypatch.setenv("XNN_CONV_ALGO", "fft")
+    with pytest.raises(ValueError, match="XNN_CONV_ALGO"):
+        layer.forward(dev.asarray(rng.standard_normal((1, 2, 6, 6))))
+
+
+def test_winograd_needs_a_3x3_stride_1_kernel():
+    with pytest.raises(ValueError, match="3x3 stride-1"):
+        Conv2d(2, 2, 5, algorithm="winograd4")
+    with pytest.raises(ValueError, match="3x3 stride-1"):
+        Conv2d(2, 2, 3, stride=2, algorithm="winograd2")
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_frozen_weight_cache_follows_new_weights(dev, rng, algo):
+    layer = make(dev, algo, 3, 2, frozen=True)
+    x = rng.standard_normal((1, 3, 7, 7))
+    layer.forward(dev.asarray(x))
+    w2 = rng.standard_normal((2, 3, 3, 3))
+    layer.params["W"] = dev.asarray(w2.copy())             # replaced: the cache must notice
+    y = xnn.to_numpy(layer.forward(dev.asarray(x)))
+    assert rel_error(y, conv_loops(x, w2, numpy.zeros(2), 1)) < 1e-12
+    layer.unfreeze()                                        # trained in place, then frozen again
+    layer.params["W"] *= 2
+    layer.freeze()
+    y = xnn.to_numpy(layer.forward(dev.asarray(x)))
+    assert rel_error(y, conv_loops(x, 2 * w2, numpy.zeros(2), 1)) < 1e-12
+
+
+# ---------------------------------------------------------------- MaxPool2d fast path
+def test_maxpool_fast_path_routes_ties_to_the_first_offset(dev):
+    x = numpy.zeros((1, 1, 2, 4))
+    x[0, 0, :, 2:] = [[1.0, 3.0], [3.0, 3.0]]
+    pool = MaxPool2d(2).to(dev)
+    y = pool.forward(dev.asarray(x))
+    numpy.testing.assert_array_equal(xnn.to_numpy(y), [[[[0.0, 3.0]]]])
+    dx = xnn.to_numpy(pool.backward(dev.asarray(numpy.array([[[[5.0, 7.0]]]]))))
+    numpy.testing.assert_array_equal(dx, [[[[5.0, 0.0, 0.0, 7.0], [0.0, 0.0, 0.0, 0.0]]]])
+
+
+def test_maxpool_fast_path_matches_loops_and_keeps_channels_last(dev, rng):
+    x = rng.standard_normal((2, 6, 8, 4))                  # NHWC memory, NCHW view
+    nchw = dev.asarray(x).transpose(0, 3, 1, 2)
+    pool = MaxPool2d(2).to(dev)
+    y = pool.forward(nchw)
+    ref = x.reshape(2, 3, 2, 4, 2, 4).max(axis=(2, 4)).transpose(0, 3, 1, 2)
+    numpy.testing.assert_array_equal(xnn.to_numpy(y), ref)
+    assert y.strides[1] < y.strides[3]                      # still channels-last in memory
+    dy = rng.standard_normal(ref.shape)
+    dx = xnn.to_numpy(pool.backward(dev.asarray(dy)))
+    xh = x.transpose(0, 3, 1, 2)
+    for i in range(3):
+        for j in range(2):
+            win = xh[:, :, 2 * i:2 * i + 2, 2 * j:2 * j + 2].reshape(2, 4, 4)
+            got = dx[:, :, 2 * i:2 * i + 2, 2 * j:2 * j + 2].reshape(2, 4, 4)
+            want = numpy.zeros_like(win)
+            numpy.put_along_axis(want, win.argmax(axis=2)[..., None], dy[:, :, i, j][..., None], axis=2)
+            numpy.testing.assert_array_equal(got, want)
