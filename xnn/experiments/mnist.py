@@ -8,6 +8,7 @@ import time
 import numpy
 
 from ..config import Field
+from ..data.mnist import batches, load_mnist
 from ..errors import XnnError
 from ..layers import SoftmaxCrossEntropy
 from ..models.mnist import cnn, mlp
@@ -51,7 +52,6 @@ def build_model(cfg, device):
 
 
 def prepare(cfg, device, resume_dir=None):
-    from ..data.mnist import load_mnist
     t = cfg["train"]
     if cfg["mode"] == "evaluate" and not cfg["checkpoint"]:
         raise XnnError("config: mode = 'evaluate' needs checkpoint: PATH (a best.npz or last.npz of a run)")
@@ -122,16 +122,16 @@ def train(state, ctx):
         ctx.info(f"resuming after epoch {start_epoch}")
     for epoch in range(start_epoch, t["epochs"]):
         t0 = time.perf_counter()
-        order = dev.asarray(numpy.random.default_rng([cfg["seed"], epoch]).permutation(n))
+        order = batches(n, t["batch_size"], numpy.random.default_rng([cfg["seed"], epoch]), drop_last=True)
         bar = ctx.progress(steps_per_epoch, f"epoch {epoch + 1}/{t['epochs']}", unit="step")
         loss_sum, correct = dev.xp.zeros((), dev.xp.float64), dev.xp.zeros((), dev.xp.int64)
-        for step in range(steps_per_epoch):
+        for step, idx in enumerate(order):
             if ctx.stop_requested:
                 bar.close()
                 return {"stopped": True}
             if t["schedule"] == "cosine":
                 opt.lr = t["learning_rate"] * 0.5 * (1 + math.cos(math.pi * (epoch * steps_per_epoch + step) / total_steps))
-            idx = order[step * t["batch_size"]:(step + 1) * t["batch_size"]]
+            idx = dev.asarray(idx)  # a few hundred indices: the only per-step host->device copy
             xb, yb = xs[idx], ys[idx]
             logits = model.forward(xb)
             loss = crit.forward(logits, yb)
