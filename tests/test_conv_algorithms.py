@@ -208,3 +208,23 @@ def test_maxpool_fast_path_matches_loops_and_keeps_channels_last(dev, rng):
             want = numpy.zeros_like(win)
             numpy.put_along_axis(want, win.argmax(axis=2)[..., None], dy[:, :, i, j][..., None], axis=2)
             numpy.testing.assert_array_equal(got, want)
+
+
+def test_chunk_limit_follows_weight_size_within_bounds():
+    assert ca.chunk_limit(0) == ca.MIN_CHUNK_BYTES
+    assert ca.chunk_limit(3 * 2**20) == 6 * 2**20
+    assert ca.chunk_limit(10**9) == ca.CHUNK_BYTES
+
+
+@pytest.mark.parametrize("limit", [700, 5000, None])
+def test_weight_grad_in_small_chunks_matches_loops(dev, rng, limit):
+    """dW = X^T dY summed over chunks of whole images and of row blocks, against einsum loops."""
+    n, c, o, h, w = 3, 2, 4, 6, 5
+    x = rng.standard_normal((n, h + 2, w + 2, c))
+    dy = rng.standard_normal((n, h, w, o))
+    got = xnn.to_numpy(ca.weight_grad_nhwc(dev, dev.asarray(x), dev.asarray(dy), 3, 3, 1, 1, limit=limit))
+    want = numpy.zeros((3, 3, c, o))
+    for a in range(3):
+        for b in range(3):
+            want[a, b] = numpy.einsum("nhwc,nhwo->co", x[:, a:a + h, b:b + w], dy)
+    assert rel_error(got, want.reshape(9 * c, o)) < 1e-12

@@ -185,3 +185,36 @@ def test_ceil_mode_output_sizes_match_pytorch_rule():
     assert pool_output_size(7, 2, 2, 0, False) == 3
     assert pool_output_size(6, 3, 2, 1, True) == 4   # last window starts on the last pixel
     assert pool_output_size(5, 2, 2, 1, True) == 3   # it would start in the right padding: dropped
+
+
+def test_relu_backward_with_nchw_dy_on_channels_last_input(dev, rng):
+    """dy in NCHW memory for a channels-last x (an injected gradient): values are dy * [x > 0]
+    and dx comes back channels-last, ready for the conv below."""
+    x = rng.standard_normal((2, 5, 4, 3))                 # NHWC memory
+    relu = ReLU().to(dev)
+    relu.forward(dev.asarray(x).transpose(0, 3, 1, 2))
+    dy = rng.standard_normal((2, 3, 5, 4))                # NCHW memory
+    dx = relu.backward(dev.asarray(dy))
+    want = dy * (x.transpose(0, 3, 1, 2) > 0)
+    numpy.testing.assert_array_equal(xnn.to_numpy(dx), want)
+    assert dx.transpose(0, 2, 3, 1).flags.c_contiguous
+
+
+def test_maxpool_backward_with_nchw_dy_keeps_channels_last(dev, rng):
+    """The Flatten -> MaxPool2d case: an NCHW dy for a channels-last pool; first winner takes dy."""
+    x = rng.standard_normal((2, 4, 6, 3))                 # NHWC memory, no ties
+    pool = MaxPool2d(2).to(dev)
+    pool.forward(dev.asarray(x).transpose(0, 3, 1, 2))
+    dy = rng.standard_normal((2, 3, 2, 3))
+    dx = pool.backward(dev.asarray(dy))
+    assert dx.transpose(0, 2, 3, 1).flags.c_contiguous
+    xh = x.transpose(0, 3, 1, 2)
+    want = numpy.zeros_like(xh)
+    for i in range(2):
+        for j in range(3):
+            win = xh[:, :, 2 * i:2 * i + 2, 2 * j:2 * j + 2].reshape(2, 3, 4)
+            k = win.argmax(axis=2)
+            for n in range(2):
+                for c in range(3):
+                    want[n, c, 2 * i + k[n, c] // 2, 2 * j + k[n, c] % 2] = dy[n, c, i, j]
+    numpy.testing.assert_array_equal(xnn.to_numpy(dx), want)

@@ -42,6 +42,11 @@ import numpy
 ALGORITHMS = ("im2col", "winograd2", "winograd4")
 #: bound on the largest temporary of one chunk (bytes)
 CHUNK_BYTES = 24 * 2**20
+#: smallest chunk budget: chunks are sized to about twice the prepared weights, at least this
+#: and at most CHUNK_BYTES (small chunks stay in cache between the copy and the GEMM; large
+#: weights want large chunks so that they are streamed fewer times).  64- and 128-channel
+#: layers run 10-20 % faster with 4 MB chunks than with 24 MB ones; 512-channel ones slower.
+MIN_CHUNK_BYTES = 4 * 2**20
 
 # ------------------------------------------------------------ Winograd matrices
 # F(2x2, 3x3) with interpolation points 0, 1, -1 (and infinity).
@@ -107,10 +112,16 @@ def flipped_weights(w):
 
 
 # ------------------------------------------------------------ chunking
-def _chunks(n: int, rows: int, row_bytes: int, parts: int = 1):
+def chunk_limit(weight_bytes: int) -> int:
+    """Chunk budget for a layer whose prepared weights take ``weight_bytes``."""
+    return min(CHUNK_BYTES, max(MIN_CHUNK_BYTES, 2 * weight_bytes))
+
+
+def _chunks(n: int, rows: int, row_bytes: int, parts: int = 1, limit: int | None = None):
     """(n0, n1, r0, r1) blocks covering n images x ``rows`` rows.
 
-    Whole images are grouped when one image fits :data:`CHUNK_BYTES`; otherwise each
+    Whole images are grouped when one image fits ``limit`` bytes (default
+    :data:`CHUNK_BYTES`); otherwise each
     image is split into row blocks.  Either way out[n0:n1, r0:r1] is contiguous.  The
     block count is rounded up to a multiple of ``parts`` (the parallel workers) where
     the images or rows allow, so the workers get equal shares.
@@ -120,10 +131,11 @@ def _chunks(n: int, rows: int, row_bytes: int, parts: int = 1):
         per = -(-total // count)
         return [(s, min(total, s + per)) for s in range(0, total, per)]
 
+    limit = CHUNK_BYTES if limit is None else limit
     image = max(1, rows * row_bytes)
-    if image <= CHUNK_BYTES and (n >= parts or rows < parts):
-        return [(a, b, 0, rows) for a, b in split(n, -(-n * image // CHUNK_BYTES))]
-    return [(i, i + 1, a, b) for i in range(n) for a, b in split(rows, -(-image // CHUNK_BYTES))]
+    if image <= limit and (n >= parts or rows < parts):
+        return [(a, b, 0, rows) for a, b in split(n, -(-n * image // limit))]
+    return [(i, i + 1, a, b) for i in range(n) for a, b in split(rows, -(-image // limit))]
 
 
 # ------------------------------------------------------------ forward kernels
@@ -177,32 +189,41 @@ def conv_nhwc(dev, xpad, wprep, bias, algorithm: str, out_hw, kh: int, kw: int, 
     out = xp.empty((n, ho, wo, o), dtype=xpad.dtype)
     item = xpad.dtype.itemsize
     m = tile_size(algorithm)
+    limit = chunk_limit(wprep.size * wprep.dtype.itemsize)
     if m == 1:
-        blocks = _chunks(n, ho, wo * max(kh * kw * c, o) * item, dev.workers)
+        blocks = _chunks(n, ho, wo * max(kh * kw * c, o) * item, dev.workers, limit)
         dev.parallel_map(lambda b: _im2col_chunk(dev, xpad, wprep, bias, out, kh, kw, sh, sw, b), blocks)
     else:
         bb, _, aa = winograd_matrices(m)
         mats = (xp.asarray(bb.astype(xpad.dtype)), xp.asarray(aa.astype(xpad.dtype)))
         tw, th = -(-wo // m), -(-ho // m)
-        blocks = _chunks(n, th, (m + 2) ** 2 * tw * max(c, o) * item, dev.workers)
+        blocks = _chunks(n, th, (m + 2) ** 2 * tw * max(c, o) * item, dev.workers, limit)
         dev.parallel_map(lambda b: _winograd_chunk(dev, xpad, wprep, bias, out, m, mats, b), blocks)
     return out
 
 
-def weight_grad_nhwc(dev, xpad, dy, kh: int, kw: int, sh: int, sw: int, cols=None):
+def weight_grad_nhwc(dev, xpad, dy, kh: int, kw: int, sh: int, sw: int, cols=None, limit=None):
     """dWm (kh*kw*C, O) = X^T dY, with X the im2col matrix of ``xpad``, built chunk by chunk.
 
     dy: (N, Ho, Wo, O) C-contiguous.  ``cols`` (the whole X) skips the unrolling.
+    The chunks run in order, each GEMM with the BLAS's own threads (a reduction over
+    many rows, which a threaded BLAS splits better than two one-thread GEMMs would);
+    ``limit`` overrides the chunk budget (:func:`chunk_limit` of the dW size).
     """
     n, ho, wo, o = dy.shape
     c = xpad.shape[3]
     if cols is not None:
         return cols.T @ dy.reshape(-1, o)
+    item = xpad.dtype.itemsize
+    limit = chunk_limit(kh * kw * c * o * item) if limit is None else limit
     total = None
-    for n0, n1, r0, r1 in _chunks(n, ho, wo * kh * kw * c * xpad.dtype.itemsize):
+    for n0, n1, r0, r1 in _chunks(n, ho, wo * kh * kw * c * item, limit=limit):
         sub = xpad[n0:n1, r0 * sh:(r1 - 1) * sh + kh, :(wo - 1) * sw + kw]
         part = dev.im2col(sub, kh, kw, sh, sw).T @ dy[n0:n1, r0:r1].reshape(-1, o)
-        total = part if total is None else total + part
+        if total is None:
+            total = part
+        else:
+            total += part
     return total
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+from .activation import in_layout_of
 from .base import Layer
 
 
@@ -60,7 +61,8 @@ class MaxPool2d(_Pool2d):
     stride, no padding, sizes divisible: VGG's 2x2 pools): y is the element-wise
     maximum of the kh*kw slices, the input is kept (a reference, no copy), and the
     winners are found only in backward: offset (a, b) gets dy where
-    x[a::kh, b::kw] == y and no earlier offset has taken it.
+    x[a::kh, b::kw] == y and no earlier offset has taken it (dy is first copied into
+    y's memory order when they differ: mixed-layout element-wise ops are slow).
     """
 
     def _tiles_exactly(self, h, w):
@@ -96,15 +98,18 @@ class MaxPool2d(_Pool2d):
         xp = self.xp
         if self._x is not None:
             x, y = self._x, self._y
-            dx = xp.zeros_like(x)
+            dy = in_layout_of(xp, dy, y)   # e.g. an NCHW dy from Flatten for a channels-last y
+            dx = xp.empty_like(x)          # the offsets' slices tile x: every element is written
+            offsets = list(self._offsets(*dy.shape[2:]))
             taken = None
-            for _, _, sa, sb in self._offsets(*dy.shape[2:]):
+            for k, (_, _, sa, sb) in enumerate(offsets):
                 hit = x[:, :, sa, sb] == y
                 if taken is None:
                     taken = hit
                 else:
-                    hit &= ~taken
-                    taken |= hit
+                    xp.greater(hit, taken, out=hit)    # hit and not taken, in one pass
+                    if k + 1 < len(offsets):
+                        taken |= hit
                 xp.multiply(dy, hit, out=dx[:, :, sa, sb])
             return dx
         (n, c, h, w), hp, wp = self._shape
