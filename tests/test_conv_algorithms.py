@@ -132,9 +132,9 @@ def test_forward_memory_grows_with_pixels_not_with_im2col(rng, monkeypatch):
     assert peak < io + 4 * ca.CHUNK_BYTES * xnn.device("cpu").workers
 
 
-def test_auto_times_once_and_remembers(dev, rng):
+def test_autotune_times_once_and_remembers(dev, rng):
     ca.clear_choices()
-    layer = make(dev, "auto", 3, 4)
+    layer = make(dev, "autotune", 3, 4)
     x = dev.asarray(rng.standard_normal((1, 3, 9, 9)))
     layer.forward(x)
     chosen = layer.last_algorithms["fwd"]
@@ -156,11 +156,27 @@ def test_environment_forces_an_algorithm(dev, rng, monkeypatch):
         layer.forward(dev.asarray(rng.standard_normal((1, 2, 6, 6))))
 
 
+def test_auto_follows_a_fixed_rule(dev, rng, monkeypatch):
+    monkeypatch.delenv("XNN_CONV_ALGO", raising=False)
+    ca.clear_choices()
+    cases = [((1, 3, 16, 16), 3, "im2col"),       # 3 input channels: a short GEMM
+             ((1, 32, 32, 32), 32, "winograd4"),  # 64 output tiles of 4x4
+             ((1, 32, 16, 16), 32, "im2col"),     # 16 tiles: transforms dominate
+             ((8, 32, 16, 16), 32, "winograd4")]  # 16 tiles per image, 128 in the batch
+    for shape, cin, want in cases:
+        layer = make(dev, "auto", cin, 4)
+        layer.forward(dev.asarray(rng.standard_normal(shape)))
+        assert layer.last_algorithms["fwd"] == want, (shape, layer.last_algorithms)
+    assert not ca._CHOICE  # nothing timed
+
+
 def test_winograd_needs_a_3x3_stride_1_kernel():
     with pytest.raises(ValueError, match="3x3 stride-1"):
         Conv2d(2, 2, 5, algorithm="winograd4")
     with pytest.raises(ValueError, match="3x3 stride-1"):
         Conv2d(2, 2, 3, stride=2, algorithm="winograd2")
+    with pytest.raises(ValueError, match="unknown conv algorithm"):
+        Conv2d(2, 2, 3, algorithm="fft")
 
 
 @pytest.mark.parametrize("algo", ALGOS)

@@ -167,3 +167,20 @@ def test_cnn_config_runs_a_few_steps(tmp_path):
                  "--set", "test_limit=200", "--set", "train.epochs=1", "--set", "model.channels=[4, 8]",
                  "--set", "model.fc=16", "--device", "cpu", "--quiet", "--out", str(out)]) == 0
     assert 0.0 <= json.loads((out / "summary.json").read_text())["test_accuracy"] <= 1.0
+
+
+def test_same_seed_same_numbers_across_processes(tmp_path):
+    """Separate processes (nothing shared in memory) give identical CNN training numbers."""
+    import os
+    import subprocess
+    import sys
+    rows = []
+    for name in ("p1", "p2"):
+        out = tmp_path / name
+        subprocess.run([sys.executable, str(REPO / "run.py"), str(REPO / "configs" / "mnist_cnn.yaml"),
+                        "--set", "train.limit=400", "--set", "train.val_size=80", "--set", "test_limit=100",
+                        "--set", "train.epochs=1", "--set", "model.channels=[4, 16]", "--set", "model.fc=16",
+                        "--device", "cpu", "--quiet", "--out", str(out)], check=True, cwd=REPO,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+        rows.append([(r["train_loss"], r["val_loss"]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())])
+    assert rows[0] == rows[1]

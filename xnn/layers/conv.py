@@ -19,8 +19,10 @@ class Conv2d(Layer):
     y (N, O, Ho, Wo) with Ho = (H + 2p - kh) // s + 1.
 
     Forward: the input is padded channels-last and convolved by one of
-    :mod:`~xnn.layers.conv_algorithms` (``algorithm``: "auto" times the applicable
-    ones once per shape; "im2col", "winograd2", "winograd4" force one).  The output
+    :mod:`~xnn.layers.conv_algorithms` (``algorithm``: "auto" picks by a fixed rule
+    of the shape, so a seed gives the same numbers every run; "autotune" times the
+    applicable ones once per shape and process; "im2col", "winograd2", "winograd4"
+    force one; the environment variable XNN_CONV_ALGO does the same for "auto" layers).  The output
     is an NCHW-shaped view of NHWC memory, so the next layer's channels-last view is free.
     Backward: dW = X^T dY (X the im2col matrix, rebuilt chunk by chunk from the kept
     padded input), db = sum dY.  For stride 1 the input gradient is itself a
@@ -39,9 +41,11 @@ class Conv2d(Layer):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = (kh, kw), _pair(stride), int(padding)
         self.padding_mode = padding_mode
-        if algorithm != "auto" and not ca.applicable(algorithm, kh, kw, *self.stride):
+        if algorithm not in ca.CHOICES:
+            raise ValueError(f"unknown conv algorithm {algorithm!r}; choose one of {', '.join(ca.CHOICES)}")
+        if algorithm in ca.ALGORITHMS and not ca.applicable(algorithm, kh, kw, *self.stride):
             raise ValueError(f"conv algorithm {algorithm!r} needs a 3x3 stride-1 kernel; "
-                             f"choose one of auto, {', '.join(ca.ALGORITHMS)}")
+                             f"choose one of {', '.join(ca.CHOICES)}")
         self.algorithm = algorithm
         fan_in, fan_out = in_channels * kh * kw, out_channels * kh * kw
         params = {"W": init_weight(init, as_rng(seed), (out_channels, in_channels, kh, kw), fan_in, fan_out, dtype)}
@@ -105,11 +109,13 @@ class Conv2d(Layer):
         n, h, w, c = x.shape
         ho, wo = (h + 2 * p - kh) // sh + 1, (w + 2 * p - kw) // sw + 1
         algo = self.algorithm if self.algorithm != "auto" else ca.forced_algorithm()
-        if algo != "auto" and not ca.applicable(algo, kh, kw, sh, sw):
+        if algo == "auto":
+            algo = ca.default_choice(kh, kw, sh, sw, c, n, ho, wo)
+        elif algo != "autotune" and not ca.applicable(algo, kh, kw, sh, sw):
             algo = "im2col"
         key = (self.device.name, x.dtype.str, direction, n, h, w, c, kh, kw, sh, sw, p,
                self.out_channels if direction == "fwd" else self.in_channels)
-        algo = ca.cached_choice(key) if algo == "auto" else algo
+        algo = ca.cached_choice(key) if algo == "autotune" else algo
         todo = [algo] if algo is not None else ca.candidates(kh, kw, sh, sw, ho, wo)
         extent = numpy.max([ca.padded_extent(a, ho, wo, kh, kw, sh, sw) for a in todo], axis=0)
         xpad = self._pad(x, p, mode, extent)

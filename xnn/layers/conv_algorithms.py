@@ -231,12 +231,32 @@ def weight_grad_nhwc(dev, xpad, dy, kh: int, kw: int, sh: int, sw: int, cols=Non
 _CHOICE: dict = {}
 
 
+#: what Conv2d(algorithm=...) and XNN_CONV_ALGO accept
+CHOICES = ("auto", "autotune") + ALGORITHMS
+
+
 def forced_algorithm():
-    """The algorithm named by XNN_CONV_ALGO ("" or "auto" when unset)."""
+    """The algorithm named by XNN_CONV_ALGO ("auto" when unset)."""
     name = os.environ.get("XNN_CONV_ALGO", "auto").strip().lower() or "auto"
-    if name != "auto" and name not in ALGORITHMS:
-        raise ValueError(f"XNN_CONV_ALGO={name!r} is not one of auto, {', '.join(ALGORITHMS)}")
+    if name not in CHOICES:
+        raise ValueError(f"XNN_CONV_ALGO={name!r} is not one of {', '.join(CHOICES)}")
     return name
+
+
+def default_choice(kh, kw, sh, sw, cin, n, ho, wo):
+    """The deterministic rule behind "auto" (same shape, same algorithm, every run).
+
+    Winograd F(4x4) for 3x3 stride-1 convolutions, except where timing on the
+    benchmark machine (docs/benchmarks.md) showed im2col ahead: few input channels
+    (conv1_1's 3, MNIST's 1: a short GEMM, nothing for Winograd to save) and few
+    output tiles (VGG's conv5_x at 224 px: 16 tiles, transform overheads dominate).
+    "autotune" times the candidates instead, which can pick differently from one
+    process to the next (results then differ in the last bits).
+    """
+    if (kh, kw, sh, sw) != (3, 3, 1, 1) or cin < 16 or min(ho, wo) < 4:
+        return "im2col"
+    tiles = n * -(-ho // 4) * -(-wo // 4)
+    return "winograd4" if tiles >= 64 else "im2col"
 
 
 def candidates(kh, kw, sh, sw, ho, wo):
