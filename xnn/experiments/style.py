@@ -28,7 +28,7 @@ def _layers_ok(names):
 
 SCHEMA = {
     **stylisation_fields("the photo to repaint"),
-    "image_size": Field("int", 384, "longer side of the output in pixels", min=16, max=16384),
+    "image_size": Field("int", 512, "longer side of the output in pixels", min=16, max=16384),
     "style_scale": Field("float", 1.0, "style images are resized to image_size * style_scale", gt=0, max=8),
     "num_iterations": Field("int", 300, "optimiser iterations (0: only evaluate and save the start image)",
                             min=0),
