@@ -3,8 +3,8 @@
 #   1. the whole test suite on the CuPy backend (tests taking `dev` run their gpu cases),
 #   2. a short 512 px style transfer on the GPU, saving the image,
 #   3. the benchmark suite on the GPU (xnn/CuPy vs PyTorch CUDA).
-# Weights and data come from XNN_HOME (default .carry: weights/vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5,
-# the AdaIN npz files, mnist/).  Every log goes to $OUT (default ./gpu_out); a failing step does not stop
+# Weights and data come from XNN_HOME (default .carry, made by `python benchmarks/make_gpu_carry.py`:
+# float16 VGG19 conv weights and AdaIN weights, mnist/; 59 MiB, under the device tool's 64 MiB).  Every log goes to $OUT (default ./gpu_out); a failing step does not stop
 # the later ones; exit codes are written to $OUT/status.txt.  Usage: OUT=/some/dir bash benchmarks/gpu_check.sh
 set -u
 cd "$(dirname "$0")/.."
@@ -37,7 +37,10 @@ step() {  # step NAME TIMEOUT_S CMD...: run with a time limit, log to $OUT/NAME.
 } > "$OUT/env.log" 2>&1
 
 step tests 210 env XNN_STRICT_DEVICE=1 $PY -m pytest -q -m "slow or not slow" -p no:cacheprovider -rs
+# the float16 carry of benchmarks/make_gpu_carry.py when present, else the named Keras file
+VGG=vgg19-imagenet-notop
+[ -f "$XNN_HOME/weights/vgg19_notop_f16.npz" ] && VGG="$XNN_HOME/weights/vgg19_notop_f16.npz"
 step style512 100 $PY run.py configs/style.yaml --device gpu --strict-device --set image_size=512 \
-    --set num_iterations=50 --out "$OUT/style512"
+    --set num_iterations=50 --set weights="$VGG" --out "$OUT/style512"
 step bench 150 $PY benchmarks/bench.py --device gpu --json "$OUT/bench_gpu.json" --doc "$OUT/benchmarks_gpu.md"
 cat "$STATUS"
