@@ -52,7 +52,6 @@ def worker(name, framework, device_name, repeats, warmup):
         dev = xnn.device(device_name, strict=True)
         base = _rss_mb()
         step, flops, units = workloads.XNN[name](dev, rng)
-        gpu_peak = None
         if dev.name == "gpu":
             import cupy
             pool = cupy.get_default_memory_pool()

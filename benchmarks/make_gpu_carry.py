@@ -6,7 +6,6 @@ MNIST as it is.
 
     XNN_HOME=../shared/data python benchmarks/make_gpu_carry.py      # then: XNN_HOME=.carry
 """
-import os
 import pathlib
 import shutil
 import sys

@@ -222,7 +222,7 @@ def torch_vgg_forward(torch, device, rng, size=224):
 def torch_style_step(torch, device, rng, size):
     net = _torch_vgg(torch, device)
     # indices of relu1_1, relu2_1, relu3_1, relu4_1, relu4_2, relu5_1 in the Sequential
-    names, idx, conv = [], {}, 0
+    idx = {}
     block, i_in_block = 1, 0
     for j, m in enumerate(net):
         if isinstance(m, torch.nn.MaxPool2d):

@@ -14,11 +14,14 @@ import numpy
 
 from ..config import Field
 from ..errors import XnnError
+from ..models.vgg_weights import BLOCKS
 from .base import check_blend_weights, stylisation_fields
 
 KIND = "style"
-VGG_LAYERS = [f"{kind}{b}_{i}" for b, n in enumerate((2, 2, 4, 4, 4), 1) for i in range(1, n + 1)
-              for kind in ("conv", "relu")] + [f"pool{b}" for b in range(1, 6)]
+#: VGG19's feature layers in network order (conv1_1, relu1_1, ..., pool5)
+VGG_LAYERS = [name for b, n_conv in enumerate(BLOCKS, 1)
+              for name in [x for i in range(1, n_conv + 1) for x in (f"conv{b}_{i}", f"relu{b}_{i}")]
+              + [f"pool{b}"]]
 
 
 def _layers_ok(names):
@@ -75,7 +78,7 @@ def prepare(cfg, device, resume_dir=None):
     if cfg["init_image"]:
         init_img = resize_to(load_image(cfg["init_image"]), (h, w))
 
-    deepest = max(cfg["content_layers"] + cfg["style_layers"], key=VGG_LAYERS_ORDER.index)
+    deepest = max(cfg["content_layers"] + cfg["style_layers"], key=VGG_LAYERS.index)
     vgg = vgg19(weights=cfg["weights"], device=device, include_top=False, pooling=cfg["pooling"])
     vgg.truncate(deepest)
     state = {"cfg": cfg, "vgg": vgg, "content": content, "styles": style_imgs, "blend": blend,
@@ -91,11 +94,6 @@ def prepare(cfg, device, resume_dir=None):
             raise XnnError(f"--resume {resume_dir}: the checkpoint is {state['checkpoint']['image'].shape[2:]} "
                            f"but the config now gives {h}x{w}; keep image_size as it was")
     return state
-
-
-VGG_LAYERS_ORDER = [n for b, n_conv in enumerate((2, 2, 4, 4, 4), 1)
-                    for n in [x for i in range(1, n_conv + 1) for x in (f"conv{b}_{i}", f"relu{b}_{i}")]
-                    + [f"pool{b}"]]
 
 
 def _check_memory(device, pixels, image_size):
