@@ -111,7 +111,7 @@ def run(args) -> int:
         raise
     ctx.close()
     if ctx.stop_requested:
-        print(f"xnn: stopped; state saved in {run_dir} (continue with --resume {run_dir})", file=sys.stderr)
+        print(f"xnn: stopped; outputs so far are in {run_dir} (continue with --resume {run_dir})", file=sys.stderr)
         return 130
     ctx.info(f"xnn: done; results in {run_dir}")
     return 0

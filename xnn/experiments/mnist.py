@@ -128,6 +128,8 @@ def train(state, ctx):
         for step, idx in enumerate(order):
             if ctx.stop_requested:
                 bar.close()
+                ctx.info(f"stopped in epoch {epoch + 1}; " + (f"last.npz holds epoch {epoch}, --resume continues "
+                         "from there" if epoch else "no epoch had finished, so there is nothing to resume"))
                 return {"stopped": True}
             if t["schedule"] == "cosine":
                 opt.lr = t["learning_rate"] * 0.5 * (1 + math.cos(math.pi * (epoch * steps_per_epoch + step) / total_steps))
