@@ -63,8 +63,8 @@ def _classify(state, ctx, vgg, x):
     probs = vgg.predict(x)
     vgg.device.synchronize()
     forward_s = time.perf_counter() - t0
-    top = numpy.argsort(-ctx.device.to_numpy(probs)[0], kind="stable")[:state["cfg"]["top_k"]]
     p = ctx.device.to_numpy(probs)[0]
+    top = numpy.argsort(-p, kind="stable")[:state["cfg"]["top_k"]]
     preds = [{"index": int(i), "name": vgg.class_names[i], "probability": float(p[i])} for i in top]
     ctx.save_json("predictions.json", preds)
     for r in preds:
