@@ -46,6 +46,15 @@ class _Stop(Exception):
     """Raised inside SciPy's loop to leave it early; never escapes this module."""
 
 
+def _stop_message(e: BaseException, catch_interrupt: bool) -> str:
+    """Why an optimiser loop ended early; a KeyboardInterrupt goes on up unless caught."""
+    if isinstance(e, KeyboardInterrupt):
+        if not catch_interrupt:
+            raise e
+        return "interrupted"
+    return str(e)
+
+
 def total_of(losses) -> float:
     """The scalar a loss report stands for: losses["total"] for a dict."""
     return float(losses["total"] if isinstance(losses, dict) else losses)
@@ -134,12 +143,8 @@ def lbfgs_minimize(fun_and_grad, x0, *, bounds=None, max_iter=100, max_fun=None,
                 options={"maxiter": int(max_iter), "maxfun": int(max_fun or 3 * max_iter + 20),
                          "maxcor": int(history), "ftol": ftol, "gtol": gtol})
             message = str(res.message)
-    except _Stop as e:
-        stopped, message = True, str(e)
-    except KeyboardInterrupt:
-        if not catch_interrupt:
-            raise
-        stopped, message = True, "interrupted"
+    except (_Stop, KeyboardInterrupt) as e:
+        stopped, message = True, _stop_message(e, catch_interrupt)
     if st["best"] is None:  # stopped before the first evaluation
         return MinimizeResult(to_device(start), None, 0, 0, stopped, message)
     return MinimizeResult(to_device(st["best"]), st["best_losses"], st["nit"], st["nfev"],
@@ -242,12 +247,8 @@ def lbfgs_device_minimize(fun_and_grad, x0, *, bounds=None, max_iter=100, callba
                 del pairs[:-history]
             x, g, f, losses, it = x_new, g_new, f_new, losses_new, it + 1
             _report(callback, should_stop, it, x, losses)
-    except _Stop as e:
-        stopped, message = True, str(e)
-    except KeyboardInterrupt:
-        if not catch_interrupt:
-            raise
-        stopped, message = True, "interrupted"
+    except (_Stop, KeyboardInterrupt) as e:
+        stopped, message = True, _stop_message(e, catch_interrupt)
     return MinimizeResult(best, best_losses, it, nfev, stopped, message)
 
 
@@ -288,13 +289,9 @@ def adam_minimize(fun_and_grad, x, *, lr, max_iter, bounds=None, callback=None, 
             opt.step({"image": grad})
             clip_to_range(x, lo, hi)
             it, losses = it + 1, None
-    except _Stop as e:
-        stopped, message = True, str(e)
-    except KeyboardInterrupt:
-        if not catch_interrupt:
-            raise
-        clip_to_range(x, lo, hi)
-        stopped, message = True, "interrupted"
+    except (_Stop, KeyboardInterrupt) as e:
+        stopped, message = True, _stop_message(e, catch_interrupt)
+        clip_to_range(x, lo, hi)  # an interrupt may land between a step and its clip
     return MinimizeResult(x, losses, it - start_iter, nfev, stopped, message)
 
 
