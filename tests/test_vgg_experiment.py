@@ -5,6 +5,7 @@ import json
 import pathlib
 
 import numpy
+import pytest
 
 import xnn.models
 from xnn.cli import main
@@ -26,12 +27,20 @@ def test_features_mode_with_real_notop_weights(tmp_path):
     assert stats["shape"] == [512, 2, 2] and stats["max"] > 0
 
 
-def test_classify_mode_writes_top_k_predictions(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def small_full_weights(tmp_path, monkeypatch):
+    """A reduced VGG19 (64 px input) with a synthetic full Keras file of the official structure;
+    xnn.models.vgg19 is patched to build that reduced architecture."""
     rng = numpy.random.default_rng(3)
     convs, fcs = random_weights(rng, SMALL["channels"], SMALL["fc"], SMALL["num_classes"], 2)
     path = tmp_path / "synthetic_full.h5"
     write_keras_h5(path, convs, fcs)
     monkeypatch.setattr(xnn.models, "vgg19", functools.partial(xnn.models.vgg19, **SMALL))
+    return path, convs, fcs
+
+
+def test_classify_mode_writes_top_k_predictions(tmp_path, small_full_weights, capsys):
+    path, convs, fcs = small_full_weights
     out = tmp_path / "run"
     assert main([str(REPO / "configs" / "vgg19.yaml"), "--set", f"weights={path}", "--set", "image_size=64",
                  "--set", "top_k=3", "--device", "cpu", "--quiet", "--out", str(out)]) == 0
@@ -46,12 +55,8 @@ def test_classify_mode_writes_top_k_predictions(tmp_path, monkeypatch, capsys):
     assert f"{want[0]:4d}" in capsys.readouterr().out
 
 
-def test_classify_with_wrong_size_is_refused(tmp_path, monkeypatch, capsys):
-    rng = numpy.random.default_rng(3)
-    convs, fcs = random_weights(rng, SMALL["channels"], SMALL["fc"], SMALL["num_classes"], 2)
-    path = tmp_path / "full.h5"
-    write_keras_h5(path, convs, fcs)
-    monkeypatch.setattr(xnn.models, "vgg19", functools.partial(xnn.models.vgg19, **SMALL))
+def test_classify_with_wrong_size_is_refused(tmp_path, small_full_weights, capsys):
+    path, _, _ = small_full_weights
     assert main([str(REPO / "configs" / "vgg19.yaml"), "--set", f"weights={path}", "--set", "image_size=96",
                  "--device", "cpu", "--out", str(tmp_path / "run")]) == 2
     assert "needs 64" in capsys.readouterr().err and not (tmp_path / "run").exists()
