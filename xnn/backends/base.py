@@ -19,6 +19,8 @@ class Device:
     """One place arrays live and are computed on. Subclasses set ``name`` and ``xp``."""
 
     name = "abstract"
+    #: "cpu" or "gpu": what kind of processor runs the work (runners choose by this)
+    kind = "abstract"
     xp = None
     array_type: type = object
     #: how many chunks ``parallel_map`` runs at once (work is split into at least this many)

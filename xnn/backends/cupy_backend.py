@@ -16,6 +16,7 @@ from .base import Device
 
 class CupyDevice(Device):
     name = "gpu"
+    kind = "gpu"
     xp = cupy
     array_type = cupy.ndarray
 

@@ -37,6 +37,7 @@ def _cpu_count() -> int:
 
 class NumpyDevice(Device):
     name = "cpu"
+    kind = "cpu"
     xp = numpy
     array_type = numpy.ndarray
 

@@ -122,10 +122,12 @@ def train(state, ctx):
         ctx.info(f"resuming after epoch {start_epoch}")
     for epoch in range(start_epoch, t["epochs"]):
         t0 = time.perf_counter()
-        order = batches(n, t["batch_size"], numpy.random.default_rng([cfg["seed"], epoch]), drop_last=True)
+        order = list(batches(n, t["batch_size"], numpy.random.default_rng([cfg["seed"], epoch]), drop_last=True))
+        # the epoch's whole order goes to the device in one copy; steps slice it there
+        order_dev = dev.asarray(numpy.concatenate(order)) if order else None
         bar = ctx.progress(steps_per_epoch, f"epoch {epoch + 1}/{t['epochs']}", unit="step")
         loss_sum, correct = dev.xp.zeros((), dev.xp.float64), dev.xp.zeros((), dev.xp.int64)
-        for step, idx in enumerate(order):
+        for step in range(len(order)):
             if ctx.stop_requested:
                 bar.close()
                 ctx.info(f"stopped in epoch {epoch + 1}; " + (f"last.npz holds epoch {epoch}, --resume continues "
@@ -133,7 +135,7 @@ def train(state, ctx):
                 return {"stopped": True}
             if t["schedule"] == "cosine":
                 opt.lr = t["learning_rate"] * 0.5 * (1 + math.cos(math.pi * (epoch * steps_per_epoch + step) / total_steps))
-            idx = dev.asarray(idx)  # a few hundred indices: the only per-step host->device copy
+            idx = order_dev[step * t["batch_size"]:(step + 1) * t["batch_size"]]
             xb, yb = xs[idx], ys[idx]
             logits = model.forward(xb)
             loss = crit.forward(logits, yb)

@@ -185,7 +185,7 @@ def run(state, ctx):
     remaining = total - start_iter
     backend = cfg["lbfgs_backend"]
     if backend == "auto":
-        backend = "device" if dev.name == "gpu" else "scipy"
+        backend = "device" if dev.kind == "gpu" else "scipy"
     if adam is not None:
         res = adam_minimize(fun, x, lr=cfg["learning_rate"], max_iter=remaining, bounds=(lo, hi),
                             callback=callback, should_stop=lambda: ctx.stop_requested, optimizer=adam,
