@@ -6,7 +6,9 @@ import numpy
 import pytest
 
 import xnn
-from xnn.backends import gpu_status
+from xnn.backends import gpu_status, register
+
+from .standin import make_device as make_standin_device
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -17,15 +19,28 @@ if "XNN_HOME" not in os.environ and SHARED_DATA.is_dir():
     os.environ["XNN_HOME"] = str(SHARED_DATA)
 
 
+# xnn's CuPy backend on the strict host-memory stand-in for CuPy: the GPU code path,
+# checked in CI without a GPU (tests/standin/fakecupy.py says what it enforces)
+STANDIN = register(make_standin_device())
+
+
 def _device_params():
     gpu, reason = gpu_status()
     return [pytest.param("cpu", id="cpu"),
+            pytest.param("standin", id="standin"),
             pytest.param("gpu", id="gpu",
                          marks=pytest.mark.skipif(gpu is None, reason=f"no usable GPU: {reason}"))]
 
 
 @pytest.fixture(params=_device_params())
 def dev(request):
+    """Every backend present: the CPU, the CuPy stand-in, and a real GPU where one exists."""
+    return xnn.device(request.param, strict=True)
+
+
+@pytest.fixture(params=[p for p in _device_params() if p.values[0] != "cpu"])
+def gpu_dev(request):
+    """The GPU code path: the stand-in always, a real GPU where one exists."""
     return xnn.device(request.param, strict=True)
 
 

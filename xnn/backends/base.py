@@ -10,6 +10,8 @@ a backend overrides one only where it has a faster way of its own.
 """
 from __future__ import annotations
 
+import time
+
 import numpy
 
 from ..errors import DeviceMismatchError
@@ -25,6 +27,13 @@ class Device:
     array_type: type = object
     #: how many chunks ``parallel_map`` runs at once (work is split into at least this many)
     workers = 1
+    #: True when a fresh element-wise result keeps its inputs' memory order (NumPy's
+    #: order="K"); False when it is always C-ordered (CuPy).  Layers that must keep
+    #: a channels-last layout on every backend write into ``xp.empty_like(x)``.
+    keeps_layout = True
+    #: upper bound on one convolution chunk's temporaries (bytes); None: the CPU rule
+    #: in :func:`xnn.layers.conv_algorithms.chunk_limit`
+    chunk_bytes = None
 
     # ----------------------------------------------------------------- arrays
     def owns(self, array) -> bool:
@@ -53,6 +62,14 @@ class Device:
 
     def synchronize(self) -> None:
         """Wait until queued work is done (a no-op on the CPU)."""
+
+    def elapsed(self, fn):
+        """(seconds, fn()): the wall time of fn with the device synchronised around it."""
+        self.synchronize()
+        t0 = time.perf_counter()
+        result = fn()
+        self.synchronize()
+        return time.perf_counter() - t0, result
 
     def memory_available(self) -> int | None:
         """Bytes free for new arrays on this device (None if unknown)."""

@@ -1,13 +1,14 @@
 """The NVIDIA GPU backend: CuPy arrays, cuBLAS GEMMs.
 
-CuPy is imported only when this module is, and this module is imported only when a
-GPU device is asked for, so ``import xnn`` works without CuPy.
+CuPy is imported only when a GPU device is made, so ``import xnn`` works without it.
+The device takes the namespace as an argument (``CupyDevice()`` imports ``cupy``);
+the test suite builds the same class on a strict host-memory stand-in for CuPy
+(``tests/standin``), so this file's code runs in CI without a GPU.
 """
 from __future__ import annotations
 
 import os
 
-import cupy
 import numpy
 
 from ..errors import DeviceMismatchError
@@ -15,39 +16,56 @@ from .base import Device
 
 
 class CupyDevice(Device):
-    name = "gpu"
     kind = "gpu"
-    xp = cupy
-    array_type = cupy.ndarray
+    #: fresh element-wise results are C-ordered on CuPy: layers that must keep a
+    #: channels-last layout write into ``empty_like`` outputs (``out=``)
+    keeps_layout = False
+    #: GEMMs are cheap to launch but each launch costs ~10 us: few, large chunks
+    chunk_bytes = 512 * 2**20
 
-    def __init__(self):
-        self.id = cupy.cuda.Device().id
+    def __init__(self, cupy_module=None, name: str = "gpu"):
+        if cupy_module is None:
+            import cupy as cupy_module
+        self.xp = cupy_module
+        self.name = name
+        self.array_type = cupy_module.ndarray
+        self.id = cupy_module.cuda.Device().id
         # TF32 tensor-core GEMMs are opt-in (XNN_TF32=1, which sets CuPy's own
         # CUPY_TF32 before CuPy is imported; see xnn.backends.device).
         self.tf32 = os.environ.get("CUPY_TF32", "0") == "1"
 
     def asarray(self, host, dtype=None):
-        if isinstance(host, cupy.ndarray):
+        xp = self.xp
+        if isinstance(host, xp.ndarray):
             return host if dtype is None else host.astype(dtype, copy=False)
         if not isinstance(host, (numpy.ndarray, numpy.generic, int, float, list, tuple)):
             raise DeviceMismatchError(
-                f"cannot put a {type(host).__module__}.{type(host).__name__} on the gpu device")
-        return cupy.asarray(host, dtype=dtype)
+                f"cannot put a {type(host).__module__}.{type(host).__name__} on the {self.name} device")
+        return xp.asarray(host, dtype=dtype)
 
     def to_numpy(self, array):
         self.check(array)
-        return cupy.asnumpy(array)
+        return self.xp.asnumpy(array)
 
     def rng(self, seed):
-        return cupy.random.default_rng(seed)
+        return self.xp.random.default_rng(seed)
 
     def synchronize(self):
-        cupy.cuda.get_current_stream().synchronize()
+        self.xp.cuda.get_current_stream().synchronize()
+
+    def elapsed(self, fn):
+        """(seconds, fn()) timed with CUDA events: one sync, at the end."""
+        cuda = self.xp.cuda
+        start, end = cuda.Event(), cuda.Event()
+        start.record()
+        result = fn()
+        end.record()
+        end.synchronize()
+        return cuda.get_elapsed_time(start, end) / 1000.0, result
 
     def memory_available(self):
-        free, _total = cupy.cuda.runtime.memGetInfo()
-        pool = cupy.get_default_memory_pool()
-        return free + pool.free_bytes()
+        free, _total = self.xp.cuda.runtime.memGetInfo()
+        return free + self.xp.get_default_memory_pool().free_bytes()
 
     def as_strided(self, x, shape, strides):
-        return cupy.lib.stride_tricks.as_strided(x, shape=shape, strides=strides)
+        return self.xp.lib.stride_tricks.as_strided(x, shape=shape, strides=strides)

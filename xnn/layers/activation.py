@@ -21,8 +21,18 @@ def in_layout_of(xp, a, ref):
     return a
 
 
+def like(xp, a, dtype=None):
+    """An uninitialised array of a's shape in a's memory order (order "K" on every backend).
+
+    Element-wise ops write into it with ``out=``: CuPy allocates fresh results in C order,
+    which would turn a channels-last conv output into NCHW memory and cost the next
+    conv a transposing copy.
+    """
+    return xp.empty_like(a, dtype=dtype)
+
+
 class ReLU(Layer):
-    """y = max(x, 0);  dx = dy * [x > 0].  Any shape; y keeps x's memory order.
+    """y = max(x, 0);  dx = dy * [x > 0].  Any shape; y and dx keep x's memory order.
 
     Only the boolean mask (1 byte per element) is kept for backward.  A dy whose
     memory order differs from x's (an NCHW gradient injected into a channels-last conv
@@ -34,11 +44,14 @@ class ReLU(Layer):
         self._mask = None
 
     def forward(self, x):
-        self._mask = x > 0
-        return self.xp.maximum(x, 0)
+        xp = self.xp
+        self._mask = xp.greater(x, 0, out=like(xp, x, bool))
+        return xp.maximum(x, 0, out=like(xp, x))
 
     def backward(self, dy):
-        return in_layout_of(self.xp, dy, self._mask) * self._mask
+        xp = self.xp
+        dy = in_layout_of(xp, dy, self._mask)
+        return xp.multiply(dy, self._mask, out=like(xp, self._mask, dy.dtype))
 
     def _clear_cache(self):
         self._mask = None

@@ -36,6 +36,33 @@ def init_weight(init: str | None, rng, shape, fan_in: int, fan_out: int, dtype):
     raise ValueError(f"unknown initialiser {init!r}; choose 'he' or 'xavier'")
 
 
+def pair(v, what: str) -> tuple:
+    """(a, b) of an int or a pair of ints (kernel sizes, strides); ValueError otherwise."""
+    t = (v, v) if isinstance(v, (int, numpy.integer)) and not isinstance(v, bool) else v
+    try:
+        a, b = t
+    except (TypeError, ValueError):
+        a = b = None
+    if not all(isinstance(u, (int, numpy.integer)) and not isinstance(u, bool) and u >= 1 for u in (a, b)):
+        raise ValueError(f"{what} must be a positive int or a pair of them, got {v!r}")
+    return int(a), int(b)
+
+
+def same_padding(v, what: str) -> int:
+    """Padding p of an int or an (p, p) pair; xnn pads H and W equally, so (ph, pw) with ph != pw
+    and negative values are refused with a ValueError that says so."""
+    t = (v, v) if isinstance(v, (int, numpy.integer)) and not isinstance(v, bool) else v
+    try:
+        a, b = t
+    except (TypeError, ValueError):
+        a = b = None
+    if not all(isinstance(u, (int, numpy.integer)) and not isinstance(u, bool) and u >= 0 for u in (a, b)) \
+            or a != b:
+        raise ValueError(f"{what} must be an int >= 0 or a pair (p, p) of equal ints (H and W are padded "
+                         f"alike), got {v!r}")
+    return int(a)
+
+
 def as_rng(seed_or_rng) -> numpy.random.Generator:
     if isinstance(seed_or_rng, numpy.random.Generator):
         return seed_or_rng

@@ -4,12 +4,8 @@ from __future__ import annotations
 import numpy
 
 from . import conv_algorithms as ca
-from .base import Layer, as_rng, init_weight
+from .base import Layer, as_rng, init_weight, pair, same_padding
 from .padding import pad_hw, pad_hw_backward
-
-
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
 
 
 class Conv2d(Layer):
@@ -37,9 +33,12 @@ class Conv2d(Layer):
                  bias: bool = True, padding_mode: str = "zeros", init: str = "he", seed=0,
                  dtype=numpy.float32, device=None, algorithm: str = "auto"):
         super().__init__(device)
-        kh, kw = _pair(kernel_size)
+        kh, kw = pair(kernel_size, "Conv2d kernel_size")
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride, self.padding = (kh, kw), _pair(stride), int(padding)
+        self.kernel_size, self.stride = (kh, kw), pair(stride, "Conv2d stride")
+        self.padding = same_padding(padding, "Conv2d padding")
+        if padding_mode not in ("zeros", "reflect"):
+            raise ValueError(f"unknown padding_mode {padding_mode!r}; choose 'zeros' or 'reflect'")
         self.padding_mode = padding_mode
         if algorithm not in ca.CHOICES:
             raise ValueError(f"unknown conv algorithm {algorithm!r}; choose one of {', '.join(ca.CHOICES)}")
@@ -79,63 +78,20 @@ class Conv2d(Layer):
         hit = self._wcache.get(algorithm)
         if direction == "fwd" and self.frozen and hit is not None and hit[0] is w:
             return hit[1]
-        prep = ca.prepare_weights(self.xp, w if direction == "fwd" else ca.flipped_weights(w), algorithm)
+        prep = ca.prepare_weights(self.device, w if direction == "fwd" else ca.flipped_weights(w), algorithm)
         if direction == "fwd" and self.frozen:
             self._wcache[algorithm] = (w, prep)
         return prep
 
-    def _pad(self, x, p, mode, extent):
-        """x (N, H, W, C) padded by p, then with zeros up to ``extent`` rows/columns."""
-        n, h, w, c = x.shape
-        eh, ew = max(extent[0], h + 2 * p), max(extent[1], w + 2 * p)
-        if mode == "reflect" and p:
-            x, p = pad_hw(self.xp, x, p, mode), 0
-            h, w = x.shape[1:3]
-            if (eh, ew) == (h, w):
-                return x
-        elif (eh, ew) == (h, w):
-            return x
-        out = self.xp.empty((n, eh, ew, c), dtype=x.dtype)
-        out[:, :p] = 0                       # only the border is zeroed, the inside is copied
-        out[:, p + h:] = 0
-        out[:, p:p + h, :p] = 0
-        out[:, p:p + h, p + w:] = 0
-        out[:, p:p + h, p:p + w] = x
-        return out
-
     def _conv(self, x, p, mode, direction, bias, stride):
-        """(y, xpad, algorithm) of the channels-last x; times the candidates on a shape's first call."""
-        (kh, kw), (sh, sw) = self.kernel_size, stride
-        n, h, w, c = x.shape
-        ho, wo = (h + 2 * p - kh) // sh + 1, (w + 2 * p - kw) // sw + 1
-        algo = self.algorithm if self.algorithm != "auto" else ca.forced_algorithm()
-        if algo == "auto":
-            algo = ca.default_choice(kh, kw, sh, sw, c, n, ho, wo)
-        elif algo != "autotune" and not ca.applicable(algo, kh, kw, sh, sw):
-            algo = "im2col"
-        key = (self.device.name, x.dtype.str, direction, n, h, w, c, kh, kw, sh, sw, p,
-               self.out_channels if direction == "fwd" else self.in_channels)
-        algo = ca.cached_choice(key) if algo == "autotune" else algo
-        todo = [algo] if algo is not None else ca.candidates(kh, kw, sh, sw, ho, wo)
-        extent = numpy.max([ca.padded_extent(a, ho, wo, kh, kw, sh, sw) for a in todo], axis=0)
-        xpad = self._pad(x, p, mode, extent)
-        best = None
-        for a in todo:
-            def run(a=a):
-                return ca.conv_nhwc(self.device, xpad, self._weights(a, direction), bias, a, (ho, wo),
-                                    kh, kw, sh, sw)
-            # when choosing, each candidate runs twice and its faster run counts: a first
-            # run pays page faults and cold caches, which made the choice vary between runs
-            t, y = ca.timed(self.device, run)
-            if len(todo) > 1:
-                t = min(t, ca.timed(self.device, run)[0])
-            if best is None or t < best[0]:
-                best = (t, y, a)
-        if algo is None:
-            ca.remember_choice(key, best[2])
-            self._wcache = {k: v for k, v in self._wcache.items() if k == best[2]}
-        self.last_algorithms[direction] = best[2]
-        return best[1], xpad, best[2]
+        """(y, xpad, algorithm) of the channels-last x, by :func:`conv_algorithms.convolve`."""
+        out_channels = self.out_channels if direction == "fwd" else self.in_channels
+        y, xpad, algo = ca.convolve(self.device, x, self.algorithm, lambda a: self._weights(a, direction),
+                                    bias, self.kernel_size, stride, p, mode, out_channels, direction)
+        if self.algorithm == "autotune" and len(self._wcache) > 1:
+            self._wcache = {k: v for k, v in self._wcache.items() if k == algo}
+        self.last_algorithms[direction] = algo
+        return y, xpad, algo
 
     # ------------------------------------------------------------ passes
     def forward(self, x):

@@ -27,15 +27,19 @@ Algorithms (``ALGORITHMS``):
   float32 rounding error grows with m (about 1e-6 for m = 2 and 1e-5 for m = 4
   relative to the output, measured against float64 in the tests).
 
-``choose_algorithm`` times the applicable algorithms once per layer shape and
-device and caches the fastest in-process (``"auto"``); ``XNN_CONV_ALGO`` forces one
-for every layer left on "auto" (3x3 stride-1 only for the Winograd ones; other
-layers fall back to im2col).
+Choosing (:func:`convolve`, the one entry point layers call): ``"auto"`` applies a
+fixed rule of the shape (:func:`default_choice`), so a seed gives the same numbers in
+every run; ``"autotune"`` times the applicable algorithms once per shape and device
+(with the device's own clock: CUDA events on a GPU) and caches the fastest in-process;
+a named algorithm is used where it applies (else im2col).  ``XNN_CONV_ALGO`` sets
+the choice for every layer left on "auto".  Chunk budgets come from the device: a GPU
+gets few large GEMMs (``Device.chunk_bytes``), the CPU cache-sized ones
+(:func:`chunk_limit`).  The Winograd transform matrices are copied to a device once
+per (device, dtype), not per call.
 """
 from __future__ import annotations
 
 import os
-import time
 
 import numpy
 
@@ -89,8 +93,20 @@ def padded_extent(algorithm: str, ho: int, wo: int, kh: int, kw: int, sh: int, s
     return (ho - 1) * sh + kh, (wo - 1) * sw + kw
 
 
+_DEVICE_MATS: dict = {}
+
+
+def device_matrices(dev, m: int, dtype):
+    """winograd_matrices(m) as ``dtype`` arrays on ``dev``, copied there once and cached."""
+    key = (dev.name, numpy.dtype(dtype).str, m)
+    mats = _DEVICE_MATS.get(key)
+    if mats is None:
+        mats = _DEVICE_MATS[key] = tuple(dev.asarray(a.astype(dtype)) for a in winograd_matrices(m))
+    return mats
+
+
 # ------------------------------------------------------------ weights
-def prepare_weights(xp, w, algorithm: str):
+def prepare_weights(dev, w, algorithm: str):
     """Weights (O, C, kh, kw) in the form the algorithm multiplies by.
 
     im2col: Wm (kh*kw*C, O), rows in (a, b, c) order.
@@ -100,9 +116,8 @@ def prepare_weights(xp, w, algorithm: str):
     wm = w.transpose(2, 3, 1, 0).reshape(kh * kw, c * o)
     m = tile_size(algorithm)
     if m == 1:
-        return xp.ascontiguousarray(wm.reshape(kh * kw * c, o))
-    _, gg, _ = winograd_matrices(m)
-    gg = xp.asarray(gg.astype(w.dtype))
+        return dev.xp.ascontiguousarray(wm.reshape(kh * kw * c, o))
+    _, gg, _ = device_matrices(dev, m, w.dtype)
     return (gg @ wm).reshape(-1, c, o)
 
 
@@ -112,8 +127,14 @@ def flipped_weights(w):
 
 
 # ------------------------------------------------------------ chunking
-def chunk_limit(weight_bytes: int) -> int:
-    """Chunk budget for a layer whose prepared weights take ``weight_bytes``."""
+def chunk_limit(weight_bytes: int, dev=None) -> int:
+    """Chunk budget for a layer whose prepared weights take ``weight_bytes``.
+
+    A device with its own ``chunk_bytes`` (a GPU: launches are the cost, not cache
+    misses) gets that; the CPU gets twice the weights, within [MIN_CHUNK_BYTES, CHUNK_BYTES].
+    """
+    if dev is not None and dev.chunk_bytes:
+        return dev.chunk_bytes
     return min(CHUNK_BYTES, max(MIN_CHUNK_BYTES, 2 * weight_bytes))
 
 
@@ -189,13 +210,13 @@ def conv_nhwc(dev, xpad, wprep, bias, algorithm: str, out_hw, kh: int, kw: int, 
     out = xp.empty((n, ho, wo, o), dtype=xpad.dtype)
     item = xpad.dtype.itemsize
     m = tile_size(algorithm)
-    limit = chunk_limit(wprep.size * wprep.dtype.itemsize)
+    limit = chunk_limit(wprep.size * wprep.dtype.itemsize, dev)
     if m == 1:
         blocks = _chunks(n, ho, wo * max(kh * kw * c, o) * item, dev.workers, limit)
         dev.parallel_map(lambda b: _im2col_chunk(dev, xpad, wprep, bias, out, kh, kw, sh, sw, b), blocks)
     else:
-        bb, _, aa = winograd_matrices(m)
-        mats = (xp.asarray(bb.astype(xpad.dtype)), xp.asarray(aa.astype(xpad.dtype)))
+        bb, _, aa = device_matrices(dev, m, xpad.dtype)
+        mats = (bb, aa)
         tw, th = -(-wo // m), -(-ho // m)
         blocks = _chunks(n, th, (m + 2) ** 2 * tw * max(c, o) * item, dev.workers, limit)
         dev.parallel_map(lambda b: _winograd_chunk(dev, xpad, wprep, bias, out, m, mats, b), blocks)
@@ -215,7 +236,7 @@ def weight_grad_nhwc(dev, xpad, dy, kh: int, kw: int, sh: int, sw: int, cols=Non
     if cols is not None:
         return cols.T @ dy.reshape(-1, o)
     item = xpad.dtype.itemsize
-    limit = chunk_limit(kh * kw * c * o * item) if limit is None else limit
+    limit = chunk_limit(kh * kw * c * o * item, dev) if limit is None else limit
     total = None
     for n0, n1, r0, r1 in _chunks(n, ho, wo * kh * kw * c * item, limit=limit):
         sub = xpad[n0:n1, r0 * sh:(r1 - 1) * sh + kh, :(wo - 1) * sw + kw]
@@ -250,8 +271,10 @@ def default_choice(kh, kw, sh, sw, cin, n, ho, wo):
     benchmark machine (docs/benchmarks.md) showed im2col ahead: few input channels
     (conv1_1's 3, MNIST's 1: a short GEMM, nothing for Winograd to save) and few
     output tiles (VGG's conv5_x at 224 px: 16 tiles, transform overheads dominate).
-    "autotune" times the candidates instead, which can pick differently from one
-    process to the next (results then differ in the last bits).
+    The GPU uses the same rule (F(4x4) also moves fewer bytes per output pixel than
+    im2col) until GPU timings say otherwise; "autotune" times the candidates instead,
+    which can pick differently from one process to the next (results then differ in
+    the last bits).
     """
     if (kh, kw, sh, sw) != (3, 3, 1, 1) or cin < 16 or min(ho, wo) < 4:
         return "im2col"
@@ -270,23 +293,48 @@ def candidates(kh, kw, sh, sw, ho, wo):
     return out
 
 
-def cached_choice(key):
-    return _CHOICE.get(key)
-
-
-def remember_choice(key, algorithm):
-    _CHOICE[key] = algorithm
-
-
 def clear_choices():
     """Forget every timed choice (tests, or after changing CHUNK_BYTES)."""
     _CHOICE.clear()
 
 
-def timed(dev, fn):
-    """(seconds, result) of fn() with the device synchronised around it."""
-    dev.synchronize()
-    t0 = time.perf_counter()
-    result = fn()
-    dev.synchronize()
-    return time.perf_counter() - t0, result
+def convolve(dev, x, setting, weights_for, bias, kernel, stride, pad, mode, out_channels, tag="fwd"):
+    """(y, xpad, algorithm): the convolution of channels-last ``x`` (N, H, W, C), C-contiguous y.
+
+    ``setting`` is a layer's ``algorithm`` ("auto", "autotune" or a name);
+    ``weights_for(algorithm)`` gives the prepared weights; ``pad``/``mode`` pad x
+    (zeros or reflect) up to what the chosen algorithm reads.  With "autotune", the
+    first call per (device, dtype, tag, shape) runs every candidate twice, timed by
+    ``dev.elapsed``, and remembers the fastest; otherwise nothing is timed or synced.
+    """
+    from .padding import pad_to_extent
+    (kh, kw), (sh, sw) = kernel, stride
+    n, h, w, c = x.shape
+    ho, wo = (h + 2 * pad - kh) // sh + 1, (w + 2 * pad - kw) // sw + 1
+    algo = forced_algorithm() if setting == "auto" else setting
+    if algo == "auto":
+        algo = default_choice(kh, kw, sh, sw, c, n, ho, wo)
+    elif algo != "autotune" and not applicable(algo, kh, kw, sh, sw):
+        algo = "im2col"
+    key = (dev.name, x.dtype.str, tag, n, h, w, c, kh, kw, sh, sw, pad, out_channels)
+    if algo == "autotune":
+        algo = _CHOICE.get(key)
+    todo = [algo] if algo is not None else candidates(kh, kw, sh, sw, ho, wo)
+    extent = numpy.max([padded_extent(a, ho, wo, kh, kw, sh, sw) for a in todo], axis=0)
+    xpad = pad_to_extent(dev.xp, x, pad, mode, extent)
+
+    def run(a):
+        return conv_nhwc(dev, xpad, weights_for(a), bias, a, (ho, wo), kh, kw, sh, sw)
+
+    if algo is not None:
+        return run(algo), xpad, algo
+    best = None
+    for a in todo:
+        # each candidate runs twice and its faster run counts: a first run pays page
+        # faults and cold caches, which made the choice vary between runs
+        t, y = dev.elapsed(lambda: run(a))
+        t = min(t, dev.elapsed(lambda: run(a))[0])
+        if best is None or t < best[0]:
+            best = (t, y, a)
+    _CHOICE[key] = best[2]
+    return best[1], xpad, best[2]

@@ -28,6 +28,26 @@ def pad_hw(xp, x, p: int, mode: str):
     raise ValueError(f"unknown padding mode {mode!r}; choose 'zeros' or 'reflect'")
 
 
+def pad_to_extent(xp, x, p: int, mode: str, extent):
+    """x (N, H, W, C) padded by p (zeros or reflect), then with zeros after it up to
+    ``extent`` = (rows, columns) in all (Winograd reads whole tiles).  Only the border
+    of a fresh array is zeroed; the inside is one copy of x."""
+    n, h, w, c = x.shape
+    eh, ew = max(extent[0], h + 2 * p), max(extent[1], w + 2 * p)
+    if mode == "reflect" and p:
+        x, p = pad_hw(xp, x, p, mode), 0
+        h, w = x.shape[1:3]
+    if p == 0 and (eh, ew) == (h, w):
+        return x
+    out = xp.empty((n, eh, ew, c), dtype=x.dtype)
+    out[:, :p] = 0
+    out[:, p + h:] = 0
+    out[:, p:p + h, :p] = 0
+    out[:, p:p + h, p + w:] = 0
+    out[:, p:p + h, p:p + w] = x
+    return out
+
+
 def _fold_reflect(g, p: int, axis: int):
     """Adjoint of reflection padding along one axis: add mirrored borders back in."""
     size = g.shape[axis] - 2 * p

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import math
 
-from .activation import in_layout_of
-from .base import Layer
+from .activation import in_layout_of, like
+from .base import Layer, pair, same_padding
 
 
 def pool_output_size(size: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
@@ -20,9 +20,11 @@ def pool_output_size(size: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
 class _Pool2d(Layer):
     def __init__(self, kernel_size, stride=None, padding: int = 0, ceil_mode: bool = False, device=None):
         super().__init__(device)
-        k = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
-        s = k if stride is None else ((stride, stride) if isinstance(stride, int) else tuple(stride))
-        self.kernel_size, self.stride, self.padding, self.ceil_mode = k, s, int(padding), ceil_mode
+        name = type(self).__name__
+        k = pair(kernel_size, f"{name} kernel_size")
+        s = k if stride is None else pair(stride, f"{name} stride")
+        self.kernel_size, self.stride, self.ceil_mode = k, s, bool(ceil_mode)
+        self.padding = same_padding(padding, f"{name} padding")
         if self.padding * 2 > min(k):
             raise ValueError("pool padding must be at most half the kernel size")
 
@@ -52,10 +54,11 @@ class _Pool2d(Layer):
 
 
 class MaxPool2d(_Pool2d):
-    """y[n, c, i, j] = max over the window at (i*sh, j*sw) of the (-inf padded) input.
+    """y[n, c, i, j] = max over the window at (i*sh, j*sw) of the (-inf padded) input;
+    a NaN in a window makes its output NaN (as PyTorch).
 
     General path: a running maximum over the kh*kw strided slices that records which
-    offset won (the first one on ties); backward routes dy to that offset,
+    offset won (the first one on ties, a NaN over any number); backward routes dy to that offset,
     dx += dy * [winner == offset] for each offset (overlapping windows add up).
     Fast path, for non-overlapping windows that tile the input exactly (kernel ==
     stride, no padding, sizes divisible: VGG's 2x2 pools): y is the element-wise
@@ -75,8 +78,11 @@ class MaxPool2d(_Pool2d):
         ho, wo, hp, wp = self._geometry(h, w)
         if self._tiles_exactly(h, w):
             views = [x[:, :, sa, sb] for _, _, sa, sb in self._offsets(ho, wo)]
-            # the first maximum allocates y in the inputs' memory order (NHWC stays NHWC)
-            y = xp.maximum(views[0], views[1]) if len(views) > 1 else views[0].copy()
+            y = like(xp, views[0])          # the inputs' memory order: NHWC stays NHWC
+            if len(views) > 1:
+                xp.maximum(views[0], views[1], out=y)
+            else:
+                y[...] = views[0]
             for v in views[2:]:
                 xp.maximum(y, v, out=y)
             self._x, self._y, self._winner = x, y, None
@@ -88,9 +94,10 @@ class MaxPool2d(_Pool2d):
             if y is None:
                 y, winner = v.copy(), xp.zeros(v.shape, dtype=xp.uint8)
             else:
-                better = v > y
-                y = xp.where(better, v, y)
-                winner[better] = a * self.kernel_size[1] + b
+                better = xp.greater(v, y)
+                better |= xp.isnan(v)          # NaN wins, as in PyTorch (v > NaN is never true)
+                xp.copyto(y, v, where=better)
+                xp.copyto(winner, a * self.kernel_size[1] + b, where=better)
         self._winner, self._shape, self._x = winner, (x.shape, hp, wp), None
         return y
 
@@ -103,7 +110,7 @@ class MaxPool2d(_Pool2d):
             offsets = list(self._offsets(*dy.shape[2:]))
             taken = None
             for k, (_, _, sa, sb) in enumerate(offsets):
-                hit = x[:, :, sa, sb] == y
+                hit = xp.equal(x[:, :, sa, sb], y, out=like(xp, y, bool))
                 if taken is None:
                     taken = hit
                 else:
