@@ -10,6 +10,7 @@ from xnn.cli import main
 from xnn.data.images import load_image
 
 from .conftest import weights_path
+from .helpers import assert_one_line_error
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CFG = str(REPO / "configs" / "adain.yaml")
@@ -69,10 +70,6 @@ def test_two_styles_and_original_colors(tmp_path):
     (["weights=/nonexistent"], "not found"),
 ])
 def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, capsys, override, needle):
-    argv = [CFG, "--device", "cpu", "--out", str(tmp_path / "run")]
-    for o in override:
-        argv += ["--set", o]
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert needle in err and err.count("\n") == 1
-    assert not (tmp_path / "run").exists()
+    sets = [arg for o in override for arg in ("--set", o)]
+    assert_one_line_error(capsys, [CFG, "--device", "cpu", "--out", tmp_path / "run", *sets], needle,
+                          absent=[tmp_path / "run"])

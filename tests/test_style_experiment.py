@@ -14,6 +14,7 @@ from xnn.cli import main
 from xnn.data.images import load_image, resize_longer_side, rgb_to_yiq
 
 from .conftest import weights_path
+from .helpers import assert_one_line_error
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CFG = str(REPO / "configs" / "style.yaml")
@@ -131,20 +132,16 @@ def test_blend_weights_select_styles(tmp_path):
     (["output_image=/tmp/x.png"], "inside the run folder"),
 ])
 def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, capsys, override, needle):
-    argv = [CFG, "--device", "cpu", "--out", str(tmp_path / "run")]
-    for o in override:
-        argv += ["--set", o]
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert needle in err and err.count("\n") == 1, err
-    assert not (tmp_path / "run").exists()
+    sets = [arg for o in override for arg in ("--set", o)]
+    assert_one_line_error(capsys, [CFG, "--device", "cpu", "--out", tmp_path / "run", *sets], needle,
+                          absent=[tmp_path / "run"])
 
 
 def test_corrupt_image_is_one_line(tmp_path, capsys):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    assert main([CFG, "--set", f"style_image={bad}", "--out", str(tmp_path / "run")]) == 2
-    assert "bad.jpg" in capsys.readouterr().err and not (tmp_path / "run").exists()
+    assert_one_line_error(capsys, [CFG, "--set", f"style_image={bad}", "--out", tmp_path / "run"], "bad.jpg",
+                          absent=[tmp_path / "run"])
 
 
 def test_sigint_saves_image_and_checkpoint_then_resume(tmp_path):

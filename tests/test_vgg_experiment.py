@@ -11,6 +11,7 @@ import xnn.models
 from xnn.cli import main
 
 from .conftest import weights_path
+from .helpers import assert_one_line_error
 from .test_vgg import SMALL, keras_reference, random_weights, write_keras_h5
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -57,12 +58,11 @@ def test_classify_mode_writes_top_k_predictions(tmp_path, small_full_weights, ca
 
 def test_classify_with_wrong_size_is_refused(tmp_path, small_full_weights, capsys):
     path, _, _ = small_full_weights
-    assert main([str(REPO / "configs" / "vgg19.yaml"), "--set", f"weights={path}", "--set", "image_size=96",
-                 "--device", "cpu", "--out", str(tmp_path / "run")]) == 2
-    assert "needs 64" in capsys.readouterr().err and not (tmp_path / "run").exists()
+    assert_one_line_error(capsys, [REPO / "configs" / "vgg19.yaml", "--set", f"weights={path}", "--set",
+                                   "image_size=96", "--device", "cpu", "--out", tmp_path / "run"], "needs 64",
+                          absent=[tmp_path / "run"])
 
 
 def test_missing_image_is_one_line(tmp_path, capsys):
-    assert main([str(REPO / "configs" / "vgg19.yaml"), "--set", "image=nope.png", "--out", str(tmp_path / "r")]) == 2
-    err = capsys.readouterr().err
-    assert "nope.png" in err and err.count("\n") == 1
+    assert_one_line_error(capsys, [REPO / "configs" / "vgg19.yaml", "--set", "image=nope.png", "--out",
+                                   tmp_path / "r"], "nope.png", absent=[tmp_path / "r"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import pathlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -41,8 +42,8 @@ class Field:
     check: Callable[[Any], str | None] | None = field(default=None, repr=False)
 
     def describe(self) -> str:
-        what = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-                "path": "a file path", "list[str]": "a list of names", "list[float]": "a list of numbers",
+        what = {"int": "an integer", "float": "a finite number", "bool": "true or false", "str": "a string",
+                "path": "a file path", "list[str]": "a list of names", "list[float]": "a list of finite numbers",
                 "list[int]": "a list of integers", "str|list[str]": "a name or a list of names",
                 "path|list[path]": "a path or a list of paths"}[self.kind]
         parts = [what]
@@ -75,7 +76,7 @@ def _convert(f: Field, v):
             raise ValueError
         v = int(v)
     elif k == "float":
-        if not _is_number(v):
+        if not _is_number(v) or not math.isfinite(v):  # NaN and +-inf pass every `<` range check
             raise ValueError
         v = float(v)
     elif k == "bool":
@@ -97,7 +98,8 @@ def _convert(f: Field, v):
     return v
 
 
-def _check_value(f: Field, v, key: str):
+def check_value(f: Field, v, key: str):
+    """The value converted to the field's kind and checked, or a one-line XnnError naming ``key``."""
     try:
         v = _convert(f, v)
     except ValueError:
@@ -106,10 +108,10 @@ def _check_value(f: Field, v, key: str):
         return v
     items = v if isinstance(v, list) else [v]
     for x in items:
-        bad = (f.choices is not None and x not in f.choices) or \
-              (_is_number(x) and ((f.min is not None and x < f.min) or (f.gt is not None and x <= f.gt)
-                                  or (f.max is not None and x > f.max)))
-        if bad:
+        if f.choices is not None and x not in f.choices:
+            raise XnnError(f"config: {key} = {v!r} is not valid: must be {f.describe()}")
+        if _is_number(x) and ((f.min is not None and x < f.min) or (f.gt is not None and x <= f.gt)
+                              or (f.max is not None and x > f.max)):
             raise XnnError(f"config: {key} = {v!r} is out of range: must be {f.describe()}")
     if f.check is not None:
         problem = f.check(v)
@@ -136,9 +138,10 @@ def validate(raw: dict, schema: dict, prefix: str = "") -> dict:
     for key, spec in schema.items():
         name = prefix + key
         if isinstance(spec, dict):
-            out[key] = validate(raw.get(key) or {}, spec, name + ".")
+            section = raw.get(key)
+            out[key] = validate({} if section is None else section, spec, name + ".")
         elif key in raw:
-            out[key] = _check_value(spec, raw[key], name)
+            out[key] = check_value(spec, raw[key], name)
         elif spec.default is _REQUIRED:
             raise XnnError(f"config: {name} is required ({spec.describe()}; {spec.help})")
         else:
@@ -154,8 +157,9 @@ def apply_override(raw: dict, assignment: str, schema: dict) -> None:
     key = key.strip()
     try:
         value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
-        value = text
+    except yaml.YAMLError as e:
+        raise XnnError(f"--set {assignment}: the value is not valid YAML ({_yaml_problem(e)}); quote it "
+                       f"to mean a string, e.g. --set '{key}=\"...\"'") from None
     parts = key.split(".")
     node, spec = raw, schema
     for i, part in enumerate(parts):
@@ -178,16 +182,30 @@ def read_yaml(path) -> dict:
     if not path.is_file():
         raise XnnError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise XnnError(f"config file {path} is not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r}); "
+                       "save it as UTF-8") from None
+    except OSError as e:
+        raise XnnError(f"cannot read config file {path}: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise XnnError(f"config file {path} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+        raise XnnError(f"config file {path} is not valid YAML{_yaml_problem(e, where=True)}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise XnnError(f"config file {path} must hold a mapping of keys to values")
     return data
+
+
+def _yaml_problem(e: yaml.YAMLError, where: bool = False) -> str:
+    mark = getattr(e, "problem_mark", None)
+    problem = str(getattr(e, "problem", None) or e).replace("\n", " ")
+    if not where:
+        return problem
+    at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+    return f"{at}: {problem}"
 
 
 def dump_yaml(cfg: dict) -> str:

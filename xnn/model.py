@@ -11,12 +11,12 @@
 """
 from __future__ import annotations
 
-import os
-
 import numpy
 
 from .backends import device as get_device
 from .errors import XnnError
+from .files import as_numbers, read_npz, save_npz
+from .layers import layout
 from .layers.base import Layer
 
 
@@ -123,7 +123,7 @@ class Sequential:
         g = dy
         for name in reversed(self.names[:self._ran]):
             if name in inject:
-                g = inject[name] if g is None else g + inject[name]
+                g = inject[name] if g is None else layout.add(self.device.xp, g, inject[name])
             if g is None:
                 continue  # nothing flows yet above the deepest injection
             g = self.layers[name].backward(g)
@@ -145,6 +145,7 @@ class Sequential:
         for key, value in state.items():
             if key not in own:
                 continue
+            value = as_numbers(value, f"{source}: {key}")
             if tuple(value.shape) != tuple(own[key].shape):
                 raise XnnError(f"{source}: {key} has shape {tuple(value.shape)}, "
                                f"the model expects {tuple(own[key].shape)}")
@@ -156,21 +157,11 @@ class Sequential:
 
     def save(self, path):
         """Write the parameters to ``path`` (.npz) atomically: no half-written file."""
-        path = os.fspath(path)
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
-            numpy.savez(f, **self.state_dict())
-        os.replace(tmp, path)
+        save_npz(path, self.state_dict())
 
     def load(self, path, strict: bool = True):
-        try:
-            with numpy.load(path, allow_pickle=False) as data:
-                state = {k: data[k] for k in data.files}
-        except FileNotFoundError:
-            raise XnnError(f"checkpoint not found: {path}") from None
-        except (OSError, ValueError) as e:
-            raise XnnError(f"cannot read checkpoint {path}: {e}") from None
-        return self.load_state_dict(state, strict, source=str(path))
+        """Load parameters saved by :meth:`save`; any bad file is a one-line XnnError."""
+        return self.load_state_dict(read_npz(path, "checkpoint"), strict, source=str(path))
 
     def __repr__(self):
         lines = [f"  ({n}): {l!r}" for n, l in self.layers.items()]

@@ -8,15 +8,14 @@ brought to the host with :func:`xnn.to_numpy`.
 from __future__ import annotations
 
 import math
-import os
 import pathlib
-import tempfile
 
 import numpy
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from ..backends import to_numpy
 from ..errors import XnnError
+from ..files import atomic_write
 
 _RESAMPLE = Image.Resampling.LANCZOS
 
@@ -84,27 +83,9 @@ def save_image(path, image) -> pathlib.Path:
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     options = {"quality": 95} if fmt == "JPEG" else {}
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(numpy.ascontiguousarray(array)).save(f, format=fmt, **options)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as e:
-        raise XnnError(f"cannot save {path}: {e.strerror or e}") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(path) as f:
+        Image.fromarray(numpy.ascontiguousarray(array)).save(f, format=fmt, **options)
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def to_uint8(image) -> numpy.ndarray:
@@ -159,10 +140,16 @@ def resize_longer_side(img, size: int) -> numpy.ndarray:
     Returns the input itself (no resampling) when it already has that longer side.
     """
     a = _image_arg(img)
+    return resize_to(a, longer_side_shape(a.shape[:2], size))
+
+
+def longer_side_shape(shape, size: int) -> tuple:
+    """The (h, w) that :func:`resize_longer_side` gives an image of ``shape`` (h, w, ...): cheap
+    to compute before deciding whether to resample at all."""
     size = _size_arg(size, "image size")
-    h, w = a.shape[:2]
+    h, w = shape[:2]
     scale = size / max(h, w)
-    return resize_to(a, (max(1, round(h * scale)), max(1, round(w * scale))))
+    return max(1, round(h * scale)), max(1, round(w * scale))
 
 
 def resize_shorter_side(img, size: int) -> numpy.ndarray:

@@ -14,7 +14,7 @@ import numpy
 
 from ..config import Field
 from ..errors import XnnError
-from .base import check_blend_weights, stylisation_fields
+from .base import blend_weights, stylisation_fields
 
 KIND = "adain"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -44,19 +44,33 @@ def _contents(path):
     return [p], False
 
 
+def _load_content(path, cfg):
+    """A content image, resized as the config says and checked for size."""
+    from ..data.images import load_image, resize_longer_side
+    from ..models.adain import check_image_size
+    content = load_image(path)
+    if cfg["image_size"]:
+        content = resize_longer_side(content, cfg["image_size"])
+    check_image_size(*content.shape[:2], f"content image {path}")
+    return content
+
+
 def prepare(cfg, device, resume_dir=None):
     from ..data.images import load_image, resize_longer_side
     from ..models import AdaINStylizer, adain_decoder, adain_encoder
+    from ..models.adain import check_image_size
     if resume_dir is not None:
         raise XnnError("adain runs take seconds and have nothing to resume; start a new run")
-    check_blend_weights(cfg)
     styles = cfg["style_image"]
+    blend = blend_weights(cfg)
     files, batch = _contents(cfg["content_image"])
     if not batch:
-        load_image(files[0])  # fail now, before the run folder exists
+        _load_content(files[0], cfg)  # fail now, before the run folder exists
     style_imgs = [load_image(p) for p in styles]
     if cfg["style_size"]:
         style_imgs = [resize_longer_side(s, cfg["style_size"]) for s in style_imgs]
+    for path, s in zip(styles, style_imgs):
+        check_image_size(*s.shape[:2], f"style image {path}")
     if cfg["weights"] == "adain":
         enc_w = dec_w = "adain"
     else:
@@ -67,11 +81,11 @@ def prepare(cfg, device, resume_dir=None):
                 raise XnnError(f"config: weights = {cfg['weights']!r}: {f} not found (give 'adain' or a folder "
                                f"with {ENCODER_FILE} and {DECODER_FILE})")
     stylizer = AdaINStylizer(adain_encoder(enc_w, device=device), adain_decoder(dec_w, device=device))
-    return {"cfg": cfg, "stylizer": stylizer, "files": files, "batch": batch, "styles": style_imgs}
+    return {"cfg": cfg, "stylizer": stylizer, "files": files, "batch": batch, "styles": style_imgs, "blend": blend}
 
 
 def run(state, ctx):
-    from ..data.images import load_image, resize_longer_side, side_by_side, transfer_luminance
+    from ..data.images import side_by_side, transfer_luminance
     cfg, st = state["cfg"], state["stylizer"]
     dev = ctx.device
     t0 = time.perf_counter()
@@ -87,16 +101,14 @@ def run(state, ctx):
         if ctx.stop_requested:
             break
         try:
-            content = load_image(f)
+            content = _load_content(f, cfg)
         except XnnError as e:
             if not batch:
                 raise
             ctx.info(f"skipping {f.name}: {e}")
             continue
-        if cfg["image_size"]:
-            content = resize_longer_side(content, cfg["image_size"])
         t = time.perf_counter()
-        out = st.stylize(content, stats, cfg["style_blend_weights"], alpha=cfg["alpha"])
+        out = st.stylize(content, stats, state["blend"], alpha=cfg["alpha"])
         times.append(time.perf_counter() - t)
         if cfg["original_colors"]:
             out = transfer_luminance(content / 255.0, out)

@@ -9,18 +9,22 @@ An experiment module defines
     def run(state, ctx) -> dict: ...    # do the work, return the summary
 
 The run folder holds config.yaml (resolved), metrics.jsonl, summary.json and the outputs.
-Every file is written atomically (temporary name, then rename): no half-written outputs.
+Whole files are written atomically (xnn.files: a temporary name, then one rename), so no
+output is ever half-written; metrics.jsonl is appended one line at a time, and a torn last
+line (a crash mid-write) is skipped by :meth:`RunContext.read_metrics` and cut off by --resume.
 """
 from __future__ import annotations
 
 import json
-import os
+import math
 import pathlib
 import sys
 import time
 
 from ..config import Field, dump_yaml
 from ..errors import XnnError
+from ..files import atomic_write, write_bytes
+from ..stop import StopFlag
 
 
 def _output_name_problem(name: str):
@@ -35,60 +39,105 @@ def stylisation_fields(content_help: str) -> dict:
     return {
         "content_image": Field("path", "examples/chelsea.png", content_help),
         "style_image": Field("path|list[path]", ["examples/starry_night.jpg"], "one style image or a list"),
-        "style_blend_weights": Field("list[float]", None, "one weight per style image (normalised to sum 1; "
-                                     "default equal)", nullable=True, min=0),
+        "style_blend_weights": Field("list[float]", None, "one weight per style image, >= 0, not all 0 "
+                                     "(normalised to sum 1; default equal; the rule is xnn.blend's)", nullable=True),
         "original_colors": Field("bool", False, "keep the content's colours (transfer luminance only)"),
         "output_image": Field("path", "output.png", "file name of the result inside the run folder",
                               check=_output_name_problem),
     }
 
 
-def check_blend_weights(cfg) -> None:
-    """One weight per style image, not all zero."""
-    weights, styles = cfg["style_blend_weights"], cfg["style_image"]
-    if weights is None:
+def blend_weights(cfg) -> list:
+    """The config's style_blend_weights under the one rule (xnn.blend), normalised."""
+    from ..blend import normalise_blend_weights
+    try:
+        return normalise_blend_weights(cfg["style_blend_weights"], len(cfg["style_image"]))
+    except XnnError as e:
+        raise XnnError(f"config: {e}") from None
+
+
+def to_json(obj, indent=None) -> str:
+    """Strict JSON: NaN and +-inf (a diverged loss) become null, so every file stays valid JSON."""
+    def clean(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+    return json.dumps(clean(obj), indent=indent, allow_nan=False)
+
+
+def read_jsonl(path) -> list[dict]:
+    """The rows of a JSON-lines file; a torn last line (a crash mid-append) is skipped."""
+    rows = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = f.read().split("\n")
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:  # a bad line before the end is not a torn append
+                raise XnnError(f"{path}: line {i + 1} is not JSON") from None
+    return rows
+
+
+def _cut_torn_line(path: pathlib.Path) -> None:
+    """Drop an unfinished last line (no newline at the end) before appending to ``path``."""
+    if not path.is_file():
         return
-    if len(weights) != len(styles):
-        raise XnnError(f"config: style_blend_weights has {len(weights)} weights for {len(styles)} style "
-                       "images; give one weight per style image")
-    if sum(weights) <= 0:
-        raise XnnError("config: style_blend_weights must not all be 0")
-
-
-def atomic_write_bytes(path, data: bytes):
-    path = pathlib.Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
 
 
 class RunContext:
-    def __init__(self, run_dir, cfg: dict, device, resumed: bool = False, quiet: bool = False):
+    """What a runner gets.  ``stop`` is the :class:`~xnn.stop.StopFlag` the CLI installs
+    around ``run`` (Ctrl-C / SIGTERM); runners poll ``ctx.stop_requested``."""
+
+    def __init__(self, run_dir, cfg: dict, device, resumed: bool = False, quiet: bool = False,
+                 stop: StopFlag | None = None):
         self.dir = pathlib.Path(run_dir)
         self.cfg, self.device, self.resumed, self.quiet = cfg, device, resumed, quiet
-        self.stop_requested = False   # set by the CLI on Ctrl-C / SIGTERM
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._metrics = open(self.dir / "metrics.jsonl", "a" if resumed else "w")
+        self.stop = stop if stop is not None else StopFlag()
+        metrics = self.dir / "metrics.jsonl"
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            if resumed:
+                _cut_torn_line(metrics)
+            self._metrics = open(metrics, "a" if resumed else "w", encoding="utf-8")
+        except OSError as e:
+            raise XnnError(f"cannot write the run folder {self.dir}: {e.strerror or e}") from None
+
+    @property
+    def stop_requested(self) -> bool:
+        return bool(self.stop)
 
     def path(self, name: str) -> pathlib.Path:
         return self.dir / name
 
     # ---------------------------------------------------------------- files
     def write_config(self):
-        atomic_write_bytes(self.path("config.yaml"), dump_yaml(self.cfg).encode())
+        write_bytes(self.path("config.yaml"), dump_yaml(self.cfg).encode())
 
     def log(self, **metrics):
-        """Append one JSON object to metrics.jsonl (flushed at once)."""
-        self._metrics.write(json.dumps(metrics) + "\n")
-        self._metrics.flush()
+        """Append one JSON object to metrics.jsonl as one line (flushed at once)."""
+        try:
+            self._metrics.write(to_json(metrics) + "\n")
+            self._metrics.flush()
+        except OSError as e:
+            raise XnnError(f"cannot write {self.path('metrics.jsonl')}: {e.strerror or e}") from None
 
     def read_metrics(self) -> list[dict]:
         self._metrics.flush()
-        with open(self.path("metrics.jsonl")) as f:
-            return [json.loads(line) for line in f if line.strip()]
+        return read_jsonl(self.path("metrics.jsonl"))
 
     def save_json(self, name: str, obj):
-        atomic_write_bytes(self.path(name), (json.dumps(obj, indent=2) + "\n").encode())
+        write_bytes(self.path(name), (to_json(obj, indent=2) + "\n").encode())
 
     def save_image(self, name: str, image):
         from ..data.images import save_image
@@ -118,13 +167,17 @@ class RunContext:
         if title:
             fig.suptitle(title)
         fig.tight_layout()
-        tmp = self.path(name + ".tmp.png")
-        fig.savefig(tmp, dpi=110)
-        plt.close(fig)
-        os.replace(tmp, self.path(name))
+        try:
+            with atomic_write(self.path(name)) as f:
+                fig.savefig(f, dpi=110, format="png")
+        finally:
+            plt.close(fig)
 
     def close(self):
-        self._metrics.close()
+        try:
+            self._metrics.close()
+        except OSError:  # a full disk at the final flush: the rows before are on disk
+            pass
 
     # ---------------------------------------------------------------- console
     def progress(self, total: int, desc: str, unit: str = "it", initial: int = 0):

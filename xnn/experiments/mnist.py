@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 
 import numpy
@@ -10,6 +9,7 @@ import numpy
 from ..config import Field
 from ..data.mnist import batches, load_mnist
 from ..errors import XnnError
+from ..files import read_npz, require_keys, save_npz
 from ..layers import SoftmaxCrossEntropy
 from ..models.mnist import cnn, mlp
 from ..optim import SGD, Adam
@@ -68,9 +68,15 @@ def prepare(cfg, device, resume_dir=None):
                        f"{len(x) - n_val} training images")
     state["train"] = (device.asarray(x[:len(x) - n_val]), device.asarray(y[:len(y) - n_val]))
     state["val"] = (device.asarray(x[len(x) - n_val:]), device.asarray(y[len(y) - n_val:])) if n_val else None
-    if resume_dir is not None and not (resume_dir / "last.npz").exists():
-        raise XnnError(f"--resume {resume_dir}: no last.npz checkpoint there (the run stopped before its "
-                       "first epoch ended); start it again instead")
+    if resume_dir is not None:
+        if not (resume_dir / "last.npz").exists():
+            raise XnnError(f"--resume {resume_dir}: no last.npz checkpoint there (the run stopped before its "
+                           "first epoch ended); start it again instead")
+        # read and check both files now, before anything in the run folder changes
+        state["model"].load(resume_dir / "last.npz")
+        st = read_npz(resume_dir / "train_state.npz", "checkpoint")
+        require_keys(st, ("epoch", "best_acc", "train_time", "t"), "checkpoint", resume_dir / "train_state.npz")
+        state["resume"] = st
     return state
 
 
@@ -113,12 +119,14 @@ def train(state, ctx):
            if t["optimizer"] == "sgd" else Adam(params, t["learning_rate"], weight_decay=t["weight_decay"]))
     crit = SoftmaxCrossEntropy(device=dev)
     start_epoch, best_acc, train_time = 0, -1.0, 0.0
-    if ctx.resumed:
-        model.load(ctx.path("last.npz"))
-        with numpy.load(ctx.path("train_state.npz"), allow_pickle=False) as f:
-            st = {k: f[k] for k in f.files}
+    if state.get("resume") is not None:  # the model was loaded by prepare
+        st = dict(state["resume"])
         start_epoch, best_acc, train_time = int(st.pop("epoch")), float(st.pop("best_acc")), float(st.pop("train_time"))
-        opt.load_state_dict(st)
+        try:
+            opt.load_state_dict(st)
+        except (KeyError, ValueError) as e:
+            raise XnnError(f"--resume: the optimiser state in train_state.npz does not fit train.optimizer = "
+                           f"{t['optimizer']!r} and this model ({type(e).__name__}: {e}); keep them as they were") from None
         ctx.info(f"resuming after epoch {start_epoch}")
     for epoch in range(start_epoch, t["epochs"]):
         t0 = time.perf_counter()
@@ -156,6 +164,9 @@ def train(state, ctx):
         if state["val"] is not None:
             row["val_loss"], row["val_accuracy"] = evaluate(model, state["val"], cfg["eval_batch_size"])
         ctx.log(**row)
+        if not math.isfinite(row["train_loss"]):
+            raise XnnError(f"training diverged in epoch {epoch + 1}: the loss is {row['train_loss']}; lower "
+                           "train.learning_rate")
         ctx.info(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, train acc {100 * row['train_accuracy']:.2f} %"
                  + (f", val acc {100 * row['val_accuracy']:.2f} %" if "val_accuracy" in row else "")
                  + f" ({epoch_time:.1f} s, {row['images_per_s']:.0f} img/s)")
@@ -186,6 +197,4 @@ def train(state, ctx):
 def _save_train_state(ctx, opt, epoch, best_acc, train_time):
     st = opt.state_dict()
     st.update(epoch=numpy.asarray(epoch), best_acc=numpy.asarray(best_acc), train_time=numpy.asarray(train_time))
-    tmp = ctx.path("train_state.tmp.npz")
-    numpy.savez(tmp, **st)
-    os.replace(tmp, ctx.path("train_state.npz"))
+    save_npz(ctx.path("train_state.npz"), st)

@@ -7,27 +7,17 @@ cut at the deepest loss layer.  Key names follow jcjohnson/neural-style.
 from __future__ import annotations
 
 import math
-import os
 import time
 
 import numpy
 
 from ..config import Field
 from ..errors import XnnError
-from ..models.vgg_weights import BLOCKS
-from .base import check_blend_weights, stylisation_fields
+from ..files import read_npz, require_keys, save_npz
+from ..models.vgg import check_input_size, deepest_layer, unknown_layers_problem as _layers_ok
+from .base import blend_weights, stylisation_fields
 
 KIND = "style"
-#: VGG19's feature layers in network order (conv1_1, relu1_1, ..., pool5)
-VGG_LAYERS = [name for b, n_conv in enumerate(BLOCKS, 1)
-              for name in [x for i in range(1, n_conv + 1) for x in (f"conv{b}_{i}", f"relu{b}_{i}")]
-              + [f"pool{b}"]]
-
-
-def _layers_ok(names):
-    bad = [n for n in names if n not in VGG_LAYERS]
-    return f"unknown VGG19 layer {bad[0]!r}; use convX_Y, reluX_Y or poolX (e.g. relu4_2)" if bad else None
-
 
 SCHEMA = {
     **stylisation_fields("the photo to repaint"),
@@ -62,23 +52,28 @@ FIXED_BYTES = 400 * 2**20
 
 
 def prepare(cfg, device, resume_dir=None):
-    from ..data.images import load_image, resize_longer_side, resize_to
+    from ..data.images import load_image, longer_side_shape, resize_longer_side, resize_to
     from ..models import vgg19
-    from ..style import normalise_blend_weights
 
-    check_blend_weights(cfg)
     styles = cfg["style_image"]
-    blend = normalise_blend_weights(cfg["style_blend_weights"], len(styles))
-    content = resize_longer_side(load_image(cfg["content_image"]), cfg["image_size"])
+    blend = blend_weights(cfg)
+    content_raw = load_image(cfg["content_image"])
+    style_raws = [load_image(p) for p in styles]
+    # sizes first, then the checks, and only then the (slow for large sizes) resampling
+    h, w = longer_side_shape(content_raw.shape[:2], cfg["image_size"])
     style_size = max(16, round(cfg["image_size"] * cfg["style_scale"]))
-    style_imgs = [resize_longer_side(load_image(p), style_size) for p in styles]
-    h, w = content.shape[:2]
-    _check_memory(device, max([h * w] + [s.shape[0] * s.shape[1] for s in style_imgs]), cfg["image_size"])
+    style_shapes = [longer_side_shape(s.shape[:2], style_size) for s in style_raws]
+    deepest = deepest_layer(cfg["content_layers"] + cfg["style_layers"])
+    check_input_size(h, w, deepest, f"content image {cfg['content_image']}")  # the optimised image
+    for path, (sh, sw) in zip(styles, style_shapes):
+        check_input_size(sh, sw, deepest_layer(cfg["style_layers"]), f"style image {path}")
+    _check_memory(device, (h, w), style_shapes, cfg)
+    content = resize_longer_side(content_raw, cfg["image_size"])
+    style_imgs = [resize_longer_side(s, style_size) for s in style_raws]
     init_img = None
     if cfg["init_image"]:
         init_img = resize_to(load_image(cfg["init_image"]), (h, w))
 
-    deepest = max(cfg["content_layers"] + cfg["style_layers"], key=VGG_LAYERS.index)
     vgg = vgg19(weights=cfg["weights"], device=device, include_top=False, pooling=cfg["pooling"])
     vgg.truncate(deepest)
     state = {"cfg": cfg, "vgg": vgg, "content": content, "styles": style_imgs, "blend": blend,
@@ -88,21 +83,30 @@ def prepare(cfg, device, resume_dir=None):
         if not path.exists():
             raise XnnError(f"--resume {resume_dir}: no checkpoint.npz there (it is written every save_iter "
                            "iterations and when a run is stopped)")
-        with numpy.load(path, allow_pickle=False) as f:
-            state["checkpoint"] = {k: f[k] for k in f.files}
-        if state["checkpoint"]["image"].shape[2:] != (h, w):
-            raise XnnError(f"--resume {resume_dir}: the checkpoint is {state['checkpoint']['image'].shape[2:]} "
-                           f"but the config now gives {h}x{w}; keep image_size as it was")
+        ck = read_npz(path, "checkpoint")
+        require_keys(ck, ("image", "iteration", "elapsed_s"), "checkpoint", path)
+        if ck["image"].shape != (1, 3, h, w):
+            raise XnnError(f"--resume {resume_dir}: the checkpoint image has shape {ck['image'].shape} but the "
+                           f"config gives (1, 3, {h}, {w}); keep image_size and content_image as they were")
+        ck["image"] = ck["image"].astype(numpy.float32)
+        state["checkpoint"] = ck
     return state
 
 
-def _check_memory(device, pixels, image_size):
-    need = FIXED_BYTES + BYTES_PER_PIXEL * pixels
+def _check_memory(device, content_shape, style_shapes, cfg):
+    """Refuse, before any resampling, a run whose largest image would not fit, naming its cause:
+    the output (image_size) or a style image (image_size * style_scale)."""
     free = device.memory_available()
-    if free is not None and need > 0.9 * free:
-        raise XnnError(f"image_size = {image_size} needs about {need / 2**30:.1f} GiB for one optimisation "
-                       f"step but only {free / 2**30:.1f} GiB are free on the {device.name}; use a smaller "
-                       "image_size")
+    if free is None:
+        return
+    candidates = [(content_shape, "image_size", f"image_size = {cfg['image_size']}", "the output")]
+    candidates += [(shape, "style_scale", f"style_scale = {cfg['style_scale']:g} (with image_size = "
+                    f"{cfg['image_size']})", f"style image {path} resized") for shape, path in zip(style_shapes, cfg["style_image"])]
+    (h, w), key, setting, what = max(candidates, key=lambda c: c[0][0] * c[0][1])
+    need = FIXED_BYTES + BYTES_PER_PIXEL * h * w
+    if need > 0.9 * free:
+        raise XnnError(f"{setting}: {what} to {h}x{w} px needs about {need / 2**30:.1f} GiB for one optimisation "
+                       f"step but only {free / 2**30:.1f} GiB are free on the {device.name}; use a smaller {key}")
 
 
 def run(state, ctx):
@@ -151,9 +155,7 @@ def run(state, ctx):
                   "elapsed_s": numpy.asarray(elapsed())}
         if adam is not None:
             arrays.update({f"adam/{k}": v for k, v in adam.state_dict().items()})
-        tmp = ctx.path("checkpoint.tmp.npz")
-        numpy.savez(tmp, **arrays)
-        os.replace(tmp, ctx.path("checkpoint.npz"))
+        save_npz(ctx.path("checkpoint.npz"), arrays)
 
     def callback(i, img, losses):
         it = start_iter + i
@@ -188,14 +190,14 @@ def run(state, ctx):
         backend = "device" if dev.kind == "gpu" else "scipy"
     if adam is not None:
         res = adam_minimize(fun, x, lr=cfg["learning_rate"], max_iter=remaining, bounds=(lo, hi),
-                            callback=callback, should_stop=lambda: ctx.stop_requested, optimizer=adam,
+                            callback=callback, should_stop=ctx.stop, optimizer=adam,
                             losses_fn=lambda z: obj.losses(z, to_host=False))
     elif backend == "device":
         res = lbfgs_device_minimize(fun, x, bounds=(lo, hi), max_iter=remaining, callback=callback,
-                                    should_stop=lambda: ctx.stop_requested)
+                                    should_stop=ctx.stop)
     else:
         res = lbfgs_minimize(obj.loss_and_grad, x, bounds=(lo, hi), max_iter=remaining,
-                             callback=callback, should_stop=lambda: ctx.stop_requested)
+                             callback=callback, should_stop=ctx.stop)
     bar.close()
     done = start_iter + res.iterations
     dev.synchronize()

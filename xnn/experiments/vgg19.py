@@ -7,6 +7,8 @@ import numpy
 
 from ..config import Field
 from ..errors import XnnError
+from ..files import save_npy
+from ..models.vgg import unknown_layers_problem
 
 KIND = "vgg19"
 SCHEMA = {
@@ -21,7 +23,7 @@ SCHEMA = {
     "crop": Field("str", "center", "center: resize the shorter side and centre-crop a square; "
                   "none: resize the whole image to a square", choices=("center", "none")),
     "feature_layers": Field("list[str]", ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"],
-                            "layers whose maps are drawn in features mode"),
+                            "layers whose maps are drawn in features mode", check=unknown_layers_problem),
 }
 
 
@@ -38,9 +40,6 @@ def prepare(cfg, device, resume_dir=None):
     if not vgg.include_top and cfg["mode"] == "auto":
         print("xnn: note: these weights have no fc layers; running feature extraction "
               "(use weights: vgg19-imagenet for classification)", flush=True)
-    bad = [n for n in cfg["feature_layers"] if n not in vgg.names]
-    if bad:
-        raise XnnError(f"config: feature_layers has unknown layer {bad[0]!r}; layers are: {', '.join(vgg.names)}")
     if vgg.include_top and s != vgg.arch.input_size:
         raise XnnError(f"config: image_size = {s}: classification with the fc layers needs "
                        f"{vgg.arch.input_size} (or mode: features)")
@@ -95,7 +94,7 @@ def _features(state, ctx, vgg, x):
              "top_channels": [int(c) for c in numpy.argsort(-per_channel)[:10]],
              "top_channel_means": [float(v) for v in numpy.sort(per_channel)[::-1][:10]]}
     ctx.save_json("pool5_stats.json", stats)
-    numpy.save(ctx.path("pool5.npy"), pool5.astype(numpy.float32))
+    save_npy(ctx.path("pool5.npy"), pool5.astype(numpy.float32))
     print(f"pool5 {tuple(pool5.shape)}: mean {stats['mean']:.3f}, max {stats['max']:.1f}, "
           f"{100 * stats['fraction_zero']:.0f} % zeros; feature maps in {ctx.path('features.png')}")
     summary = {"mode": "features", "forward_s": forward_s, "weights_load_s": state["load_s"],

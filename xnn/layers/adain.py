@@ -19,6 +19,7 @@ that is how it is computed here (one pass over x whatever the number of styles).
 """
 from __future__ import annotations
 
+from ..blend import normalise_blend_weights
 from .base import Layer
 
 
@@ -37,40 +38,52 @@ def channel_stats(feat, eps: float = 1e-5):
 
 
 def blend_stats(stats, weights=None):
-    """sum_i w_i mean_i, sum_i w_i std_i for a list of (mean, std); equal weights 1/k by default."""
+    """sum_i w_i mean_i, sum_i w_i std_i for a list of (mean, std), with the weights
+    normalised to sum 1 (xnn.blend's rule); equal weights 1/k by default."""
     stats = list(stats)
     if not stats:
         raise ValueError("need at least one style")
-    if weights is None:
-        weights = [1.0 / len(stats)] * len(stats)
-    if len(weights) != len(stats):
-        raise ValueError(f"{len(stats)} styles but {len(weights)} weights")
+    weights = normalise_blend_weights(weights, len(stats))
     mean = sum(float(w) * m for w, (m, _) in zip(weights, stats))
     std = sum(float(w) * s for w, (_, s) in zip(weights, stats))
     return mean, std
 
 
+def normalised(feat, eps: float = 1e-5):
+    """(xhat, 1 / sigma): the features instance-normalised per (n, c), and the inverse std."""
+    mean, std = channel_stats(feat, eps)
+    inv_std = 1 / std
+    return (feat - mean) * inv_std, inv_std
+
+
+def restyle(xhat, x, mean_t, std_t, alpha: float = 1.0):
+    """THE AdaIN formula, with the content mix: alpha * (sigma_t * xhat + mu_t) + (1 - alpha) * x."""
+    y = xhat * (alpha * std_t) + alpha * mean_t
+    return y if alpha == 1 else y + (1 - alpha) * x
+
+
+def adain_with_stats(content_feat, mean_t, std_t, alpha: float = 1.0, eps: float = 1e-5):
+    """AdaIN of (N, C, H, W) content features with given target statistics (1 or N, C, 1, 1)."""
+    if mean_t.shape[1] != content_feat.shape[1]:
+        raise ValueError(f"content has {content_feat.shape[1]} channels, style {mean_t.shape[1]}")
+    return restyle(normalised(content_feat, eps)[0], content_feat, mean_t, std_t, alpha)
+
+
 def adain(content_feat, style_feat, eps: float = 1e-5):
     """AdaIN(content, style): (N, C, H, W) content, (N or 1, C, H', W') style -> (N, C, H, W)."""
-    if style_feat.shape[1] != content_feat.shape[1]:
-        raise ValueError(f"content has {content_feat.shape[1]} channels, style {style_feat.shape[1]}")
-    mean_c, std_c = channel_stats(content_feat, eps)
-    mean_s, std_s = channel_stats(style_feat, eps)
-    return (content_feat - mean_c) * (std_s / std_c) + mean_s
+    return adain_with_stats(content_feat, *channel_stats(style_feat, eps), eps=eps)
 
 
 def adain_mix(content_feat, style_feats, weights=None, alpha: float = 1.0, eps: float = 1e-5):
     """alpha * sum_i w_i AdaIN(c, s_i) + (1 - alpha) * c  (the reference code's mixing).
 
-    ``style_feats``: one feature array or a list; ``weights`` are used as given
-    (default: equal, summing to 1).
+    ``style_feats``: one feature array or a list; ``weights`` are normalised to sum 1
+    (default: equal).
     """
     if not isinstance(style_feats, (list, tuple)):
         style_feats = [style_feats]
     mean_t, std_t = blend_stats([channel_stats(s, eps) for s in style_feats], weights)
-    mean_c, std_c = channel_stats(content_feat, eps)
-    t = (content_feat - mean_c) * (std_t / std_c) + mean_t
-    return t if alpha == 1 else alpha * t + (1 - alpha) * content_feat
+    return adain_with_stats(content_feat, mean_t, std_t, alpha, eps)
 
 
 class AdaIN(Layer):
@@ -116,12 +129,8 @@ class AdaIN(Layer):
             raise ValueError("AdaIN has no style: call set_style(...) or set_style_stats(...) first")
         if self.mean_t.shape[1] != x.shape[1]:
             raise ValueError(f"AdaIN style has {self.mean_t.shape[1]} channels, input {x.shape[1]}")
-        mean, std = channel_stats(x, self.eps)
-        inv_std = 1 / std
-        xhat = (x - mean) * inv_std
-        self._xhat, self._inv_std = xhat, inv_std
-        y = xhat * (self.alpha * self.std_t) + self.alpha * self.mean_t
-        return y if self.alpha == 1 else y + (1 - self.alpha) * x
+        self._xhat, self._inv_std = normalised(x, self.eps)
+        return restyle(self._xhat, x, self.mean_t, self.std_t, self.alpha)
 
     def backward(self, dy):
         xhat, inv_std = self._xhat, self._inv_std

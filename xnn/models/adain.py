@@ -19,10 +19,11 @@ from typing import NamedTuple
 import numpy
 
 from ..backends import device as get_device
+from ..blend import normalise_blend_weights
 from ..data.cache import fetch
 from ..errors import XnnError
 from ..layers import Conv2d, MaxPool2d, ReLU
-from ..layers.adain import blend_stats, channel_stats
+from ..layers.adain import adain_with_stats, blend_stats, channel_stats
 from ..layers.upsample import Upsample2d
 from ..model import Sequential
 
@@ -147,6 +148,13 @@ def adain_decoder(weights="adain", device=None, frozen: bool | None = None) -> S
     return _make(_build_decoder, weights, DECODER_FILE, "decoder", device, frozen)
 
 
+def check_image_size(h: int, w: int, what: str) -> None:
+    """A one-line XnnError when an h x w image is too small for the encoder (relu4_1 needs 2 pixels)."""
+    if h <= STRIDE or w <= STRIDE:
+        raise XnnError(f"{what} is {h}x{w} px; AdaIN needs at least {STRIDE + 1}x{STRIDE + 1} pixels "
+                       "(use a larger size or a less elongated image)")
+
+
 def _as_float_image(img, what):
     """Host HxWx3 (uint8 0..255 or float 0..1; gray and RGBA accepted) -> float32 HxWx3."""
     a = numpy.asarray(img)
@@ -155,9 +163,7 @@ def _as_float_image(img, what):
     if a.ndim != 3 or a.shape[2] not in (3, 4):
         raise XnnError(f"{what} must be an HxWx3 RGB image array, got shape {a.shape}")
     a = a[:, :, :3]
-    if a.shape[0] <= STRIDE or a.shape[1] <= STRIDE:
-        raise XnnError(f"{what} is {a.shape[0]}x{a.shape[1]}; AdaIN needs at least "
-                       f"{STRIDE + 1}x{STRIDE + 1} pixels")
+    check_image_size(a.shape[0], a.shape[1], what)
     if a.dtype == numpy.uint8:
         return a.astype(numpy.float32) / 255
     if not numpy.issubdtype(a.dtype, numpy.floating):
@@ -219,21 +225,10 @@ class AdaINStylizer:
             raise XnnError(f"alpha must be in [0, 1], got {alpha}")
         if isinstance(styles, StyleStats) or not isinstance(styles, (list, tuple)):
             styles = [styles]
-        if weights is None:
-            weights = [1.0] * len(styles)
-        weights = [float(w) for w in weights]
-        if len(weights) != len(styles) or min(weights) < 0 or sum(weights) <= 0:
-            raise XnnError(f"need one non-negative weight per style ({len(styles)}) with a positive "
-                           f"sum, got {weights}")
-        total = sum(weights)
+        normalise_blend_weights(weights, len(styles))  # refuse bad weights before encoding anything
         stats = [s if isinstance(s, StyleStats) else self.encode_style(s) for s in styles]
-        mean_t, std_t = blend_stats(stats, [w / total for w in weights])
-
+        mean_t, std_t = blend_stats(stats, weights)
         h, w = numpy.shape(content)[:2]
         c = self._encode(content, "content image", pad=True)
-        mean_c, std_c = channel_stats(c, self.eps)
-        t = (c - mean_c) * (std_t / std_c) + mean_t
-        if alpha != 1:
-            t = alpha * t + (1 - alpha) * c
-        out = self.decoder.forward(t)[0, :, :h, :w].clip(0, 1)
+        out = self.decoder.forward(adain_with_stats(c, mean_t, std_t, alpha, self.eps))[0, :, :h, :w].clip(0, 1)
         return numpy.ascontiguousarray(self.device.to_numpy(out).transpose(1, 2, 0))

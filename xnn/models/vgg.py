@@ -25,16 +25,48 @@ weights so this holds.
 """
 from __future__ import annotations
 
-import os
-
 import numpy
 
 from ..backends import cpu, device as get_device, to_numpy
 from ..errors import XnnError
+from ..files import save_npz
 from ..layers import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Softmax
 from ..model import Sequential
 from .vgg_weights import BLOCKS, FC_NAMES, IMAGENET_MEAN_RGB, Arch, VGGWeights, default_class_names, \
     load_weights
+
+#: VGG19's feature layers in network order (conv1_1, relu1_1, ..., pool5), generated once from the
+#: block table; every other list of VGG layer names in xnn is this one.
+FEATURE_LAYERS = tuple(name for b, n_conv in enumerate(BLOCKS, 1)
+                       for name in [x for i in range(1, n_conv + 1) for x in (f"conv{b}_{i}", f"relu{b}_{i}")]
+                       + [f"pool{b}"])
+#: The classifier's layers after pool5 (include_top=True).
+TOP_LAYERS = ("flatten", "fc6", "relu6", "fc7", "relu7", "fc8", "prob")
+
+
+def unknown_layers_problem(names):
+    """None when every name is a VGG19 feature layer, else what is wrong (for config checks)."""
+    bad = [n for n in names if n not in FEATURE_LAYERS]
+    return f"unknown VGG19 layer {bad[0]!r}; use convX_Y, reluX_Y or poolX (e.g. relu4_2)" if bad else None
+
+
+def deepest_layer(names) -> str:
+    return max(names, key=FEATURE_LAYERS.index)
+
+
+def min_input_side(layer: str) -> int:
+    """The smallest image side that still gives ``layer`` at least 1 pixel: each 2x2 pool
+    before it (and the layer itself, if a pool) halves the size, rounding down."""
+    return 2 ** sum(n.startswith("pool") for n in FEATURE_LAYERS[:FEATURE_LAYERS.index(layer) + 1])
+
+
+def check_input_size(h: int, w: int, layer: str, what: str) -> None:
+    """A one-line XnnError when an h x w image is too small to reach ``layer``."""
+    need = min_input_side(layer)
+    if min(h, w) < need:
+        raise XnnError(f"{what} is {h}x{w} px after resizing; VGG19 up to {layer} needs at least "
+                       f"{need} px on each side (its 2x2 pools halve the size); use a larger size or a "
+                       "less elongated image")
 
 
 def _conv(cin, cout, wb, seed):
@@ -57,21 +89,19 @@ def build_layers(arch: Arch, include_top: bool, pooling: str, params: dict | Non
     """The (name, layer) list on the host; ``params`` (canonical weights) or He init seeded by ``seed``."""
     pool = {"max": MaxPool2d, "avg": AvgPool2d}[pooling]
     params = params or {}
+    convs = {name: (cin, cout) for name, cin, cout in arch.convs()}
+    fcs = {name: (n_in, n_out) for name, n_in, n_out in arch.fcs()}
     layers = []
-    convs = iter(arch.convs())
-    for b, n in enumerate(BLOCKS, 1):
-        for i in range(1, n + 1):
-            name, cin, cout = next(convs)
-            layers.append((name, _conv(cin, cout, params.get(name), seed + len(layers))))
-            layers.append((f"relu{b}_{i}", ReLU()))
-        layers.append((f"pool{b}", pool(2, 2)))
-    if include_top:
-        layers.append(("flatten", Flatten("chw")))
-        for name, n_in, n_out in arch.fcs():
-            layers.append((name, _linear(n_in, n_out, params.get(name), seed + len(layers))))
-            if name != "fc8":
-                layers.append((f"relu{name[2:]}", ReLU()))
-        layers.append(("prob", Softmax()))
+    for name in FEATURE_LAYERS + (TOP_LAYERS if include_top else ()):
+        if name in convs:
+            layer = _conv(*convs[name], params.get(name), seed + len(layers))
+        elif name in fcs:
+            layer = _linear(*fcs[name], params.get(name), seed + len(layers))
+        elif name.startswith("pool"):
+            layer = pool(2, 2)
+        else:
+            layer = {"flatten": lambda: Flatten("chw"), "prob": Softmax}.get(name, ReLU)()
+        layers.append((name, layer))
     return layers
 
 
@@ -170,20 +200,11 @@ class VGG:
     # ------------------------------------------------------------ files
     def save(self, path):
         """Write the weights, mean and class names to ``path`` (.npz) atomically."""
-        path = os.fspath(path)
         arrays = self.net.state_dict()
         arrays["meta.mean_rgb"] = self.mean_rgb
         if self.class_names is not None:
             arrays["meta.class_names"] = numpy.array(self.class_names, dtype=str)
-        tmp = path + ".tmp"
-        try:
-            with open(tmp, "wb") as f:
-                numpy.savez(f, **arrays)
-            os.replace(tmp, path)
-        except OSError as e:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise XnnError(f"cannot write {path}: {e.strerror or e}") from None
+        save_npz(path, arrays)
 
     def truncate(self, name: str):
         """Drop every layer after ``name`` (and the classifier): keeps only what a feature

@@ -37,6 +37,7 @@ import numpy
 
 from ..data import cache
 from ..errors import XnnError
+from ..files import as_numbers, read_npz
 
 #: Convolutions per block in VGG19 (fixed: this is what makes it VGG19).
 BLOCKS = (2, 2, 4, 4, 4)
@@ -110,13 +111,14 @@ def _shape_error(path, layer, what, expected, actual):
 
 
 def _check(path, layer, what, array, expected):
+    as_numbers(array, f"{path}: layer {layer} {what}")
     if tuple(array.shape) != tuple(expected):
         raise _shape_error(path, layer, what, expected, array.shape)
 
 
 def _bias(path, layer, b, n):
     """Accept (n,), (1, n) or (n, 1) biases; return (n,) float32."""
-    b = numpy.asarray(b)
+    b = numpy.asarray(as_numbers(b, f"{path}: layer {layer} bias"))
     if b.size != n or (b.ndim > 1 and max(b.shape) != b.size):
         raise _shape_error(path, layer, "bias", (n,), b.shape)
     return numpy.ascontiguousarray(b.reshape(n), dtype=numpy.float32)
@@ -343,11 +345,7 @@ def load_matconvnet(path, arch: Arch = Arch(), include_top: bool | None = None) 
 # ------------------------------------------------------------------ xnn .npz
 def load_npz(path, arch: Arch = Arch(), include_top: bool | None = None) -> VGGWeights:
     """xnn's own .npz (``Sequential.save`` / ``VGG.save``) -> canonical weights."""
-    try:
-        with numpy.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except Exception as e:   # OSError, ValueError, EOFError, zipfile.BadZipFile ...
-        raise _unreadable(path, e) from None
+    arrays = read_npz(path, "weight file", text_keys=("meta.class_names",))
     expected = [(n, (cout, cin, 3, 3), cout) for n, cin, cout in arch.convs()]
     has_fc = any(f"{n}.W" in arrays for n in FC_NAMES)
     if include_top is not False and has_fc:

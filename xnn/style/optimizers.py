@@ -1,11 +1,11 @@
-"""Optimising an image: L-BFGS-B (SciPy), L-BFGS on the device, and Adam.
+"""The image optimisers: L-BFGS-B (SciPy), L-BFGS on the device, and Adam.
 
 All three take ``fun_and_grad(x) -> (losses, grad)``: ``x`` the image on the
 device, ``losses`` a number, a 0-d array or a dict with a "total" entry (e.g.
 :meth:`StyleTransferObjective.loss_and_grad`), ``grad`` d total / dx on the device.
 All call ``callback(it, x, losses)`` for it = 0 (the starting image) and after
 each iteration it = 1, 2, ..., with the losses OF THAT x; the callback may return
-True to stop.  ``should_stop()`` (e.g. a :class:`StopFlag` set by Ctrl-C) is polled
+True to stop.  ``should_stop()`` (e.g. an :class:`xnn.stop.StopFlag` set by Ctrl-C) is polled
 at every evaluation and iteration.  A stop is not an error: the result says so.
 Bounds ``(lo, hi)`` (None, scalars or arrays broadcastable to x) keep pixels in
 the valid range of the model's input space.
@@ -21,9 +21,7 @@ evaluation (line search); ``max_iter`` bounds the iterations.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import signal
 
 import numpy
 import scipy.optimize
@@ -293,45 +291,3 @@ def adam_minimize(fun_and_grad, x, *, lr, max_iter, bounds=None, callback=None, 
         stopped, message = True, _stop_message(e, catch_interrupt)
         clip_to_range(x, lo, hi)  # an interrupt may land between a step and its clip
     return MinimizeResult(x, losses, it - start_iter, nfev, stopped, message)
-
-
-class StopFlag:
-    """A stop request, callable as ``should_stop``.
-
-        flag = StopFlag()
-        with flag.installed():          # Ctrl-C / SIGTERM set the flag
-            lbfgs_minimize(..., should_stop=flag)
-        if flag: save and exit
-
-    A second signal while the flag is set raises KeyboardInterrupt (a forced stop).
-    """
-
-    def __init__(self):
-        self.reason = None
-
-    def set(self, reason: str = "stop requested"):
-        self.reason = reason
-
-    def __call__(self) -> bool:
-        return self.reason is not None
-
-    __bool__ = __call__
-
-    @contextlib.contextmanager
-    def installed(self, signals=(signal.SIGINT, signal.SIGTERM)):
-        def handler(signum, frame):
-            if self.reason is not None:
-                raise KeyboardInterrupt
-            self.set(f"received {signal.Signals(signum).name}")
-
-        previous = {}
-        try:
-            for s in signals:
-                previous[s] = signal.signal(s, handler)
-        except ValueError:  # not the main thread: signals cannot be caught here
-            pass
-        try:
-            yield self
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
