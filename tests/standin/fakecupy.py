@@ -15,6 +15,8 @@ CuPy would fail, or would crawl:
 * Fresh results are C-ordered, as CuPy allocates them, except where CuPy keeps the
   input's layout (``order="K"``: ``*_like``, ``copy()``/``array()``/``astype``);
   reductions return 0-d device arrays, not host scalars.
+* Transposing copies (``ascontiguousarray`` of a transposed array: a layout lost
+  somewhere upstream) are recorded too, as ``relayout``.
 * Device -> host synchronisations (``float``/``int``/``bool``/``.item()``/``.get()``/
   ``asnumpy``/``tolist``, boolean-mask indexing, ``synchronize()``) and host ->
   device copies (``asarray`` of host data, host index arrays) are recorded per call
@@ -64,30 +66,35 @@ class Recorder:
     def copies(self) -> int:
         return self.count("copy")
 
+    @property
+    def relayouts(self) -> int:
+        return self.count("relayout")
+
     def table(self, top: int = 12) -> str:
         """The worst call sites, one per line: count, kind, what, file:line (function)."""
         rows = sorted(self.events.items(), key=lambda kv: -kv[1])[:top]
-        lines = [f"{n:6d}  {kind:4s}  {what:28s}  {site}" for (kind, what, site), n in rows]
-        return "\n".join(["     n  kind  what                          call site"] + lines)
+        lines = [f"{n:6d}  {kind:8s}  {what:28s}  {site}" for (kind, what, site), n in rows]
+        return "\n".join(["     n  kind      what                          call site"] + lines)
 
 
 _active: list = []
 _HERE = os.path.abspath(__file__)
 
 
-def _site() -> str:
-    """The first frame outside this module (and outside NumPy): where xnn asked for it."""
-    frame = sys._getframe(2)
-    while frame is not None:
+def _site(depth: int = 2) -> str:
+    """The first ``depth`` frames outside this module (and NumPy), innermost first:
+    where xnn asked for it, and who called that."""
+    frame, found = sys._getframe(2), []
+    while frame is not None and len(found) < depth:
         path = os.path.abspath(frame.f_code.co_filename)
         if path != _HERE and f"{os.sep}numpy{os.sep}" not in path:
             try:
                 path = os.path.relpath(path)
             except ValueError:
                 pass
-            return f"{path}:{frame.f_lineno} ({frame.f_code.co_name})"
+            found.append(f"{path}:{frame.f_lineno} ({frame.f_code.co_name})")
         frame = frame.f_back
-    return "?"
+    return " <- ".join(found) or "?"
 
 
 def _event(kind: str, what: str):
@@ -383,10 +390,26 @@ def array(obj, dtype=None, copy=True, order="K", subok=False, ndmin=0, *, blocki
     return ndarray(numpy.array(obj, dtype=dtype, order=order, copy=True, ndmin=ndmin))
 
 
+def _permuted_dense(a) -> bool:
+    """True when a's elements fill a block of memory in some axis order other than C's
+    (a transposed array): making it C-contiguous is a transposing copy."""
+    if a.flags.c_contiguous or a.ndim < 2:
+        return False
+    axes = sorted(range(a.ndim), key=lambda i: -abs(a.strides[i]))
+    step = a.itemsize
+    for i in reversed(axes):
+        if a.shape[i] > 1 and a.strides[i] != step:
+            return False
+        step *= a.shape[i]
+    return True
+
+
 def ascontiguousarray(a, dtype=None):
     if not isinstance(a, ndarray):
         _event("copy", "ascontiguousarray(host)")
         return ndarray(numpy.array(a, dtype=dtype, order="C", copy=True))
+    if _permuted_dense(a._a):
+        _event("relayout", "transposing copy")
     return ndarray(numpy.ascontiguousarray(a._a, dtype=dtype))
 
 

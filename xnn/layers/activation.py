@@ -2,33 +2,7 @@
 from __future__ import annotations
 
 from .base import Layer
-
-
-def channels_last(a) -> bool:
-    """True for a 4-D (N, C, H, W) array whose memory is NHWC (a conv output)."""
-    return a.ndim == 4 and a.transpose(0, 2, 3, 1).flags.c_contiguous
-
-
-def in_layout_of(xp, a, ref):
-    """``a`` (same shape as ``ref``) in ref's NHWC memory order when ref has it and ``a`` lacks it.
-
-    An element-wise op between NCHW and NHWC operands walks one of them across its
-    strides (NumPy: 70 ms for 16M floats); one transposing copy (27 ms) and a
-    same-layout op (8 ms) are much cheaper.
-    """
-    if channels_last(ref) and not channels_last(a):
-        return xp.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
-    return a
-
-
-def like(xp, a, dtype=None):
-    """An uninitialised array of a's shape in a's memory order (order "K" on every backend).
-
-    Element-wise ops write into it with ``out=``: CuPy allocates fresh results in C order,
-    which would turn a channels-last conv output into NCHW memory and cost the next
-    conv a transposing copy.
-    """
-    return xp.empty_like(a, dtype=dtype)
+from .layout import in_layout_of, like
 
 
 class ReLU(Layer):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from .activation import in_layout_of, like
+from .layout import in_layout_of, like
 from .base import Layer, pair, same_padding
 
 

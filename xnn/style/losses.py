@@ -31,6 +31,7 @@ import numpy
 
 from ..backends import device_of, to_numpy
 from ..errors import XnnError
+from ..layers import layout
 
 
 def _check_features(F, what="features"):
@@ -55,11 +56,15 @@ def _from_positions(X, shape):
 
 
 def content_loss(F, P):
-    """L_c = 1/2 sum (F - P)^2 and dL_c/dF = F - P.  F, P: same shape."""
+    """L_c = 1/2 sum (F - P)^2 and dL_c/dF = F - P.  F, P: same shape.
+
+    The gradient is a fresh array in F's memory order (channels-last for conv
+    features), on every backend."""
     if F.shape != P.shape:
         raise ValueError(f"content features {tuple(F.shape)} and target {tuple(P.shape)} differ in shape")
-    d = F - P
-    return 0.5 * (d * d).sum(), d
+    xp = device_of(F).xp
+    d = xp.subtract(F, P, out=layout.like(xp, F))
+    return 0.5 * xp.vdot(layout.flat(d), layout.flat(d)), d
 
 
 def gram_matrix(F):
@@ -253,14 +258,16 @@ class StyleTransferObjective:
             if name in self.content_targets:
                 loss, g = content_loss(F, self.content_targets[name])
                 c_sum = c_sum + loss
-                g = (g * cw if cw != 1 else g) if cw else None
+                if cw != 1:
+                    g *= cw          # in place: g is fresh, and keeps the features' layout
+                g = g if cw else None
             if name in self.style_targets:
                 wl = self.style_layer_weights[name]
                 loss, gs = style_loss(F, self.style_targets[name])
                 s_sum = s_sum + wl * loss
                 if sw * wl:
                     gs *= sw * wl
-                    g = gs if g is None else g + gs
+                    g = gs if g is None else xp.add(g, gs, out=g)
             if g is not None:
                 inject[name] = g
         tv, gtv = tv_loss(x)

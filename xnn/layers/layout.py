@@ -1,0 +1,43 @@
+"""Memory layout rules that hold on every backend.
+
+xnn's convolutions return NCHW-shaped views of channels-last (NHWC) memory, which the
+next convolution reads for free.  NumPy's element-wise results keep their inputs'
+memory order; CuPy's are always C-ordered, so on a GPU a plain ``a * b`` would turn a
+channels-last activation into NCHW memory and cost the next conv a transposing copy.
+Layers therefore write element-wise results into ``like(xp, a)`` (``empty_like``,
+order "K" on both) with ``out=``.
+"""
+from __future__ import annotations
+
+
+def channels_last(a) -> bool:
+    """True for a 4-D (N, C, H, W) array whose memory is NHWC (a conv output)."""
+    return a.ndim == 4 and a.transpose(0, 2, 3, 1).flags.c_contiguous
+
+
+def flat(a):
+    """a's elements as a 1-D array in memory order: a free view for C-ordered and for
+    channels-last arrays (sums and dot products do not care about the order)."""
+    return a.transpose(0, 2, 3, 1).reshape(-1) if channels_last(a) else a.reshape(-1)
+
+
+def like(xp, a, dtype=None):
+    """An uninitialised array of a's shape in a's memory order, for ``out=``."""
+    return xp.empty_like(a, dtype=dtype)
+
+
+def in_layout_of(xp, a, ref):
+    """``a`` (same shape as ``ref``) in ref's NHWC memory order when ref has it and ``a`` lacks it.
+
+    An element-wise op between NCHW and NHWC operands walks one of them across its
+    strides (NumPy: 70 ms for 16M floats); one transposing copy (27 ms) and a
+    same-layout op (8 ms) are much cheaper.
+    """
+    if channels_last(ref) and not channels_last(a):
+        return xp.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    return a
+
+
+def add(xp, a, b):
+    """a + b in a's memory order (a fresh array; neither input is modified)."""
+    return xp.add(a, b, out=like(xp, a))
