@@ -57,6 +57,8 @@ def test_overrides_are_validated_like_the_file():
     apply_override(raw, "layers=[b, c]", SCHEMA)
     assert validate(raw, SCHEMA)["train"]["batch_size"] == 32
     assert validate(raw, SCHEMA)["layers"] == ["b", "c"]
+    apply_override(raw, "train.learning_rate=1e-3", SCHEMA)   # YAML 1.2 exponents are numbers
+    assert validate(raw, SCHEMA)["train"]["learning_rate"] == 0.001
     apply_override(raw, "train.learning_rate=-1", SCHEMA)
     with pytest.raises(XnnError, match="train.learning_rate = -1.0 is out of range"):
         validate(raw, SCHEMA)

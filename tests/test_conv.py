@@ -1,13 +1,13 @@
-"""Every convolution algorithm (forced through Conv2d(algorithm=...)) against direct loops
-in float64, finite-difference gradients, float32 accuracy at VGG's channel counts,
-chunking, algorithm selection, the frozen-weight cache, and the MaxPool2d fast path."""
+"""Conv2d and every convolution algorithm (forced through Conv2d(algorithm=...)) against
+direct loops in float64, finite-difference gradients, float32 accuracy at VGG's channel
+counts, chunking, algorithm selection and the frozen-weight cache, on every backend."""
 import tracemalloc
 
 import numpy
 import pytest
 
 import xnn
-from xnn.layers import Conv2d, MaxPool2d
+from xnn.layers import Conv2d
 from xnn.layers import conv_algorithms as ca
 
 from .gradcheck import check_layer, rel_error
@@ -15,18 +15,80 @@ from .gradcheck import check_layer, rel_error
 ALGOS = list(ca.ALGORITHMS)
 
 
-def conv_loops(x, w, b, pad, mode="zeros"):
-    """Stride-1 reference from the definition: one tensordot per kernel offset, float64."""
-    x, w = numpy.asarray(x, numpy.float64), numpy.asarray(w, numpy.float64)
-    o, c, kh, kw = w.shape
+def randn(rng, *shape):
+    return rng.standard_normal(shape)
+
+
+def conv_reference(x, w, b, stride, pad, mode="zeros"):
+    """Direct loops over output pixels: y[n,o,i,j] = b[o] + sum W[o,c,a,b'] xpad[n,c,i*s+a,j*s+b']."""
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
     np_mode = "constant" if mode == "zeros" else "reflect"
-    xpad = numpy.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode=np_mode)
-    ho, wo = xpad.shape[2] - kh + 1, xpad.shape[3] - kw + 1
-    y = numpy.zeros((x.shape[0], o, ho, wo)) + numpy.asarray(b, numpy.float64)[:, None, None]
-    for a in range(kh):
-        for bb in range(kw):
-            y += numpy.einsum("nchw,oc->nohw", xpad[:, :, a:a + ho, bb:bb + wo], w[:, :, a, bb])
+    xp_ = numpy.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode=np_mode)
+    ho, wo = (h + 2 * pad - kh) // stride + 1, (wd + 2 * pad - kw) // stride + 1
+    y = numpy.zeros((n, o, ho, wo))
+    for i in range(ho):
+        for j in range(wo):
+            patch = xp_[:, :, i * stride:i * stride + kh, j * stride:j * stride + kw]
+            y[:, :, i, j] = numpy.einsum("ncab,ocab->no", patch, w) + b
     return y
+
+
+def conv_loops(x, w, b, pad, mode="zeros"):
+    """Stride-1 reference in float64 (see :func:`conv_reference`)."""
+    x, w = numpy.asarray(x, numpy.float64), numpy.asarray(w, numpy.float64)
+    return conv_reference(x, w, numpy.asarray(b, numpy.float64), 1, pad, mode)
+
+
+@pytest.mark.parametrize("n,cin,cout,h,w,k,s,p", [
+    (1, 1, 1, 5, 5, 3, 1, 1),     # batch 1, one channel
+    (2, 3, 4, 6, 5, 3, 1, 0),     # non-square, padding 0
+    (2, 2, 3, 7, 6, 3, 2, 1),     # stride 2
+    (1, 2, 2, 8, 7, 5, 1, 2),     # kernel 5, padding 2
+    (2, 3, 2, 9, 9, 7, 2, 2),     # kernel 7, stride 2
+    (2, 4, 3, 4, 5, 1, 1, 0),     # 1x1 kernel
+    (1, 3, 2, 6, 6, 1, 2, 1),     # 1x1 kernel, stride 2, padding 1
+])
+def test_conv2d_gradients(dev, rng, n, cin, cout, h, w, k, s, p):
+    layer = Conv2d(cin, cout, k, stride=s, padding=p, seed=1)
+    layer.params["b"] = numpy.random.default_rng(2).standard_normal(cout)
+    check_layer(layer, randn(rng, n, cin, h, w), dev)
+
+
+@pytest.mark.parametrize("p", [1, 2])
+def test_conv2d_reflect_gradients(dev, rng, p):
+    layer = Conv2d(2, 3, 3, padding=p, padding_mode="reflect", seed=3)
+    check_layer(layer, randn(rng, 2, 2, 5, 6), dev)
+
+
+def test_conv2d_without_bias_gradients(dev, rng):
+    check_layer(Conv2d(2, 3, 3, padding=1, bias=False), randn(rng, 1, 2, 4, 5), dev)
+
+
+def test_frozen_conv_computes_only_input_grad(dev, rng):
+    layer = Conv2d(2, 3, 3, padding=1).freeze()
+    errors = check_layer(layer, randn(rng, 2, 2, 5, 4), dev)
+    assert set(errors) == {"x"} and layer.grads == {}
+
+
+@pytest.mark.parametrize("k,s,p,mode", [(3, 1, 1, "zeros"), (3, 2, 0, "zeros"), (5, 2, 2, "zeros"),
+                                        (1, 1, 0, "zeros"), (3, 1, 1, "reflect"), (7, 3, 3, "zeros")])
+def test_conv2d_matches_direct_loops(dev, rng, k, s, p, mode):
+    x, w, b = randn(rng, 2, 3, 11, 9), randn(rng, 4, 3, k, k), randn(rng, 4)
+    layer = Conv2d(3, 4, k, stride=s, padding=p, padding_mode=mode).to(dev, numpy.float64)
+    layer.params.update(W=dev.asarray(w), b=dev.asarray(b))
+    y = xnn.to_numpy(layer.forward(dev.asarray(x)))
+    assert rel_error(y, conv_reference(x, w, b, s, p, mode)) < 1e-12
+
+
+def test_conv2d_float32_matches_float64_reference(dev, rng):
+    x, w, b = randn(rng, 1, 16, 12, 12), randn(rng, 8, 16, 3, 3), randn(rng, 8)
+    layer = Conv2d(16, 8, 3, padding=1).to(dev)
+    layer.params.update(W=dev.asarray(w.astype("f4")), b=dev.asarray(b.astype("f4")))
+    y = layer.forward(dev.asarray(x.astype("f4")))
+    assert y.dtype == numpy.float32
+    assert rel_error(xnn.to_numpy(y), conv_reference(x, w, b, 1, 1)) < 1e-5
+
 
 
 def input_grad_loops(dy, w, pad, shape):
@@ -75,7 +137,6 @@ def test_gradients(dev, rng, algo, pad, mode, frozen):
     assert ("W" in errors) != frozen
 
 
-# measured here: 3e-7, 4.7e-7 and 2.5e-6 (norm-relative, 256 and 512 channels)
 @pytest.mark.parametrize("algo,tol", [("im2col", 1e-6), ("winograd2", 1.5e-6), ("winograd4", 1e-5)])
 @pytest.mark.parametrize("channels", [256, 512])
 def test_float32_accuracy_at_vgg_widths(dev, rng, algo, tol, channels):
@@ -195,37 +256,6 @@ def test_frozen_weight_cache_follows_new_weights(dev, rng, algo):
     assert rel_error(y, conv_loops(x, 2 * w2, numpy.zeros(2), 1)) < 1e-12
 
 
-# ---------------------------------------------------------------- MaxPool2d fast path
-def test_maxpool_fast_path_routes_ties_to_the_first_offset(dev):
-    x = numpy.zeros((1, 1, 2, 4))
-    x[0, 0, :, 2:] = [[1.0, 3.0], [3.0, 3.0]]
-    pool = MaxPool2d(2).to(dev)
-    y = pool.forward(dev.asarray(x))
-    numpy.testing.assert_array_equal(xnn.to_numpy(y), [[[[0.0, 3.0]]]])
-    dx = xnn.to_numpy(pool.backward(dev.asarray(numpy.array([[[[5.0, 7.0]]]]))))
-    numpy.testing.assert_array_equal(dx, [[[[5.0, 0.0, 0.0, 7.0], [0.0, 0.0, 0.0, 0.0]]]])
-
-
-def test_maxpool_fast_path_matches_loops_and_keeps_channels_last(dev, rng):
-    x = rng.standard_normal((2, 6, 8, 4))                  # NHWC memory, NCHW view
-    nchw = dev.asarray(x).transpose(0, 3, 1, 2)
-    pool = MaxPool2d(2).to(dev)
-    y = pool.forward(nchw)
-    ref = x.reshape(2, 3, 2, 4, 2, 4).max(axis=(2, 4)).transpose(0, 3, 1, 2)
-    numpy.testing.assert_array_equal(xnn.to_numpy(y), ref)
-    assert y.strides[1] < y.strides[3]                      # still channels-last in memory
-    dy = rng.standard_normal(ref.shape)
-    dx = xnn.to_numpy(pool.backward(dev.asarray(dy)))
-    xh = x.transpose(0, 3, 1, 2)
-    for i in range(3):
-        for j in range(2):
-            win = xh[:, :, 2 * i:2 * i + 2, 2 * j:2 * j + 2].reshape(2, 4, 4)
-            got = dx[:, :, 2 * i:2 * i + 2, 2 * j:2 * j + 2].reshape(2, 4, 4)
-            want = numpy.zeros_like(win)
-            numpy.put_along_axis(want, win.argmax(axis=2)[..., None], dy[:, :, i, j][..., None], axis=2)
-            numpy.testing.assert_array_equal(got, want)
-
-
 def test_chunk_limit_follows_weight_size_within_bounds():
     assert ca.chunk_limit(0) == ca.MIN_CHUNK_BYTES
     assert ca.chunk_limit(3 * 2**20) == 6 * 2**20
@@ -244,3 +274,16 @@ def test_weight_grad_in_small_chunks_matches_loops(dev, rng, limit):
         for b in range(3):
             want[a, b] = numpy.einsum("nhwc,nhwo->co", x[:, a:a + h, b:b + w], dy)
     assert rel_error(got, want.reshape(9 * c, o)) < 1e-12
+
+
+def test_conv2d_arguments_accept_pairs_and_refuse_clearly():
+    layer = Conv2d(2, 3, (3, 3), stride=(1, 1), padding=(1, 1))
+    assert (layer.kernel_size, layer.stride, layer.padding) == ((3, 3), (1, 1), 1)
+    with pytest.raises(ValueError, match=r"padding must be an int >= 0 or a pair \(p, p\) of equal ints"):
+        Conv2d(2, 3, 3, padding=(1, 2))
+    with pytest.raises(ValueError, match="padding must be an int >= 0"):
+        Conv2d(2, 3, 3, padding=-1)
+    with pytest.raises(ValueError, match="kernel_size must be a positive int or a pair"):
+        Conv2d(2, 3, (3, 3, 3))
+    with pytest.raises(ValueError, match="unknown padding_mode 'reflection'"):
+        Conv2d(2, 3, 3, padding_mode="reflection")
