@@ -1,46 +1,71 @@
 #!/usr/bin/env bash
-# One GPU check run (under 8 minutes on an H100/H200 with CuPy, PyTorch and cuDNN):
-#   1. the whole test suite on the CuPy backend (tests taking `dev` run their gpu cases),
-#   2. a short 512 px style transfer on the GPU, saving the image,
-#   3. the benchmark suite on the GPU (xnn/CuPy vs PyTorch CUDA).
-# Weights and data come from XNN_HOME (default .carry, made by `python benchmarks/make_gpu_carry.py`:
-# float16 VGG19 conv weights and AdaIN weights, mnist/; 59 MiB, under the device tool's 64 MiB).  Every log goes to $OUT (default ./gpu_out); a failing step does not stop
-# the later ones; exit codes are written to $OUT/status.txt.  Usage: OUT=/some/dir bash benchmarks/gpu_check.sh
+# The one prepared GPU run (about 4 minutes on an H200 with CuPy and PyTorch, no network):
+#   1. the GPU tests only: every `dev` test's [gpu] case, the GPU budget tests, slow ones included;
+#   2. a 50-iteration 512 px style transfer on the GPU (one image to look at, packed as a tarball);
+#   3. which conv algorithm "autotune" would pick per VGG19 layer at 512 px (informs the GPU rule);
+#   4. the GPU benchmark table, xnn/CuPy against PyTorch CUDA at the same precision.
+# Weights and data come from XNN_HOME (default .carry, made by `python3 benchmarks/make_gpu_carry.py`:
+# float16 VGG19 conv weights and AdaIN weights, mnist/; 59 MiB, under the device tool's 64 MiB).
+# Outputs: at most 8 files in $OUT (default ./gpu_out): env.txt, tests.log, style512.tar.gz,
+# autotune.txt, bench.log, bench_gpu.json, benchmarks_gpu.md, status.txt.  A failing step does not
+# stop the later ones; exit codes and times are in status.txt.
+#   device tool: run(command="OUT=$OUT bash benchmarks/gpu_check.sh", carry=[".carry"], timeout_s=300)
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
 export XNN_HOME=${XNN_HOME:-.carry}
-PY=${PYTHON:-python}
+export XNN_STRICT_DEVICE=1            # no silent CPU fallback: a broken GPU path fails loudly
+PY=${PYTHON:-python3}
 STATUS="$OUT/status.txt"
 : > "$STATUS"
 
-step() {  # step NAME TIMEOUT_S CMD...: run with a time limit, log to $OUT/NAME.log, record the exit code
-    local name=$1 limit=$2
-    shift 2
+step() {  # step NAME LOG TIMEOUT_S CMD...: run with a time limit, append to $OUT/LOG, record rc and time
+    local name=$1 log=$2 limit=$3
+    shift 3
     local t0=$SECONDS
-    echo "== $name: $*" | tee -a "$OUT/$name.log"
-    timeout --kill-after=10 "$limit" "$@" >> "$OUT/$name.log" 2>&1
+    echo "== $name: $*" >> "$OUT/$log"
+    timeout --kill-after=10 "$limit" "$@" >> "$OUT/$log" 2>&1
     local rc=$?
     echo "$name rc=$rc seconds=$((SECONDS - t0))" | tee -a "$STATUS"
-    tail -n 5 "$OUT/$name.log"
 }
 
 {
     echo "date: $(date -u)"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1
-    $PY -c "import cupy, numpy; print('cupy', cupy.__version__, 'numpy', numpy.__version__); print(cupy.cuda.runtime.getDeviceProperties(0)['name'])" 2>&1
+    $PY -c "import cupy, numpy; print('cupy', cupy.__version__, 'numpy', numpy.__version__)" 2>&1
     $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" 2>&1
     $PY -c "import xnn; print(xnn.device('gpu', strict=True))" 2>&1
     ls -la "$XNN_HOME" "$XNN_HOME/weights" 2>&1
-} > "$OUT/env.log" 2>&1
+} > "$OUT/env.txt" 2>&1
 
-step tests 210 env XNN_STRICT_DEVICE=1 $PY -m pytest -q -m "slow or not slow" -p no:cacheprovider -rs
-# the float16 carry of benchmarks/make_gpu_carry.py when present, else the named Keras file
+step tests tests.log 100 $PY -m pytest -q -p no:cacheprovider -m "slow or not slow" -k "gpu" -rs
 VGG=vgg19-imagenet-notop
 [ -f "$XNN_HOME/weights/vgg19_notop_f16.npz" ] && VGG="$XNN_HOME/weights/vgg19_notop_f16.npz"
-step style512 100 $PY run.py configs/style.yaml --device gpu --strict-device --set image_size=512 \
+step style512 tests.log 60 $PY run.py configs/style.yaml --device gpu --set image_size=512 \
     --set num_iterations=50 --set weights="$VGG" --out "$OUT/style512"
-step bench 150 $PY benchmarks/bench.py --device gpu --json "$OUT/bench_gpu.json" --doc "$OUT/benchmarks_gpu.md"
+tar -czf "$OUT/style512.tar.gz" -C "$OUT" style512 2>/dev/null && rm -rf "$OUT/style512"
+step autotune autotune.txt 30 $PY - "$VGG" <<'PY'
+import sys, numpy, xnn
+from xnn.models import vgg19
+dev = xnn.device("gpu", strict=True)
+vgg = vgg19(weights=sys.argv[1], device=dev, include_top=False)
+for layer in vgg.net.layers.values():
+    if hasattr(layer, "algorithm"):
+        layer.algorithm = "autotune"
+x = dev.asarray(numpy.random.default_rng(0).uniform(-100, 100, (1, 3, 512, 512)).astype(numpy.float32))
+vgg.features(x, ["relu5_1"])
+print("layer     autotune  auto-rule")
+for name, layer in vgg.net.layers.items():
+    if hasattr(layer, "algorithm") and "fwd" in layer.last_algorithms:
+        layer.algorithm = "auto"
+        vgg.features(x, [name])
+        rule = layer.last_algorithms["fwd"]
+        layer.algorithm = "autotune"
+        vgg.features(x, [name])
+        print(f"{name:9s} {layer.last_algorithms['fwd']:9s} {rule}")
+PY
+step bench bench.log 80 $PY benchmarks/bench.py --device gpu --quick --no-write --json "$OUT/bench_gpu.json" \
+    --doc "$OUT/benchmarks_gpu.md"
 cat "$STATUS"
