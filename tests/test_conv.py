@@ -40,7 +40,7 @@ def conv_loops(x, w, b, pad, mode="zeros"):
     return conv_reference(x, w, numpy.asarray(b, numpy.float64), 1, pad, mode)
 
 
-@pytest.mark.parametrize("n,cin,cout,h,w,k,s,p", [
+GRAD_SHAPES = [
     (1, 1, 1, 5, 5, 3, 1, 1),     # batch 1, one channel
     (2, 3, 4, 6, 5, 3, 1, 0),     # non-square, padding 0
     (2, 2, 3, 7, 6, 3, 2, 1),     # stride 2
@@ -48,11 +48,60 @@ def conv_loops(x, w, b, pad, mode="zeros"):
     (2, 3, 2, 9, 9, 7, 2, 2),     # kernel 7, stride 2
     (2, 4, 3, 4, 5, 1, 1, 0),     # 1x1 kernel
     (1, 3, 2, 6, 6, 1, 2, 1),     # 1x1 kernel, stride 2, padding 1
-])
-def test_conv2d_gradients(dev, rng, n, cin, cout, h, w, k, s, p):
-    layer = Conv2d(cin, cout, k, stride=s, padding=p, seed=1)
+]
+#: a chunk budget far below one image's im2col rows: dW (and the forward) run in many row blocks
+TINY_CHUNK = 64
+
+
+def every_algorithm_and_chunking():
+    """Each shape through each algorithm that applies to it (not only what "auto" picks at these
+    sizes: im2col), with the default chunk budget and with a tiny one."""
+    for shape in GRAD_SHAPES:
+        k, s = shape[5], shape[6]
+        for algo in ALGOS:
+            if ca.applicable(algo, k, k, s, s):
+                for chunk in (None, TINY_CHUNK):
+                    yield pytest.param(*shape, algo, chunk, id="-".join(map(str, shape + (algo, chunk or "big"))))
+
+
+def spy_weight_grad_chunks(monkeypatch):
+    """Record how many blocks each Conv2d weight-gradient call was cut into."""
+    counts, real_chunks, real_dw = [], ca._chunks, ca.weight_grad_nhwc
+    inside = []
+
+    def chunks(*args, **kwargs):
+        blocks = real_chunks(*args, **kwargs)
+        if inside:
+            counts.append(len(blocks))
+        return blocks
+
+    def weight_grad(*args, **kwargs):
+        inside.append(1)
+        try:
+            return real_dw(*args, **kwargs)
+        finally:
+            inside.pop()
+
+    monkeypatch.setattr(ca, "_chunks", chunks)
+    monkeypatch.setattr(ca, "weight_grad_nhwc", weight_grad)
+    return counts
+
+
+@pytest.mark.parametrize("n,cin,cout,h,w,k,s,p,algo,chunk", list(every_algorithm_and_chunking()))
+def test_conv2d_gradients(dev, rng, monkeypatch, n, cin, cout, h, w, k, s, p, algo, chunk):
+    if chunk:
+        monkeypatch.setattr(ca, "CHUNK_BYTES", chunk)
+        if dev.chunk_bytes:                              # a GPU's own budget
+            monkeypatch.setattr(dev, "chunk_bytes", chunk)
+    dw_blocks = spy_weight_grad_chunks(monkeypatch)
+    layer = Conv2d(cin, cout, k, stride=s, padding=p, seed=1, algorithm=algo)
     layer.params["b"] = numpy.random.default_rng(2).standard_normal(cout)
-    check_layer(layer, randn(rng, n, cin, h, w), dev)
+    errors = check_layer(layer, randn(rng, n, cin, h, w), dev)
+    assert set(errors) == {"x", "W", "b"}
+    assert layer.last_algorithms["fwd"] == algo
+    if (s, k) == (1, 3) and p <= 2:
+        assert layer.last_algorithms["dx"] == algo     # the input gradient is a convolution too
+    assert dw_blocks and (max(dw_blocks) > 1) == bool(chunk), dw_blocks
 
 
 @pytest.mark.parametrize("p", [1, 2])
@@ -101,6 +150,17 @@ def input_grad_loops(dy, w, pad, shape):
         for bb in range(kw):
             dxpad[:, :, a:a + ho, bb:bb + wo] += numpy.einsum("nohw,oc->nchw", dy, w[:, :, a, bb])
     return dxpad[:, :, pad:pad + h, pad:pad + wd]
+
+
+def weight_grad_loops(x, dy, pad, k=3):
+    """dW[o, c, a, b] = sum_{n, i, j} dy[n, o, i, j] xpad[n, c, i + a, j + b] (stride 1), every tap."""
+    xpad = numpy.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    ho, wo = dy.shape[2:]
+    dw = numpy.zeros((dy.shape[1], x.shape[1], k, k))
+    for a in range(k):
+        for b in range(k):
+            dw[:, :, a, b] = numpy.einsum("nohw,nchw->oc", dy, xpad[:, :, a:a + ho, b:b + wo])
+    return dw
 
 
 def make(dev, algo, c, o, pad=1, mode="zeros", dtype=numpy.float64, frozen=False, rng=None):
@@ -165,8 +225,8 @@ def test_chunked_and_threaded_paths_agree(dev, rng, monkeypatch, algo):
         w = xnn.to_numpy(layer.params["W"])
         assert rel_error(xnn.to_numpy(y), conv_loops(x, w, xnn.to_numpy(layer.params["b"]), 1)) < 1e-12
         assert rel_error(dx, input_grad_loops(dy, w, 1, x.shape)) < 1e-12
-        dw = numpy.einsum("nohw,nchw->oc", dy, numpy.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))[:, :, :h, :7])
-        assert rel_error(xnn.to_numpy(layer.grads["W"])[:, :, 0, 0], dw) < 1e-12
+        assert rel_error(xnn.to_numpy(layer.grads["W"]), weight_grad_loops(x, dy, 1)) < 1e-12
+        assert rel_error(xnn.to_numpy(layer.grads["b"]), dy.sum(axis=(0, 2, 3))) < 1e-12
 
 
 def test_chunks_cover_everything_once():

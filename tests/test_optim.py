@@ -40,6 +40,99 @@ def test_adam_first_step_is_lr_times_sign():
     numpy.testing.assert_allclose(p["w"], [-0.01, 0.01], rtol=1e-6)
 
 
+def gradient_sequence(steps, shape=(2, 3), seed=7):
+    """A non-trivial gradient sequence: random signs and scales over five decades, a few zeros."""
+    rng = numpy.random.default_rng(seed)
+    gs = rng.standard_normal((steps,) + shape) * 10.0 ** rng.uniform(-3, 2, (steps,) + shape)
+    gs[3, 0, 1] = 0.0
+    return gs
+
+
+def adam_reference(p0, grads, lr, b1, b2, eps, weight_decay=0.0):
+    """Kingma & Ba (2015), Algorithm 1, in float64, one plain loop per step and element:
+    m_t = b1 m + (1-b1) g,  v_t = b2 v + (1-b2) g^2,  m^ = m_t / (1-b1^t),  v^ = v_t / (1-b2^t),
+    p_t = p - lr m^ / (sqrt(v^) + eps); weight decay (L2) adds weight_decay * p to g first."""
+    p = [float(a) for a in numpy.ravel(p0)]
+    m, v = [0.0] * len(p), [0.0] * len(p)
+    history = []
+    for t, g_t in enumerate(grads, start=1):
+        for i, g in enumerate(numpy.ravel(g_t)):
+            g = float(g) + weight_decay * p[i]
+            m[i] = b1 * m[i] + (1 - b1) * g
+            v[i] = b2 * v[i] + (1 - b2) * g * g
+            m_hat = m[i] / (1 - b1 ** t)
+            v_hat = v[i] / (1 - b2 ** t)
+            p[i] = p[i] - lr * m_hat / (v_hat ** 0.5 + eps)
+        history.append(numpy.reshape(p, numpy.shape(p0)))
+    return history
+
+
+def sgd_reference(p0, grads, lr, momentum, weight_decay, nesterov):
+    """PyTorch's SGD (Sutskever et al. momentum, dampening 0) in float64, element by element:
+    g' = g + wd p;  b = g' at t = 1, else momentum b + g';  step = g' + momentum b (nesterov) or b."""
+    p = [float(a) for a in numpy.ravel(p0)]
+    buf = [None] * len(p)
+    history = []
+    for g_t in grads:
+        for i, g in enumerate(numpy.ravel(g_t)):
+            g = float(g) + weight_decay * p[i]
+            if momentum:
+                buf[i] = g if buf[i] is None else momentum * buf[i] + g
+                g = g + momentum * buf[i] if nesterov else buf[i]
+            p[i] = p[i] - lr * g
+        history.append(numpy.reshape(p, numpy.shape(p0)))
+    return history
+
+
+@pytest.mark.parametrize("kw", [dict(lr=0.01), dict(lr=0.003, betas=(0.8, 0.99), eps=1e-6),
+                                dict(lr=0.02, betas=(0.5, 0.9), weight_decay=0.1)])
+def test_adam_follows_kingma_and_ba_over_many_steps(dev, kw):
+    """25 steps on every backend against the float64 loop above: bias correction must follow t."""
+    steps = 25
+    grads = gradient_sequence(steps)
+    p0 = numpy.random.default_rng(3).standard_normal((2, 3))
+    b1, b2 = kw.get("betas", (0.9, 0.999))
+    want = adam_reference(p0, grads, kw["lr"], b1, b2, kw.get("eps", 1e-8), kw.get("weight_decay", 0.0))
+    p = {"w": dev.asarray(p0.copy())}
+    opt = Adam(p, **kw)
+    for t in range(steps):
+        opt.step({"w": dev.asarray(grads[t])})
+        assert opt.t == t + 1
+        numpy.testing.assert_allclose(xnn.to_numpy(p["w"]), want[t], rtol=1e-12, atol=1e-13,
+                                      err_msg=f"step {t + 1}")
+
+
+@pytest.mark.parametrize("kw", [dict(lr=0.1), dict(lr=0.05, momentum=0.9),
+                                dict(lr=0.05, momentum=0.9, nesterov=True),
+                                dict(lr=0.02, momentum=0.7, weight_decay=0.3),
+                                dict(lr=0.02, momentum=0.6, weight_decay=0.2, nesterov=True),
+                                dict(lr=0.1, weight_decay=0.5)])
+def test_sgd_follows_the_reference_over_many_steps(dev, kw):
+    steps = 12
+    grads = gradient_sequence(steps, seed=11)
+    p0 = numpy.random.default_rng(5).standard_normal((2, 3))
+    want = sgd_reference(p0, grads, kw["lr"], kw.get("momentum", 0.0), kw.get("weight_decay", 0.0),
+                         kw.get("nesterov", False))
+    p = {"w": dev.asarray(p0.copy())}
+    opt = SGD(p, **kw)
+    for t in range(steps):
+        opt.step({"w": dev.asarray(grads[t])})
+        numpy.testing.assert_allclose(xnn.to_numpy(p["w"]), want[t], rtol=1e-12, atol=1e-13,
+                                      err_msg=f"step {t + 1}")
+
+
+def test_sgd_does_not_alias_the_gradient_or_its_momentum():
+    """The caller's gradient is never written into; parameters without a gradient stay put."""
+    p = {"w": numpy.ones(2), "frozen": numpy.ones(2)}
+    opt = SGD(p, lr=0.1, momentum=0.5)
+    g = numpy.array([1.0, -2.0])
+    opt.step({"w": g})
+    opt.step({"w": g})
+    numpy.testing.assert_array_equal(g, [1.0, -2.0])
+    numpy.testing.assert_array_equal(p["frozen"], [1.0, 1.0])
+    numpy.testing.assert_allclose(p["w"], 1 - 0.1 * numpy.array([1.0, -2.0]) * (1 + 1.5))
+
+
 def test_optimiser_state_roundtrip():
     p = {"w": numpy.zeros(3)}
     opt = Adam(p, lr=0.1)
