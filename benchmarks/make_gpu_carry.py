@@ -23,7 +23,9 @@ OUT = REPO / ".carry"
 
 def to_f16(src, dst):
     with numpy.load(src, allow_pickle=False) as f:
-        arrays = {k: (f[k].astype(numpy.float16) if f[k].dtype == numpy.float32 else f[k]) for k in f.files}
+        # weights and biases to float16; small constants (the mean colour) stay exact
+        arrays = {k: (f[k].astype(numpy.float16) if f[k].dtype == numpy.float32 and f[k].size > 16 else f[k])
+                  for k in f.files}
     numpy.savez_compressed(dst, **arrays)
 
 

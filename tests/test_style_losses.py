@@ -10,7 +10,7 @@ import pytest
 import scipy.optimize
 
 import xnn
-from tests.conftest import weights_path, xnn_home
+from tests.conftest import REPO, weights_path
 from tests.gradcheck import numerical_grad, rel_error
 from xnn.layers import AvgPool2d, Conv2d, MaxPool2d, ReLU
 from xnn.style import (StopFlag, StyleTransferObjective, adam_minimize, blend_grams, clip_to_range,
@@ -445,7 +445,7 @@ def test_objective_gradient_through_real_vgg_weights(dev, rng):
     from PIL import Image
     model = vgg19(weights=str(path), device=dev, include_top=False)
     model.net.to(dev, F64)  # float64 for the finite differences
-    photo = numpy.asarray(Image.open(xnn_home() / "images" / "chelsea.png").convert("RGB"))
+    photo = numpy.asarray(Image.open(REPO / "examples" / "chelsea.png").convert("RGB"))
 
     def crop(y, x, s):
         return model.preprocess(numpy.ascontiguousarray(photo[y:y + s, x:x + s])).astype(F64)

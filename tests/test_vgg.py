@@ -19,7 +19,7 @@ import xnn
 from xnn.errors import XnnError
 from xnn.layers import AvgPool2d
 from xnn.models import vgg19
-from tests.conftest import SHARED_DATA, weights_path
+from tests.conftest import REPO, weights_path
 
 NOTOP = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
 KERAS_BGR_MEAN = numpy.array([103.939, 116.779, 123.68])
@@ -261,16 +261,23 @@ def test_preprocess_deprocess(dev):
 
 # ---------------------------------------------------------------- real weights
 def test_real_notop_features_match_reference(dev):
-    path = weights_path(NOTOP)
+    path = weights_path(NOTOP)      # the Keras file, or its float16 .npz carry on a GPU machine
     from PIL import Image
-    rgb = numpy.asarray(Image.open(SHARED_DATA / "images" / "chelsea.png").convert("RGB"))[120:160, 200:240]
-    vgg = vgg19(weights="vgg19-imagenet-notop", device=dev)
+    rgb = numpy.asarray(Image.open(REPO / "examples" / "chelsea.png").convert("RGB"))[120:160, 200:240]
+    vgg = vgg19(weights="vgg19-imagenet-notop" if path.suffix == ".h5" else str(path), device=dev)
     assert not vgg.include_top and vgg.names[-1] == "pool5"
     assert numpy.allclose(vgg.mean_rgb, [123.68, 116.779, 103.939])
-    with h5py.File(path, "r") as f:
-        convs = [[(f[f"block{b}_conv{i}"][f"block{b}_conv{i}_W_1:0"][()],
-                   f[f"block{b}_conv{i}"][f"block{b}_conv{i}_b_1:0"][()]) for i in range(1, n + 1)]
-                 for b, n in enumerate(BLOCKS, 1)]
+    if path.suffix == ".h5":
+        with h5py.File(path, "r") as f:
+            convs = [[(f[f"block{b}_conv{i}"][f"block{b}_conv{i}_W_1:0"][()],
+                       f[f"block{b}_conv{i}"][f"block{b}_conv{i}_b_1:0"][()]) for i in range(1, n + 1)]
+                     for b, n in enumerate(BLOCKS, 1)]
+    else:   # xnn's npz: W (O, C, kh, kw) for RGB input -> Keras (kh, kw, C, O) for BGR input
+        with numpy.load(path) as f:
+            convs = [[(f[f"conv{b}_{i}.W"].astype(numpy.float64).transpose(2, 3, 1, 0),
+                       f[f"conv{b}_{i}.b"].astype(numpy.float64)) for i in range(1, n + 1)]
+                     for b, n in enumerate(BLOCKS, 1)]
+        convs[0][0] = (convs[0][0][0][:, :, ::-1], convs[0][0][1])
     ref = ref_forward(rgb[..., ::-1].astype(numpy.float64) - KERAS_BGR_MEAN, convs)
     feats = vgg.features(vgg.preprocess(rgb), ["relu1_1", "relu3_1", "pool5"])
     assert feats["pool5"].shape == (1, 512, 1, 1)
@@ -279,9 +286,9 @@ def test_real_notop_features_match_reference(dev):
 
 
 def test_real_notop_include_top_is_a_clear_error():
-    weights_path(NOTOP)
+    path = weights_path(NOTOP)
     with pytest.raises(XnnError) as e:
-        vgg19(weights="vgg19-imagenet-notop", include_top=True)
+        vgg19(weights="vgg19-imagenet-notop" if path.suffix == ".h5" else str(path), include_top=True)
     msg = str(e.value)
     assert "no fc6/fc7/fc8" in msg and "weights='vgg19-imagenet'" in msg and "include_top=False" in msg
     assert "https://storage.googleapis.com/" in msg and "\n" not in msg
