@@ -142,6 +142,41 @@ def test_adain_mix_interpolates_outputs(dev, rng):
     assert rel_error(xnn.to_numpy(got), expect) < 1e-12
 
 
+def test_adain_eps_and_mix_defaults(dev, rng):
+    """eps reaches both the content and the style statistics; adain_mix takes one array or a list,
+    and its defaults (equal weights, alpha 1) give plain AdaIN."""
+    c = rng.standard_normal((1, 3, 4, 4)) * 0.3
+    s = rng.standard_normal((1, 3, 5, 3)) * 0.2 + 1
+    C, S = dev.asarray(c), dev.asarray(s)
+    for eps in (0.5, 1e-5):
+        assert rel_error(xnn.to_numpy(adain(C, S, eps=eps)), np_adain(c, s, eps)) < 1e-12
+        assert rel_error(xnn.to_numpy(adain_mix(C, S, eps=eps)), np_adain(c, s, eps)) < 1e-12
+        assert rel_error(xnn.to_numpy(adain_mix(C, [S, S], eps=eps)), np_adain(c, s, eps)) < 1e-12
+    assert rel_error(np_adain(c, s, 0.5), np_adain(c, s, 1e-5)) > 1e-2       # eps matters here
+
+
+def test_adain_layer_with_given_statistics_and_eps(dev, rng):
+    """set_style_stats is set_style with the statistics computed elsewhere; the layer's eps is used."""
+    c, s = rng.standard_normal((2, 3, 4, 5)) * 0.3, rng.standard_normal((1, 3, 5, 5)) * 0.2 - 1
+    mean = s.mean(axis=(2, 3), keepdims=True)
+    std = numpy.sqrt(s.var(axis=(2, 3), ddof=1, keepdims=True) + 0.25)
+    layer = AdaIN(eps=0.25, device=dev).set_style_stats(dev.asarray(mean), dev.asarray(std))
+    assert layer.mean_t is not None and layer.std_t is not None
+    assert rel_error(xnn.to_numpy(layer.forward(dev.asarray(c))), np_adain(c, s, 0.25)) < 1e-12
+    same = AdaIN(eps=0.25, device=dev).set_style(dev.asarray(s))
+    assert rel_error(xnn.to_numpy(same.forward(dev.asarray(c))), np_adain(c, s, 0.25)) < 1e-12
+
+
+def test_adain_layer_refuses_statistics_of_another_device():
+    standin, mean, std = xnn.device("standin"), numpy.zeros((1, 2, 1, 1)), numpy.ones((1, 2, 1, 1))
+    with pytest.raises(xnn.DeviceMismatchError, match="style mean"):
+        AdaIN().set_style_stats(standin.asarray(mean), std)
+    with pytest.raises(xnn.DeviceMismatchError, match="style std"):
+        AdaIN().set_style_stats(mean, standin.asarray(std))
+    with pytest.raises(xnn.DeviceMismatchError, match="style features"):
+        AdaIN().set_style([numpy.ones((1, 2, 3, 3)), standin.asarray(numpy.ones((1, 2, 3, 3)))])
+
+
 def test_adain_layer_forward(dev, rng):
     c, s1, s2 = (rng.standard_normal((2, 3, 4, 5)), rng.standard_normal((1, 3, 5, 5)),
                  rng.standard_normal((1, 3, 4, 4)) + 2)

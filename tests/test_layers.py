@@ -65,3 +65,37 @@ def test_relu_forward_keeps_the_input_layout_on_every_backend(dev, rng):
     y = ReLU().to(dev).forward(dev.asarray(x).transpose(0, 3, 1, 2))
     numpy.testing.assert_array_equal(xnn.to_numpy(y), numpy.maximum(x, 0).transpose(0, 3, 1, 2))
     assert y.transpose(0, 2, 3, 1).flags.c_contiguous
+
+
+def test_calling_a_layer_checks_the_device_then_runs_forward(rng):
+    """layer(x) is forward(x) for an array of the layer's device, and a clear error otherwise."""
+    x = rng.standard_normal((2, 5))
+    layer = Linear(5, 3, seed=4).to("cpu", numpy.float64)
+    numpy.testing.assert_array_equal(layer(x), x @ layer.params["W"] + layer.params["b"])
+    standin = xnn.device("standin")
+    with pytest.raises(xnn.DeviceMismatchError, match="input of Linear.*runs on the cpu device"):
+        layer(standin.asarray(x))
+    with pytest.raises(xnn.DeviceMismatchError, match="input of ReLU.*runs on the standin device"):
+        ReLU(device=standin)(x)
+
+
+def test_softmax_is_stable_row_by_row(dev):
+    """Each row is shifted by its own maximum: rows of very different scale, huge logits."""
+    x = numpy.array([[1000.0, 999.0, 998.0], [0.0, -1.0, -2.0], [-800.0, -801.0, -1e6]])
+    sm = Softmax(device=dev)
+    assert sm.device is dev
+    y = xnn.to_numpy(sm.forward(dev.asarray(x)))
+    e = numpy.exp([0.0, -1.0, -2.0])
+    want = numpy.array([e / e.sum(), e / e.sum(), [1 / (1 + e[1]), e[1] / (1 + e[1]), 0.0]])
+    numpy.testing.assert_allclose(y, want, rtol=1e-12, atol=0)
+
+
+def test_zero_grad_freeze_and_repr():
+    layer = Linear(3, 2, seed=0).to("cpu", numpy.float64)
+    layer.forward(numpy.ones((1, 3)))
+    layer.backward(numpy.ones((1, 2)))
+    assert set(layer.grads) == {"W", "b"}
+    layer.zero_grad()
+    assert layer.grads == {}
+    assert repr(layer) == "Linear(W(3, 2), b(2,))"
+    assert repr(ReLU()) == "ReLU()"
