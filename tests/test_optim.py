@@ -145,6 +145,40 @@ def test_optimiser_state_roundtrip():
     numpy.testing.assert_array_equal(p["w"], p2["w"])
 
 
-def test_negative_learning_rate_is_refused():
-    with pytest.raises(ValueError):
-        SGD({"w": numpy.zeros(1)}, lr=-1)
+@pytest.mark.parametrize("lr", [-1, 0])
+def test_learning_rate_must_be_positive(lr):
+    for cls in (SGD, Adam):
+        with pytest.raises(ValueError, match="learning rate must be > 0"):
+            cls({"w": numpy.zeros(1)}, lr=lr)
+
+
+def test_default_hyperparameters():
+    """SGD(lr=0.01, no momentum, no decay); Adam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, no decay)."""
+    grads = gradient_sequence(6)
+    p0 = numpy.random.default_rng(9).standard_normal((2, 3))
+    for cls, want in ((SGD, sgd_reference(p0, grads, 0.01, 0.0, 0.0, False)),
+                      (Adam, adam_reference(p0, grads, 1e-3, 0.9, 0.999, 1e-8))):
+        p = {"w": p0.copy()}
+        opt = cls(p)
+        for t, g in enumerate(grads):
+            opt.step({"w": g})
+            numpy.testing.assert_allclose(p["w"], want[t], rtol=1e-12, atol=1e-13)
+    tiny = {"w": numpy.zeros(1)}
+    Adam(tiny).step({"w": numpy.array([1e-9])})        # eps 1e-8 is felt: the step is lr/11, not lr
+    numpy.testing.assert_allclose(tiny["w"], [-1e-3 * 1e-9 / (1e-9 + 1e-8)], rtol=1e-6)
+
+
+def test_state_dict_is_a_snapshot_and_names_may_hold_slashes():
+    """state_dict copies (later steps do not change it); a parameter named "block/conv/W" round-trips."""
+    p = {"block/conv/W": numpy.zeros(3), "b": numpy.zeros(2)}
+    opt = SGD(p, lr=0.1, momentum=0.9)
+    opt.step({"block/conv/W": numpy.ones(3), "b": numpy.ones(2)})
+    state = opt.state_dict()
+    assert sorted(state) == ["b/v", "block/conv/W/v", "t"] and int(state["t"]) == 1
+    opt.step({"block/conv/W": numpy.ones(3), "b": numpy.ones(2)})
+    numpy.testing.assert_array_equal(state["block/conv/W/v"], numpy.ones(3))
+    fresh = SGD({k: v.copy() for k, v in p.items()}, lr=0.1, momentum=0.9)
+    fresh.load_state_dict(opt.state_dict())
+    assert fresh.t == 2
+    numpy.testing.assert_array_equal(fresh.slots["block/conv/W"]["v"], numpy.full(3, 1.9))
+    numpy.testing.assert_array_equal(fresh.slots["b"]["v"], numpy.full(2, 1.9))
