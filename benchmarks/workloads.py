@@ -1,44 +1,104 @@
 """Benchmark workloads, each written twice: once with xnn, once with PyTorch.
 
-A workload builder takes (framework, device) and returns (step, flops, units), where
-``step()`` runs one timed unit of work and finishes it (device synchronised), ``flops``
-is the arithmetic of one step (multiply-add = 2) and ``units`` says what one step is
-(e.g. 64 images).  Both frameworks get the same shapes, float32 and random data.
+A workload builder returns (step, flops, units): ``step()`` runs one timed unit of work
+and finishes it (device synchronised), ``flops`` is the arithmetic of one step
+(multiply-add = 2; None where not counted) and ``units`` says what one step is (e.g. 640
+images).  Both frameworks get the same shapes, float32, the same random data (same seed)
+and, for adain_512, the same shipped weights.
+
+Layouts: each side gets the memory order it is fastest with.  PyTorch's convolution
+workloads run ``channels_last`` (model and input; ``layout="nchw"`` for the contiguous
+NCHW variant, ``bench.py --torch-layout nchw``).  xnn takes NCHW at its API; the style
+gradients it is handed are NCHW views of channels-last memory, the layout its own style
+losses (``xnn.style.losses``) produce, and PyTorch's are channels_last likewise.
+PyTorch inference runs in eval mode under ``torch.inference_mode()``.
 """
 from __future__ import annotations
+
 
 import numpy
 
 MLP = (784, 512, 256, 10)
 CNN_BATCH = 64
 STYLE_LAYERS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1"]
-VGG_CONVS = [(3, 64), (64, 64), "P", (64, 128), (128, 128), "P", (128, 256), (256, 256), (256, 256),
-             (256, 256), "P", (256, 512), (512, 512), (512, 512), (512, 512), "P", (512, 512),
-             (512, 512), (512, 512), (512, 512), "P"]
+#: VGG19's convolutions (name, in, out) and pools, in order.
+VGG_PLAN = [("conv1_1", 3, 64), ("conv1_2", 64, 64), "pool1",
+            ("conv2_1", 64, 128), ("conv2_2", 128, 128), "pool2",
+            ("conv3_1", 128, 256), ("conv3_2", 256, 256), ("conv3_3", 256, 256), ("conv3_4", 256, 256), "pool3",
+            ("conv4_1", 256, 512), ("conv4_2", 512, 512), ("conv4_3", 512, 512), ("conv4_4", 512, 512), "pool4",
+            ("conv5_1", 512, 512), ("conv5_2", 512, 512), ("conv5_3", 512, 512), ("conv5_4", 512, 512), "pool5"]
+ADAIN_SIZE = (384, 512)     # content H x W (the adain experiment's default image_size 512, a 4:3 photo)
+ADAIN_STYLE = (512, 512)
+ADAIN_EPS = 1e-5
 
 
 def conv_flops(h, w, cin, cout, k=3):
     return 2 * h * w * cin * cout * k * k
 
 
-def vgg_flops(h, w, until_pool=5):
-    total, pools = 0, 0
-    for item in VGG_CONVS:
-        if item == "P":
-            pools += 1
-            if pools == until_pool:
-                break
+def vgg_flops(h, w, last="conv5_4"):
+    """Forward arithmetic of VGG19's convolutions conv1_1 .. ``last`` on an h x w image."""
+    total = 0
+    for item in VGG_PLAN:
+        if isinstance(item, str):
             h, w = h // 2, w // 2
+            continue
+        name, cin, cout = item
+        total += conv_flops(h, w, cin, cout)
+        if name == last:
+            return total
+    raise ValueError(f"no conv {last!r} in VGG19")
+
+
+def style_flops(size):
+    """A style step: forward conv1_1 .. conv5_1 (relu5_1 is the deepest layer used) and the
+    input gradient of each of those convs on the way back (frozen weights: no dW)."""
+    return 2 * vgg_flops(size, size, last="conv5_1")
+
+
+def adain_flops(h, w):
+    """Encoder (1x1 preprocess, conv1_1 .. conv4_1, ceil-mode pools) + decoder (its mirror)."""
+    from xnn.models.adain import DECODER_PLAN, ENCODER_PLAN
+    total = conv_flops(h, w, 3, 3, k=1)
+    for item in ENCODER_PLAN:
+        if isinstance(item, str):
+            h, w = -(-h // 2), -(-w // 2)
         else:
-            total += conv_flops(h, w, *item)
+            total += conv_flops(h, w, item[1], item[2])
+    for item in DECODER_PLAN:
+        if isinstance(item, str):
+            h, w = 2 * h, 2 * w
+        else:
+            total += conv_flops(h, w, item[1], item[2])
     return total
 
 
+def _cnn_fwd_flops():
+    return conv_flops(28, 28, 1, 32) + conv_flops(14, 14, 32, 64) + 2 * (64 * 7 * 7 * 128 + 128 * 10)
+
+
+def _adain_inputs(rng):
+    """Content (1, 3, H, W) and style images in [0, 1], as host NHWC arrays."""
+    c = rng.random((1, *ADAIN_SIZE, 3), dtype=numpy.float32)
+    s = rng.random((1, *ADAIN_STYLE, 3), dtype=numpy.float32)
+    return c, s
+
+
+def _style_grad_shapes(size):
+    """(C, H, W) of each style layer's output for a size x size input."""
+    shapes, h, block = {}, size, 1
+    for item in VGG_PLAN:
+        if isinstance(item, str):
+            h, block = h // 2, block + 1
+        else:
+            name, _, cout = item
+            relu = "relu" + name[4:]
+            if relu in STYLE_LAYERS:
+                shapes[relu] = (cout, h, h)
+    return shapes
+
+
 # ------------------------------------------------------------------ xnn
-def _xnn_sync(dev):
-    return dev.synchronize
-
-
 def xnn_conv(dev, rng):
     from xnn.layers import Conv2d
     conv = Conv2d(256, 256, 3, padding=1, seed=0).to(dev)
@@ -91,13 +151,9 @@ def xnn_cnn_train(dev, rng, steps=10):
     return step, steps * 3 * CNN_BATCH * _cnn_fwd_flops(), f"{steps * CNN_BATCH} images"
 
 
-def _cnn_fwd_flops():
-    return conv_flops(28, 28, 1, 32) + conv_flops(14, 14, 32, 64) + 2 * (64 * 7 * 7 * 128 + 128 * 10)
-
-
 def _xnn_vgg(dev):
     from xnn.models import vgg19
-    return vgg19(weights=None, include_top=False, device=dev)
+    return vgg19(weights=None, include_top=False, device=dev)   # frozen, He-initialised
 
 
 def xnn_vgg_forward(dev, rng, size=224):
@@ -113,64 +169,93 @@ def xnn_vgg_forward(dev, rng, size=224):
 def xnn_style_step(dev, rng, size):
     vgg = _xnn_vgg(dev)
     x = dev.asarray(rng.standard_normal((1, 3, size, size), dtype=numpy.float32))
-    feats = vgg.features(x, STYLE_LAYERS)
-    grads = {k: dev.asarray(rng.standard_normal(v.shape, dtype=numpy.float32)) for k, v in feats.items()}
+    # the layout xnn's style losses hand back: NCHW views of channels-last memory
+    grads = {k: dev.asarray(rng.standard_normal((1, h, w, c), dtype=numpy.float32)).transpose(0, 3, 1, 2)
+             for k, (c, h, w) in _style_grad_shapes(size).items()}
 
     def step():
         vgg.features(x, STYLE_LAYERS)
         vgg.backward(inject=grads)
         dev.synchronize()
-    return step, 2 * vgg_flops(size, size, until_pool=5), "step (fwd to relu5_1 + bwd to image)"
+    return step, style_flops(size), "step (fwd to relu5_1 + bwd to image)"
 
 
-def xnn_adain(dev, rng, size=512):
+def xnn_adain(dev, rng):
+    """The shipped AdaIN model, loaded as the adain experiment loads it; one content image:
+    encode, AdaIN with cached style statistics, decode (AdaINStylizer.stylize's device work)."""
+    from xnn.layers.adain import channel_stats
     from xnn.models.adain import adain_decoder, adain_encoder
-    from xnn.layers.adain import adain
-    enc, dec = adain_encoder(weights=None, device=dev), adain_decoder(weights=None, device=dev)
-    c = dev.asarray(rng.random((1, 3, size, size * 3 // 4), dtype=numpy.float32))
-    s = dev.asarray(rng.random((1, 3, size, size), dtype=numpy.float32))
-    fs = enc.forward(s)
+    enc, dec = adain_encoder("adain", device=dev), adain_decoder("adain", device=dev)   # frozen
+    c_host, s_host = _adain_inputs(rng)
+    # NCHW views of channels-last memory, as AdaINStylizer hands them to the encoder
+    c = dev.asarray(c_host).transpose(0, 3, 1, 2)
+    mean_s, std_s = channel_stats(enc.forward(dev.asarray(s_host).transpose(0, 3, 1, 2)), ADAIN_EPS)
 
     def step():
-        dec.forward(adain(enc.forward(c), fs))
+        f = enc.forward(c)
+        mean_c, std_c = channel_stats(f, ADAIN_EPS)
+        dec.forward((f - mean_c) * (std_s / std_c) + mean_s)
         dev.synchronize()
-    return step, None, f"image {size}x{size * 3 // 4}"
+    h, w = ADAIN_SIZE
+    return step, adain_flops(h, w), f"image {w}x{h} (encode + AdaIN + decode)"
 
 
 # ------------------------------------------------------------------ torch
-def _torch_vgg(torch, device):
-    layers = []
-    for item in VGG_CONVS:
-        if item == "P":
-            layers.append(torch.nn.MaxPool2d(2))
-        else:
-            layers += [torch.nn.Conv2d(*item, 3, padding=1), torch.nn.ReLU()]
-    net = torch.nn.Sequential(*layers).to(device)
+def _sync(torch, device):
+    return (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)
+
+
+def _fmt(torch, layout):
+    return torch.channels_last if layout == "channels_last" else torch.contiguous_format
+
+
+def _tensor(torch, a, device, layout=None, requires_grad=False):
+    t = torch.tensor(a, device=device)
+    if layout is not None and t.ndim == 4:
+        t = t.contiguous(memory_format=_fmt(torch, layout))
+    return t.requires_grad_(requires_grad)
+
+
+def _frozen(torch, net, device, layout):
+    net = net.to(device=device, memory_format=_fmt(torch, layout)).eval()
     for p in net.parameters():
         p.requires_grad_(False)
     return net
 
 
-def _sync(torch, device):
-    return (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)
+def _torch_vgg(torch, device, layout, last=None):
+    """VGG19 convs (+ inplace ReLU, max pools) as a Sequential named like xnn's layers, up to ``last``."""
+    from collections import OrderedDict
+    nn = torch.nn
+    layers = OrderedDict()
+    for item in VGG_PLAN:
+        if isinstance(item, str):
+            layers[item] = nn.MaxPool2d(2)
+        else:
+            name, cin, cout = item
+            layers[name] = nn.Conv2d(cin, cout, 3, padding=1)
+            layers["relu" + name[4:]] = nn.ReLU(inplace=True)
+        if last in layers:
+            break
+    return _frozen(torch, nn.Sequential(layers), device, layout)
 
 
-def torch_conv(torch, device, rng):
+def torch_conv(torch, device, rng, layout):
     F = torch.nn.functional
-    x = torch.tensor(rng.standard_normal((1, 256, 56, 56), dtype=numpy.float32), device=device, requires_grad=True)
-    w = torch.tensor(rng.standard_normal((256, 256, 3, 3), dtype=numpy.float32) * 0.03, device=device,
-                     requires_grad=True)
+    x = _tensor(torch, rng.standard_normal((1, 256, 56, 56), dtype=numpy.float32), device, layout, True)
+    w = _tensor(torch, rng.standard_normal((256, 256, 3, 3), dtype=numpy.float32) * 0.03, device, layout, True)
     b = torch.zeros(256, device=device, requires_grad=True)
-    dy = torch.tensor(rng.standard_normal((1, 256, 56, 56), dtype=numpy.float32), device=device)
+    dy = _tensor(torch, rng.standard_normal((1, 256, 56, 56), dtype=numpy.float32), device, layout)
     sync = _sync(torch, device)
 
     def step():
         F.conv2d(x, w, b, padding=1).backward(dy)
+        x.grad = w.grad = b.grad = None
         sync()
     return step
 
 
-def torch_mlp_epoch(torch, device, rng, n=55000, batch=128):
+def torch_mlp_epoch(torch, device, rng, layout, n=55000, batch=128):
     nn = torch.nn
     net = nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(),
                         nn.Linear(256, 10)).to(device)
@@ -188,13 +273,14 @@ def torch_mlp_epoch(torch, device, rng, n=55000, batch=128):
     return step
 
 
-def torch_cnn_train(torch, device, rng, steps=10):
+def torch_cnn_train(torch, device, rng, layout, steps=10):
     nn = torch.nn
     net = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                        nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10)).to(device)
+                        nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
+    net = net.to(device=device, memory_format=_fmt(torch, layout))
     opt = torch.optim.SGD(net.parameters(), 0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    x = torch.tensor(rng.random((CNN_BATCH, 1, 28, 28), dtype=numpy.float32), device=device)
+    x = _tensor(torch, rng.random((CNN_BATCH, 1, 28, 28), dtype=numpy.float32), device, layout)
     y = torch.tensor(rng.integers(0, 10, CNN_BATCH), device=device)
     sync = _sync(torch, device)
 
@@ -207,60 +293,128 @@ def torch_cnn_train(torch, device, rng, steps=10):
     return step
 
 
-def torch_vgg_forward(torch, device, rng, size=224):
-    net = _torch_vgg(torch, device)
-    x = torch.tensor(rng.standard_normal((1, 3, size, size), dtype=numpy.float32), device=device)
+def torch_vgg_forward(torch, device, rng, layout, size=224):
+    net = _torch_vgg(torch, device, layout)
+    x = _tensor(torch, rng.standard_normal((1, 3, size, size), dtype=numpy.float32), device, layout)
     sync = _sync(torch, device)
 
     def step():
-        with torch.no_grad():
+        with torch.inference_mode():
             net(x)
         sync()
     return step
 
 
-def torch_style_step(torch, device, rng, size):
-    net = _torch_vgg(torch, device)
-    # indices of relu1_1, relu2_1, relu3_1, relu4_1, relu4_2, relu5_1 in the Sequential
-    idx = {}
-    block, i_in_block = 1, 0
-    for j, m in enumerate(net):
-        if isinstance(m, torch.nn.MaxPool2d):
-            block, i_in_block = block + 1, 0
-        elif isinstance(m, torch.nn.ReLU):
-            i_in_block += 1
-            idx[f"relu{block}_{i_in_block}"] = j
-    want = {idx[n]: n for n in STYLE_LAYERS}
-    last = max(want)
-    x = torch.tensor(rng.standard_normal((1, 3, size, size), dtype=numpy.float32), device=device,
-                     requires_grad=True)
-    with torch.no_grad():
-        h, grads = x, {}
-        for j, m in enumerate(net):
-            h = m(h)
-            if j in want:
-                grads[j] = torch.randn_like(h)
-            if j == last:
-                break
+def torch_style_step(torch, device, rng, layout, size):
+    """Forward to relu5_1 keeping the style layers' outputs, then one backward to the image
+    with the given gradients injected at them: torch.autograd.backward(outputs, grads)."""
+    net = _torch_vgg(torch, device, layout, last="relu5_1")
+    x = _tensor(torch, rng.standard_normal((1, 3, size, size), dtype=numpy.float32), device, layout, True)
+    shapes = _style_grad_shapes(size)
+    grads = [_tensor(torch, rng.standard_normal((1, h, w, c), dtype=numpy.float32).transpose(0, 3, 1, 2),
+                     device, layout) for c, h, w in shapes.values()]
+    keep = list(shapes)
     sync = _sync(torch, device)
 
     def step():
         h, outs = x, []
-        for j, m in enumerate(net):
+        for name, m in net.named_children():
             h = m(h)
-            if j in want:
-                outs.append((h * grads[j]).sum())
-            if j == last:
-                break
-        torch.stack(outs).sum().backward()
+            if name in keep:
+                outs.append(h)
+        torch.autograd.backward(outs, grads)
         x.grad = None
         sync()
     return step
+
+
+def _torch_adain_nets(torch, device, layout):
+    """The AdaIN encoder and decoder as torch modules named like xnn's, with the weights
+    from $XNN_HOME (the same npz files, loaded with load_state_dict)."""
+    from collections import OrderedDict
+
+    from xnn.data.cache import fetch
+    from xnn.models.adain import DECODER_FILE, DECODER_PLAN, ENCODER_FILE, ENCODER_PLAN
+    nn = torch.nn
+
+    def conv(cin, cout, k=3):
+        return nn.Conv2d(cin, cout, k, padding=k // 2, padding_mode="reflect" if k > 1 else "zeros")
+
+    enc = OrderedDict(preprocess=conv(3, 3, 1))
+    for item in ENCODER_PLAN:
+        if isinstance(item, str):
+            enc[item] = nn.MaxPool2d(2, 2, ceil_mode=True)
+        else:
+            name, cin, cout = item
+            enc[name] = conv(cin, cout)
+            enc["relu" + name[4:]] = nn.ReLU(inplace=True)
+    dec = OrderedDict()
+    for item in DECODER_PLAN:
+        if isinstance(item, str):
+            dec[item] = nn.Upsample(scale_factor=2, mode="nearest")
+        else:
+            name, cin, cout = item
+            dec[name] = conv(cin, cout)
+            if name != "dec1_1":
+                dec["relu_" + name] = nn.ReLU(inplace=True)
+    nets = []
+    for layers, rel in ((enc, ENCODER_FILE), (dec, DECODER_FILE)):
+        net = nn.Sequential(layers)
+        with numpy.load(fetch(rel), allow_pickle=False) as data:
+            net.load_state_dict({k: torch.from_numpy(numpy.asarray(data[k], numpy.float32)) for k in data.files})
+        nets.append(_frozen(torch, net, device, layout))
+    return nets
+
+
+def _torch_stats(f):
+    mean = f.mean(dim=(2, 3), keepdim=True)
+    return mean, (f.var(dim=(2, 3), keepdim=True, unbiased=True) + ADAIN_EPS).sqrt()
+
+
+def torch_adain(torch, device, rng, layout):
+    enc, dec = _torch_adain_nets(torch, device, layout)
+    c_host, s_host = _adain_inputs(rng)
+    c = _tensor(torch, c_host.transpose(0, 3, 1, 2), device, layout)
+    with torch.inference_mode():
+        mean_s, std_s = _torch_stats(enc(_tensor(torch, s_host.transpose(0, 3, 1, 2), device, layout)))
+    sync = _sync(torch, device)
+
+    def step():
+        with torch.inference_mode():
+            f = enc(c)
+            mean_c, std_c = _torch_stats(f)
+            dec((f - mean_c) * (std_s / std_c) + mean_s)
+        sync()
+    return step
+
+
+def adain_outputs_agree(tol=1e-3):
+    """Relative max difference between xnn's and this file's PyTorch AdaIN on one small
+    image (CPU); a check that the two sides compute the same thing."""
+    import torch
+
+    from xnn import device as get_device
+    from xnn.layers.adain import channel_stats
+    from xnn.models.adain import adain_decoder, adain_encoder
+    rng = numpy.random.default_rng(1)
+    c, s = rng.random((1, 96, 128, 3), dtype=numpy.float32), rng.random((1, 64, 64, 3), dtype=numpy.float32)
+    dev = get_device("cpu")
+    enc, dec = adain_encoder("adain", device=dev), adain_decoder("adain", device=dev)
+    fc, fs = enc.forward(c.transpose(0, 3, 1, 2)), enc.forward(s.transpose(0, 3, 1, 2))
+    (mc, sc), (ms, ss) = channel_stats(fc), channel_stats(fs)
+    ours = dec.forward((fc - mc) * (ss / sc) + ms)
+    tenc, tdec = _torch_adain_nets(torch, torch.device("cpu"), "channels_last")
+    with torch.inference_mode():
+        gc, gs = tenc(torch.tensor(c.transpose(0, 3, 1, 2))), tenc(torch.tensor(s.transpose(0, 3, 1, 2)))
+        (tmc, tsc), (tms, tss) = _torch_stats(gc), _torch_stats(gs)
+        theirs = tdec((gc - tmc) * (tss / tsc) + tms).numpy()
+    err = float(numpy.abs(ours - theirs).max() / numpy.abs(theirs).max())
+    return err, err < tol
 
 
 XNN = {"conv_256x56": xnn_conv, "mlp_epoch": xnn_mlp_epoch, "cnn_train": xnn_cnn_train,
        "vgg19_224": xnn_vgg_forward, "style_256": lambda d, r: xnn_style_step(d, r, 256),
        "style_512": lambda d, r: xnn_style_step(d, r, 512), "adain_512": xnn_adain}
 TORCH = {"conv_256x56": torch_conv, "mlp_epoch": torch_mlp_epoch, "cnn_train": torch_cnn_train,
-         "vgg19_224": torch_vgg_forward, "style_256": lambda t, d, r: torch_style_step(t, d, r, 256),
-         "style_512": lambda t, d, r: torch_style_step(t, d, r, 512)}
+         "vgg19_224": torch_vgg_forward, "style_256": lambda t, d, r, lay: torch_style_step(t, d, r, lay, 256),
+         "style_512": lambda t, d, r, lay: torch_style_step(t, d, r, lay, 512), "adain_512": torch_adain}
