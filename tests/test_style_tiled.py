@@ -1,0 +1,95 @@
+"""Tiled style-transfer evaluation equals the whole-image one: losses and gradient."""
+import numpy
+import pytest
+
+import xnn
+from xnn import tiling
+from xnn.layers import Conv2d, MaxPool2d, ReLU
+from xnn.models import vgg19
+from xnn.style import StyleTransferObjective
+from xnn.style.tiled import TiledStyleObjective, choose_tile_size
+
+from .gradcheck import rel_error
+
+
+def test_receptive_field_of_vgg19_to_relu5_1():
+    vgg = vgg19(weights=None, include_top=False, channels=(4, 4, 4, 4, 4))
+    layers = [vgg.net.layers[n] for n in vgg.names[:vgg.names.index("relu5_1") + 1]]
+    g = tiling.receptive_field(layers)
+    # conv paddings: 2*1 + 2*2 + 4*4 + 4*8 + 1*16; field: 1 + 2*(2+4+16+32+16) + (1+2+4+8)
+    assert (g.jump, g.offset, g.field) == (16, 70, 156)
+    assert g.halo == 70
+
+
+def test_plan_covers_the_image_once_with_aligned_origins():
+    tiles = tiling.plan(100, 70, tile=32, halo=20, align=8)
+    cover = numpy.zeros((100, 70), int)
+    for t in tiles:
+        y0, y1, x0, x1 = t.own
+        cover[y0:y1, x0:x1] += 1
+        ey0, ey1, ex0, ex1 = t.extent
+        assert ey0 % 8 == 0 and ex0 % 8 == 0 and ey0 == max(0, y0 - 24) and ey1 == min(100, y1 + 24)
+    assert (cover == 1).all()
+
+
+def _setup(dev, dtype, deepest, size, channels=(8, 8, 8, 8, 8)):
+    vgg = vgg19(weights=None, device=dev, include_top=False, channels=channels, seed=3)
+    vgg.truncate(deepest)
+    vgg.net.to(dev, dtype)
+    style_layers = [n for n in ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1") if n in vgg.names]
+    rng = numpy.random.default_rng(0)
+
+    def image(h, w):
+        return dev.asarray(rng.uniform(-100, 100, (1, 3, h, w)).astype(dtype))
+
+    obj = StyleTransferObjective(vgg, ["relu2_2"], style_layers, content_weight=2.0,
+                                 style_weight=50.0, tv_weight=0.5)
+    content, styles = image(*size), [image(size[0] + 8, size[1] - 4), image(40, 44)]
+    return obj, content, styles, image(*size)
+
+
+@pytest.mark.parametrize("deepest,size,tile", [("relu3_1", (60, 52), 16), ("relu4_1", (100, 90), 32),
+                                               ("relu5_1", (200, 168), 48)])
+def test_tiled_equals_untiled_in_float64(dev, deepest, size, tile):
+    obj, content, styles, x = _setup(dev, numpy.float64, deepest, size)
+    tiled = TiledStyleObjective(obj, tile)
+    assert len(tiled.tiles(x.shape)) > 1
+    obj.set_targets(content, styles, [1, 3])
+    tiled.set_targets(content, styles, [1, 3])
+    want_losses, want_grad = obj.loss_and_grad(x)
+    got_losses, got_grad = tiled.loss_and_grad(x)
+    for k in want_losses:
+        assert got_losses[k] == pytest.approx(want_losses[k], rel=1e-10), k
+    assert rel_error(xnn.to_numpy(got_grad), xnn.to_numpy(want_grad)) < 1e-10
+    assert tiled.losses(x) == pytest.approx(want_losses, rel=1e-10)
+
+
+@pytest.mark.parametrize("tile", [64, 96])
+def test_tiled_equals_untiled_in_float32(dev, tile):
+    obj, content, styles, x = _setup(dev, numpy.float32, "relu5_1", (224, 200), channels=(16, 16, 32, 32, 32))
+    tiled = TiledStyleObjective(obj, tile)
+    obj.set_targets(content, styles)
+    tiled.set_targets(content, styles)
+    want_losses, want_grad = obj.loss_and_grad(x)
+    got_losses, got_grad = tiled.loss_and_grad(x)
+    for k in want_losses:
+        assert got_losses[k] == pytest.approx(want_losses[k], rel=1e-4), k
+    assert rel_error(xnn.to_numpy(got_grad), xnn.to_numpy(want_grad)) < 1e-4
+
+
+def test_a_halo_too_small_is_not_exact(dev):
+    """The test above can fail: with half the halo the tiles see their borders' padding."""
+    obj, content, styles, x = _setup(dev, numpy.float64, "relu4_1", (100, 90))
+    tiled = TiledStyleObjective(obj, 32)
+    tiled.halo //= 2
+    obj.set_targets(content, styles)
+    tiled.set_targets(content, styles)
+    assert rel_error(xnn.to_numpy(tiled.loss_and_grad(x)[1]), xnn.to_numpy(obj.loss_and_grad(x)[1])) > 1e-6
+
+
+def test_choose_tile_size():
+    assert choose_tile_size(512, 512, 10 * 2**30, 4200, 400 * 2**20, 80, 16) is None
+    t = choose_tile_size(4096, 4096, 3 * 2**30, 4200, 400 * 2**20, 80, 16)
+    assert t % 16 == 0 and 64 <= t < 4096
+    assert 400 * 2**20 + 4200 * (t + 160) ** 2 <= 0.9 * 3 * 2**30
+    assert choose_tile_size(4096, 4096, 500 * 2**20, 4200, 400 * 2**20, 80, 16) == 0
