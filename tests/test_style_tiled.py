@@ -49,7 +49,7 @@ def _setup(dev, dtype, deepest, size, channels=(8, 8, 8, 8, 8)):
 
 
 @pytest.mark.parametrize("deepest,size,tile", [("relu3_1", (60, 52), 16), ("relu4_1", (100, 90), 32),
-                                               ("relu5_1", (200, 168), 48)])
+                                               ("relu5_1", (176, 120), 48)])
 def test_tiled_equals_untiled_in_float64(dev, deepest, size, tile):
     obj, content, styles, x = _setup(dev, numpy.float64, deepest, size)
     tiled = TiledStyleObjective(obj, tile)
@@ -64,9 +64,9 @@ def test_tiled_equals_untiled_in_float64(dev, deepest, size, tile):
     assert tiled.losses(x) == pytest.approx(want_losses, rel=1e-10)
 
 
-@pytest.mark.parametrize("tile", [64, 96])
-def test_tiled_equals_untiled_in_float32(dev, tile):
-    obj, content, styles, x = _setup(dev, numpy.float32, "relu5_1", (224, 200), channels=(16, 16, 32, 32, 32))
+def test_tiled_equals_untiled_in_float32(dev):
+    obj, content, styles, x = _setup(dev, numpy.float32, "relu5_1", (176, 160), channels=(16, 16, 32, 32, 32))
+    tile = 64
     tiled = TiledStyleObjective(obj, tile)
     obj.set_targets(content, styles)
     tiled.set_targets(content, styles)
