@@ -169,11 +169,11 @@ def test_adain_layer_with_given_statistics_and_eps(dev, rng):
 
 def test_adain_layer_refuses_statistics_of_another_device():
     standin, mean, std = xnn.device("standin"), numpy.zeros((1, 2, 1, 1)), numpy.ones((1, 2, 1, 1))
-    with pytest.raises(xnn.DeviceMismatchError, match="style mean"):
+    with pytest.raises(xnn.DeviceMismatchError, match="^style mean is a "):
         AdaIN().set_style_stats(standin.asarray(mean), std)
-    with pytest.raises(xnn.DeviceMismatchError, match="style std"):
+    with pytest.raises(xnn.DeviceMismatchError, match="^style std is a "):
         AdaIN().set_style_stats(mean, standin.asarray(std))
-    with pytest.raises(xnn.DeviceMismatchError, match="style features"):
+    with pytest.raises(xnn.DeviceMismatchError, match="^style features is a "):
         AdaIN().set_style([numpy.ones((1, 2, 3, 3)), standin.asarray(numpy.ones((1, 2, 3, 3)))])
 
 

@@ -291,6 +291,16 @@ def test_auto_follows_a_fixed_rule(dev, rng, monkeypatch):
     assert not ca._CHOICE  # nothing timed
 
 
+def test_autotune_candidates_are_the_algorithms_that_apply():
+    """Winograd F(m x m) needs a 3x3 stride-1 kernel and at least one whole m x m output tile."""
+    assert ca.candidates(3, 3, 1, 1, 1, 9) == ["im2col"]
+    assert ca.candidates(3, 3, 1, 1, 2, 3) == ["im2col", "winograd2"]
+    assert ca.candidates(3, 3, 1, 1, 9, 3) == ["im2col", "winograd2"]
+    assert ca.candidates(3, 3, 1, 1, 4, 4) == list(ALGOS)
+    assert ca.candidates(3, 3, 2, 2, 8, 8) == ["im2col"]
+    assert ca.candidates(5, 5, 1, 1, 8, 8) == ["im2col"]
+
+
 def test_winograd_needs_a_3x3_stride_1_kernel():
     with pytest.raises(ValueError, match="3x3 stride-1"):
         Conv2d(2, 2, 5, algorithm="winograd4")

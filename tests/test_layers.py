@@ -98,4 +98,36 @@ def test_zero_grad_freeze_and_repr():
     layer.zero_grad()
     assert layer.grads == {}
     assert repr(layer) == "Linear(W(3, 2), b(2,))"
+    assert layer.freeze() is layer and layer.frozen is True and layer.grads == {}
+    assert layer.unfreeze() is layer and layer.frozen is False
+    layer.forward(numpy.ones((1, 3)))
+    layer.backward(numpy.ones((1, 2)))
+    numpy.testing.assert_array_equal(layer.grads["W"], numpy.ones((3, 2)))
     assert repr(ReLU()) == "ReLU()"
+
+
+def test_every_layer_lives_on_the_device_it_is_given():
+    from xnn.layers import AvgPool2d, Conv2d, MaxPool2d, SoftmaxCrossEntropy
+    from xnn.layers.adain import AdaIN
+    from xnn.layers.upsample import Upsample2d
+    standin = xnn.device("standin")
+    for layer in (Linear(2, 2, device=standin), Conv2d(1, 1, 3, device=standin), ReLU(device=standin),
+                  Softmax(device=standin), Flatten(device=standin), ReflectionPad2d(1, device=standin),
+                  MaxPool2d(2, device=standin), AvgPool2d(2, device=standin), Upsample2d(device=standin),
+                  AdaIN(device=standin), SoftmaxCrossEntropy(device=standin)):
+        assert layer.device is standin, layer
+        assert all(standin.owns(p) for p in layer.params.values()), layer
+
+
+def test_initialisers_have_their_documented_spread():
+    from xnn.layers.base import init_weight
+    rng = numpy.random.default_rng(0)
+    w = init_weight("xavier", rng, (200, 300), 200, 300, numpy.float64)
+    a = numpy.sqrt(6 / 500)
+    assert -a <= w.min() < -0.95 * a and 0.95 * a < w.max() <= a and abs(w.mean()) < 0.01 * a
+    w = init_weight("he", rng, (300, 200), 300, 200, numpy.float64)
+    assert abs(w.std() - numpy.sqrt(2 / 300)) < 0.02 * numpy.sqrt(2 / 300) and abs(w.mean()) < 0.01
+    numpy.testing.assert_array_equal(init_weight(None, rng, (2, 3), 2, 3, numpy.float32), numpy.zeros((2, 3)))
+    assert init_weight(None, rng, (2, 3), 2, 3, numpy.float32).dtype == numpy.float32
+    with pytest.raises(ValueError, match="unknown initialiser 'lecun'; choose 'he' or 'xavier'"):
+        init_weight("lecun", rng, (2, 3), 2, 3, numpy.float32)

@@ -50,5 +50,23 @@ def test_softmax_cross_entropy_refuses_bad_labels(dev, labels, match):
 
 def test_softmax_cross_entropy_refuses_logits_that_are_not_2d(dev):
     crit = SoftmaxCrossEntropy().to(dev)
-    with pytest.raises(ValueError, match=r"expects \(N, K\) logits, got shape \(2, 3, 4\)"):
+    with pytest.raises(ValueError, match=r"^SoftmaxCrossEntropy expects \(N, K\) logits, got shape \(2, 3, 4\); "
+                                         r"flatten other axes into N first$"):
         crit.forward(dev.asarray(numpy.zeros((2, 3, 4))), dev.asarray(numpy.zeros(2, numpy.int64)))
+
+
+def test_softmax_cross_entropy_refuses_labels_of_another_device():
+    crit = SoftmaxCrossEntropy()
+    labels = xnn.device("standin").asarray(numpy.array([0, 1]))
+    with pytest.raises(xnn.DeviceMismatchError, match="^labels is a .* runs on the cpu device"):
+        crit.forward(numpy.zeros((2, 3)), labels)
+
+
+def test_softmax_cross_entropy_backward_scales_by_dloss(rng):
+    crit = SoftmaxCrossEntropy()
+    logits, labels = rng.standard_normal((3, 4)), numpy.array([1, 0, 3])
+    crit.forward(logits, labels)
+    p = numpy.exp(logits) / numpy.exp(logits).sum(axis=1, keepdims=True)
+    want = (p - numpy.eye(4)[labels]) / 3
+    numpy.testing.assert_allclose(crit.backward(), want, rtol=1e-12)
+    numpy.testing.assert_allclose(crit.backward(2.5), 2.5 * want, rtol=1e-12)
