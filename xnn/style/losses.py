@@ -55,8 +55,23 @@ def _from_positions(X, shape):
     return X.reshape(1, h, w, c).transpose(0, 3, 1, 2)
 
 
-def content_loss(F, P):
-    """L_c = 1/2 sum (F - P)^2 and dL_c/dF = F - P.  F, P: same shape.
+#: loss_scaling values: "gatys" (the formulas above) or "jcjohnson" (neural-style's, see below)
+SCALINGS = ("gatys", "jcjohnson")
+#: the TV term's factor on :func:`tv_loss` per scaling (jcjohnson: 1/2 sum of squared differences)
+TV_FACTOR = {"gatys": 1.0, "jcjohnson": 0.5}
+
+
+def check_scaling(scaling: str) -> str:
+    if scaling not in SCALINGS:
+        raise XnnError(f"unknown loss_scaling {scaling!r}; choose one of: {', '.join(SCALINGS)}")
+    return scaling
+
+
+def content_loss(F, P, scaling: str = "gatys"):
+    """Content loss and its gradient.  F, P: same shape, n elements.
+
+    gatys:     L = 1/2 sum (F - P)^2,   dL/dF = F - P
+    jcjohnson: L = mean((F - P)^2),     dL/dF = 2 (F - P) / n
 
     The gradient is a fresh array in F's memory order (channels-last for conv
     features), on every backend."""
@@ -64,7 +79,11 @@ def content_loss(F, P):
         raise ValueError(f"content features {tuple(F.shape)} and target {tuple(P.shape)} differ in shape")
     xp = device_of(F).xp
     d = xp.subtract(F, P, out=layout.like(xp, F))
-    return 0.5 * xp.vdot(layout.flat(d), layout.flat(d)), d
+    squares = xp.vdot(layout.flat(d), layout.flat(d))
+    if check_scaling(scaling) == "gatys":
+        return 0.5 * squares, d
+    d *= 2.0 / d.size
+    return squares / F.size, d
 
 
 def gram_matrix(F):
@@ -82,20 +101,43 @@ def gram_backward(F, dG):
     return _from_positions(X @ (dG + dG.T).T, F.shape)
 
 
-def style_loss(F, A):
-    """E = sum (G - A)^2 / (4 N^2 M^2) and dE/dF = (G - A) F / (N^2 M^2).
+def style_target(G, c: int, m: int, scaling: str = "gatys"):
+    """A style image's target from its unnormalised Gram G (C x C) over m positions:
+    G itself (gatys), or G / (C m) (jcjohnson: each image normalised by its own size)."""
+    return G if check_scaling(scaling) == "gatys" else G * (1.0 / (c * m))
 
-    F: (1, C, H, W) features; A: (C, C) target Gram (unnormalised, any image size).
+
+def style_terms(G, A, c: int, m: int, scaling: str = "gatys"):
+    """(loss, D, k) of the style loss at one layer from the unnormalised Gram G of the
+    optimised image's features (C = c channels, m positions); the gradient w.r.t. the
+    features seen as an (m, C) matrix X is X @ D * k.
+
+    gatys:     D = (G - A) / (C m),   loss = sum(D^2) / 4,   k = 1 / (C m)
+    jcjohnson: D = G / (C m) - A,     loss = mean(D^2) = sum(D^2) / C^2,   k = 4 / (C^2 C m)
+    (for jcjohnson d mean(D^2) / dG = 2 D / (C^2 C m), and dG = dG^T gives dX = 2 X dG).
+    D is symmetric and no intermediate grows beyond G, so float32 is safe for large layers.
+    """
+    inv_nm = 1.0 / (c * m)
+    if check_scaling(scaling) == "gatys":
+        D = (G - A) * inv_nm
+        return 0.25 * (D * D).sum(), D, inv_nm
+    D = G * inv_nm - A
+    return (D * D).sum() * (1.0 / (c * c)), D, 4.0 * inv_nm / (c * c)
+
+
+def style_loss(F, A, scaling: str = "gatys"):
+    """Style loss at one layer and its gradient w.r.t. F (see :func:`style_terms`).
+
+    gatys: E = sum (G - A)^2 / (4 N^2 M^2) and dE/dF = (G - A) F / (N^2 M^2).
+    F: (1, C, H, W) features; A: (C, C) target (:func:`style_target` of the scaling).
     """
     _check_features(F)
     _, c, h, w = F.shape
     if A.shape != (c, c):
         raise ValueError(f"style target Gram {tuple(A.shape)} does not fit {c}-channel features")
     X = _as_positions(F)
-    inv_nm = 1.0 / (c * h * w)
-    D = (X.T @ X - A) * inv_nm            # (G - A) / (N M), symmetric
-    loss = 0.25 * (D * D).sum()
-    grad = _from_positions((X @ D) * inv_nm, F.shape)
+    loss, D, k = style_terms(X.T @ X, A, c, h * w, scaling)
+    grad = _from_positions((X @ D) * k, F.shape)
     return loss, grad
 
 
@@ -165,6 +207,13 @@ class StyleTransferObjective:
         L_s = sum over style layers of w_l E_l,  w_l = 1 / (number of style layers)
               unless ``style_layer_weights`` gives them
 
+    ``loss_scaling="jcjohnson"`` uses jcjohnson/neural-style's formulas instead, so his
+    weights mean what they mean in his tool: L_c = mean((F - P)^2) per layer; E_l =
+    mean((G_l - A_l)^2) over the C x C entries with G = F F^T / (C H W) (and each style
+    image's A normalised by its own size), layers summed (w_l = 1); TV = 1/2 sum of
+    squared neighbour differences.  The reported terms are the weighted ones of the
+    chosen scaling.
+
     ``model`` is an xnn ``Sequential`` (e.g. VGG19) taking x (1, 3, H, W) in its
     input space; the objective freezes it so that backward computes only input
     gradients.  Each :meth:`loss_and_grad` runs ONE forward, only as deep as the
@@ -181,8 +230,9 @@ class StyleTransferObjective:
     """
 
     def __init__(self, model, content_layers, style_layers, *, content_weight=1.0,
-                 style_weight=1.0, tv_weight=0.0, style_layer_weights=None):
+                 style_weight=1.0, tv_weight=0.0, style_layer_weights=None, loss_scaling="gatys"):
         self.model = model
+        self.scaling = check_scaling(loss_scaling)
         self.content_layers = _as_list(content_layers)
         self.style_layers = _as_list(style_layers)
         known = getattr(model, "names", None)
@@ -197,7 +247,8 @@ class StyleTransferObjective:
         self.tv_weight = float(tv_weight)
         n_style = len(self.style_layers)
         if style_layer_weights is None:
-            style_layer_weights = [1.0 / n_style] * n_style if n_style else []
+            style_layer_weights = [1.0 if self.scaling == "jcjohnson" else 1.0 / n_style] * n_style \
+                if n_style else []
         if len(style_layer_weights) != n_style:
             raise XnnError(f"{len(style_layer_weights)} style layer weights for {n_style} style layers")
         self.style_layer_weights = dict(zip(self.style_layers, map(float, style_layer_weights)))
@@ -226,7 +277,8 @@ class StyleTransferObjective:
             per_image = []
             for sx in style_xs:
                 feats = self.model.features(sx, self.style_layers)
-                per_image.append({n: gram_matrix(feats[n]) for n in self.style_layers})
+                per_image.append({n: style_target(gram_matrix(f), f.shape[1], f.shape[2] * f.shape[3],
+                                                  self.scaling) for n, f in feats.items()})
             self.style_targets = {n: blend_grams([g[n] for g in per_image], b)
                                   for n in self.style_layers}
         return self
@@ -256,14 +308,14 @@ class StyleTransferObjective:
         for name in self.layers:
             F, g = feats[name], None
             if name in self.content_targets:
-                loss, g = content_loss(F, self.content_targets[name])
+                loss, g = content_loss(F, self.content_targets[name], self.scaling)
                 c_sum = c_sum + loss
                 if cw != 1:
                     g *= cw          # in place: g is fresh, and keeps the features' layout
                 g = g if cw else None
             if name in self.style_targets:
                 wl = self.style_layer_weights[name]
-                loss, gs = style_loss(F, self.style_targets[name])
+                loss, gs = style_loss(F, self.style_targets[name], self.scaling)
                 s_sum = s_sum + wl * loss
                 if sw * wl:
                     gs *= sw * wl
@@ -271,6 +323,7 @@ class StyleTransferObjective:
             if g is not None:
                 inject[name] = g
         tv, gtv = tv_loss(x)
+        tw = tw * TV_FACTOR[self.scaling]
         terms = {"content": cw * c_sum, "style": sw * s_sum, "tv": tw * tv}
         terms["total"] = terms["content"] + terms["style"] + terms["tv"]
         if not need_grad:

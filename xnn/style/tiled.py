@@ -24,7 +24,8 @@ import numpy
 from ..backends import device_of
 from ..errors import XnnError
 from .. import tiling
-from .losses import StyleTransferObjective, _as_positions, losses_to_host, normalise_blend_weights, tv_loss
+from .losses import (TV_FACTOR, StyleTransferObjective, _as_positions, losses_to_host, normalise_blend_weights,
+                     style_target, style_terms, tv_loss)
 
 
 class TiledStyleObjective:
@@ -57,8 +58,12 @@ class TiledStyleObjective:
         rows, cols = tile.own_features(self.geometry[name].jump)
         return feats[name][:, :, rows, cols]
 
+    def _positions(self, x, layer) -> int:
+        j = self.geometry[layer].jump
+        return (x.shape[2] // j) * (x.shape[3] // j)
+
     def _grams(self, x, layers):
-        """Float64 Grams of x's features at ``layers``, accumulated over tiles' own regions."""
+        """Float64 unnormalised Grams of x's features at ``layers``, accumulated over tiles' own regions."""
         xp = device_of(x).xp
         grams = {n: None for n in layers}
         for tile in self.tiles(x.shape):
@@ -98,7 +103,8 @@ class TiledStyleObjective:
                 raise XnnError("style layers are set but no style image was given")
             style_xs = list(style_xs) if isinstance(style_xs, (list, tuple)) else [style_xs]
             b = normalise_blend_weights(blend_weights, len(style_xs))
-            per_image = [self._grams(sx, obj.style_layers) for sx in style_xs]
+            per_image = [{n: style_target(g, g.shape[0], self._positions(sx, n), obj.scaling)
+                          for n, g in self._grams(sx, obj.style_layers).items()} for sx in style_xs]
             self.style_targets = {n: sum(bk * g[n] for bk, g in zip(b, per_image)) for n in obj.style_layers}
         return self
 
@@ -117,12 +123,10 @@ class TiledStyleObjective:
         grams = self._grams(x, obj.style_layers) if obj.style_layers else {}
         scale, s_sum = {}, xp.zeros((), dtype=xp.float64)
         for n in obj.style_layers:
-            c = grams[n].shape[0]
-            j = self.geometry[n].jump
-            inv_nm = 1.0 / (c * (x.shape[2] // j) * (x.shape[3] // j))
-            d = (grams[n] - self.style_targets[n]) * inv_nm
-            s_sum = s_sum + obj.style_layer_weights[n] * 0.25 * (d * d).sum()
-            scale[n] = (d.astype(x.dtype), inv_nm)
+            loss, d, k = style_terms(grams[n], self.style_targets[n], grams[n].shape[0],
+                                     self._positions(x, n), obj.scaling)
+            s_sum = s_sum + obj.style_layer_weights[n] * loss
+            scale[n] = (d.astype(x.dtype), k)
         # pass 2: content loss, and the backward of every tile with its own-region gradients
         c_sum = xp.zeros((), dtype=xp.float64)
         grad = xp.zeros_like(x) if need_grad else None
@@ -142,12 +146,17 @@ class TiledStyleObjective:
                     y0, y1, x0, x1 = tile.own
                     j = self.geometry[n].jump
                     diff = own - self.content_targets[n][:, :, y0 // j:y1 // j, x0 // j:x1 // j]
-                    c_sum = c_sum + 0.5 * (diff * diff).sum(dtype=xp.float64)
-                    g_own = diff * cw if cw else None
+                    squares = (diff * diff).sum(dtype=xp.float64)
+                    if obj.scaling == "gatys":
+                        c_sum, factor = c_sum + 0.5 * squares, cw
+                    else:       # mean over the whole layer's elements
+                        numel = self._positions(x, n) * own.shape[1]
+                        c_sum, factor = c_sum + squares / numel, cw * 2.0 / numel
+                    g_own = diff * factor if cw else None
                 if need_grad and n in scale and sw * obj.style_layer_weights[n]:
-                    d, inv_nm = scale[n]
+                    d, k = scale[n]
                     X = _as_positions(own)
-                    gs = (X @ d) * (inv_nm * sw * obj.style_layer_weights[n])
+                    gs = (X @ d) * (k * sw * obj.style_layer_weights[n])
                     gs = gs.reshape(1, own.shape[2], own.shape[3], own.shape[1]).transpose(0, 3, 1, 2)
                     g_own = gs if g_own is None else g_own + gs
                 if g_own is not None:
@@ -158,6 +167,7 @@ class TiledStyleObjective:
             if need_grad and inject:
                 grad[:, :, rows, cols] += obj.model.backward(inject=inject)
         tv, gtv = tv_loss(x)
+        tw = tw * TV_FACTOR[obj.scaling]
         terms = {"content": cw * c_sum.astype(x.dtype), "style": sw * s_sum.astype(x.dtype), "tv": tw * tv}
         terms["total"] = terms["content"] + terms["style"] + terms["tv"]
         if need_grad and tw:
