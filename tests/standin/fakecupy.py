@@ -234,34 +234,6 @@ class ndarray:
         _event("sync", ".get()")
         return numpy.array(self._a, order=order)
 
-    def item(self, *args):
-        _event("sync", ".item()")
-        return self._a.item(*args)
-
-    def tolist(self):
-        _event("sync", ".tolist()")
-        return self._a.tolist()
-
-    def __float__(self):
-        _event("sync", "float()")
-        return float(self._a)
-
-    def __int__(self):
-        _event("sync", "int()")
-        return int(self._a)
-
-    def __index__(self):
-        _event("sync", "index()")
-        return self._a.__index__()
-
-    def __bool__(self):
-        _event("sync", "bool()")
-        return bool(self._a)
-
-    def __complex__(self):
-        _event("sync", "complex()")
-        return complex(self._a)
-
     def __repr__(self):
         _event("sync", "repr()")
         return f"array({self._a!r}) [stand-in device]"
@@ -339,6 +311,20 @@ class ndarray:
 
     def view(self, dtype=None):
         return ndarray(self._a.view() if dtype is None else self._a.view(dtype))
+
+
+def _to_host(method_name, what):
+    """A method that brings data to the host: a recorded sync, then NumPy's own method."""
+    def to_host(self, *args):
+        _event("sync", what)
+        return getattr(self._a, method_name)(*args)
+    return to_host
+
+
+for _name, _what in [("item", ".item()"), ("tolist", ".tolist()"), ("__float__", "float()"),
+                     ("__int__", "int()"), ("__index__", "index()"), ("__bool__", "bool()"),
+                     ("__complex__", "complex()")]:
+    setattr(ndarray, _name, _to_host(_name, _what))
 
 
 def _binary(ufunc_name, reflected=False):
