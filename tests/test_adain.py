@@ -177,6 +177,31 @@ def test_adain_layer_refuses_statistics_of_another_device():
         AdaIN().set_style([numpy.ones((1, 2, 3, 3)), standin.asarray(numpy.ones((1, 2, 3, 3)))])
 
 
+def test_adain_layer_moves_and_casts_its_style_statistics(rng):
+    """to(device, dtype) carries the style statistics along: on the new device, in the new dtype,
+    unchanged dtype when none is given; weights of a list of styles are honoured."""
+    c = rng.standard_normal((1, 3, 4, 5))
+    s1, s2 = rng.standard_normal((1, 3, 5, 5)), rng.standard_normal((1, 3, 4, 4)) * 3 + 2
+    want = 0.2 * np_adain(c, s1) + 0.8 * np_adain(c, s2)
+    standin = xnn.device("standin")
+    layer = AdaIN().set_style([s1.astype(numpy.float32), s2.astype(numpy.float32)], [1, 4])
+    assert layer.to(standin) is layer and layer.device is standin
+    assert standin.owns(layer.mean_t) and standin.owns(layer.std_t)
+    assert layer.mean_t.dtype == numpy.float32 and layer.std_t.dtype == numpy.float32
+    y = layer.forward(standin.asarray(c.astype(numpy.float32)))
+    assert y.dtype == numpy.float32 and rel_error(xnn.to_numpy(y), want) < 1e-5
+    layer.to("cpu", numpy.float64)
+    assert layer.device is xnn.device("cpu") and layer.mean_t.dtype == numpy.float64
+    assert isinstance(layer.std_t, numpy.ndarray) and layer.std_t.dtype == numpy.float64
+    assert rel_error(layer.forward(c), want) < 1e-6      # float32 statistics, float64 features
+    with pytest.raises(ValueError, match=r"^AdaIN style has 3 channels, input 2$"):
+        layer.forward(c[:, :2])
+    with pytest.raises(ValueError, match=r"^AdaIN has no style: call set_style\(\.\.\.\) or "
+                                         r"set_style_stats\(\.\.\.\) first$"):
+        AdaIN().forward(c)
+    assert AdaIN(device=standin).device is standin
+
+
 def test_adain_layer_forward(dev, rng):
     c, s1, s2 = (rng.standard_normal((2, 3, 4, 5)), rng.standard_normal((1, 3, 5, 5)),
                  rng.standard_normal((1, 3, 4, 4)) + 2)
