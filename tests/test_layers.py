@@ -1,5 +1,7 @@
 """The small layers (activation, linear, shape, padding): float64 finite-difference gradients
 and layouts, on every backend."""
+import re
+
 import numpy
 import pytest
 
@@ -131,3 +133,15 @@ def test_initialisers_have_their_documented_spread():
     assert init_weight(None, rng, (2, 3), 2, 3, numpy.float32).dtype == numpy.float32
     with pytest.raises(ValueError, match="unknown initialiser 'lecun'; choose 'he' or 'xavier'"):
         init_weight("lecun", rng, (2, 3), 2, 3, numpy.float32)
+
+
+def test_linear_refuses_wrong_shapes_and_skips_an_unneeded_input_gradient():
+    layer = Linear(3, 2).to("cpu", numpy.float64)
+    for bad in (numpy.ones((2, 4)), numpy.ones((2, 3, 1)), numpy.ones(3)):
+        with pytest.raises(ValueError, match=rf"^Linear expects \(N, 3\) input, got {re.escape(str(bad.shape))}$"):
+            layer.forward(bad)
+    layer.forward(numpy.ones((2, 3)))
+    assert layer.backward(numpy.ones((2, 2))).shape == (2, 3)
+    layer.needs_input_grad = False
+    layer.forward(numpy.ones((2, 3)))
+    assert layer.backward(numpy.ones((2, 2))) is None and layer.grads["W"].shape == (3, 2)
