@@ -145,3 +145,8 @@ def test_linear_refuses_wrong_shapes_and_skips_an_unneeded_input_gradient():
     layer.needs_input_grad = False
     layer.forward(numpy.ones((2, 3)))
     assert layer.backward(numpy.ones((2, 2))) is None and layer.grads["W"].shape == (3, 2)
+
+
+def test_flatten_refuses_an_unknown_order():
+    with pytest.raises(ValueError, match=r"^Flatten order must be 'chw' or 'hwc', got 'whc'$"):
+        Flatten("whc")
