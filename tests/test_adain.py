@@ -202,6 +202,33 @@ def test_adain_layer_moves_and_casts_its_style_statistics(rng):
     assert AdaIN(device=standin).device is standin
 
 
+def test_adain_helpers_defaults_extrapolation_and_refusals(rng):
+    """The public helpers' defaults (eps 1e-5, alpha 1), alpha outside [0, 1], clear refusals."""
+    from xnn.layers.adain import adain_with_stats, blend_stats, normalised, restyle
+    c, s = rng.standard_normal((1, 2, 3, 4)) * 0.01, rng.standard_normal((1, 2, 4, 3)) * 0.01 + 1
+    mean, std = channel_stats(s)
+    assert rel_error(xnn.to_numpy(std), numpy.sqrt(s.var(axis=(2, 3), ddof=1, keepdims=True) + 1e-5)) < 1e-12
+    xhat, inv_std = normalised(c)
+    sc = numpy.sqrt(c.var(axis=(2, 3), ddof=1, keepdims=True) + 1e-5)
+    assert rel_error(inv_std, 1 / sc) < 1e-12
+    assert rel_error(adain_with_stats(c, mean, std), np_adain(c, s)) < 1e-12
+    assert rel_error(restyle(xhat, c, mean, std), np_adain(c, s)) < 1e-12
+    assert rel_error(restyle(xhat, c, mean, std, 2.0), 2 * np_adain(c, s) - c) < 1e-12
+    assert rel_error(adain_mix(c, s, alpha=2.0), 2 * np_adain(c, s) - c) < 1e-12
+    with pytest.raises(ValueError, match=r"^AdaIN expects \(N, C, H, W\) features, got \(2, 3, 4\)$"):
+        channel_stats(c[0])
+    with pytest.raises(ValueError, match=r"^AdaIN needs at least 2 pixels per channel for an unbiased "
+                                         r"variance, got 1x1$"):
+        channel_stats(c[:, :, :1, :1])
+    assert channel_stats(c[:, :, :1, :2])[1].shape == (1, 2, 1, 1)        # 2 pixels are enough
+    with pytest.raises(ValueError, match=r"^AdaIN needs at least 2 pixels .*, got 1x1$"):
+        channel_stats(numpy.ones((1, 2, 1, 1)))
+    with pytest.raises(ValueError, match="^need at least one style$"):
+        blend_stats([])
+    with pytest.raises(ValueError, match=r"^content has 2 channels, style 3$"):
+        adain_with_stats(numpy.ones((1, 2, 5, 4)), numpy.ones((1, 3, 1, 1)), numpy.ones((1, 3, 1, 1)))
+
+
 def test_adain_layer_forward(dev, rng):
     c, s1, s2 = (rng.standard_normal((2, 3, 4, 5)), rng.standard_normal((1, 3, 5, 5)),
                  rng.standard_normal((1, 3, 4, 4)) + 2)
