@@ -97,6 +97,15 @@ def test_upsample_forward_matches_repeat(dev, rng):
         assert numpy.array_equal(y, numpy.repeat(numpy.repeat(x, s, axis=2), s, axis=3))
 
 
+def test_upsample_refusals():
+    with pytest.raises(ValueError, match=r"^Upsample2d expects \(N, C, H, W\) input, got \(3, 4, 5\)$"):
+        Upsample2d(2).forward(numpy.ones((3, 4, 5)))
+    for bad in (0, 1.5, -2):
+        with pytest.raises(ValueError, match=rf"^Upsample2d scale must be a positive integer, got {bad!r}$"):
+            Upsample2d(bad)
+    assert Upsample2d(2.0).scale == 2 and isinstance(Upsample2d(2.0).scale, int)
+
+
 @pytest.mark.parametrize("scale", [2, 3])
 def test_upsample_gradcheck(dev, rng, scale):
     check_layer(Upsample2d(scale), rng.standard_normal((2, 3, 3, 4)), dev)

@@ -301,6 +301,17 @@ def test_autotune_candidates_are_the_algorithms_that_apply():
     assert ca.candidates(5, 5, 1, 1, 8, 8) == ["im2col"]
 
 
+@pytest.mark.parametrize("m", [2, 4])
+def test_winograd_matrices_compute_a_tile_exactly(m, rng):
+    """A^T [(G w G^T) .* (B^T d B)] A is the valid 3x3 correlation of one (m+2)^2 tile, in float64."""
+    bb, gg, aa = ca.winograd_matrices(m)
+    assert bb.dtype == gg.dtype == aa.dtype == numpy.float64
+    d, w = rng.standard_normal((m + 2, m + 2)), rng.standard_normal((3, 3))
+    y = (aa @ ((gg @ w.ravel()) * (bb @ d.ravel()))).reshape(m, m)
+    want = numpy.array([[(d[i:i + 3, j:j + 3] * w).sum() for j in range(m)] for i in range(m)])
+    assert rel_error(y, want) < 1e-13
+
+
 def test_winograd_needs_a_3x3_stride_1_kernel():
     with pytest.raises(ValueError, match="3x3 stride-1"):
         Conv2d(2, 2, 5, algorithm="winograd4")
