@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import numpy
 
+from .. import tiling
 from ..backends import device as get_device
 from ..blend import normalise_blend_weights
 from ..data.cache import fetch
@@ -213,13 +214,15 @@ class AdaINStylizer:
         """
         return StyleStats(*channel_stats(self._encode(style_img, "style image", pad=False), self.eps))
 
-    def stylize(self, content, styles, weights=None, alpha: float = 1.0):
+    def stylize(self, content, styles, weights=None, alpha: float = 1.0, tile_size: int | None = None):
         """Stylised content as float32 RGB HxWx3 in [0, 1] (clipped), on the host.
 
         ``styles``: a style image (HxWx3 host array), the :class:`StyleStats`
         :meth:`encode_style` returns, or a list / tuple of those; ``weights`` (one per style, >= 0) are normalised
         to sum 1 and mix the AdaIN outputs as the reference code does;
         ``alpha`` in [0, 1] blends the result with the content features (1: full style).
+        ``tile_size`` (pixels, rounded up to a multiple of 8): encode and decode tile by
+        tile with halos, so memory follows the tile, not the image (:meth:`_stylize_tiled`).
         """
         if not 0 <= alpha <= 1:
             raise XnnError(f"alpha must be in [0, 1], got {alpha}")
@@ -229,6 +232,49 @@ class AdaINStylizer:
         stats = [s if isinstance(s, StyleStats) else self.encode_style(s) for s in styles]
         mean_t, std_t = blend_stats(stats, weights)
         h, w = numpy.shape(content)[:2]
+        if tile_size:
+            return self._stylize_tiled(content, mean_t, std_t, alpha, int(tile_size))
         c = self._encode(content, "content image", pad=True)
         out = self.decoder.forward(adain_with_stats(c, mean_t, std_t, alpha, self.eps))[0, :, :h, :w].clip(0, 1)
         return numpy.ascontiguousarray(self.device.to_numpy(out).transpose(1, 2, 0))
+
+    def _stylize_tiled(self, content, mean_t, std_t, alpha, tile_size):
+        """The same result as the whole-image path, by tiles (see :mod:`xnn.tiling`).
+
+        1. The padded content is encoded tile by tile (halo: the encoder's receptive-field
+           margin, 48 px for relu4_1); each tile's own relu4_1 features go into one
+           feature map (1/64 of the pixels x 512 channels, float32: 32 bytes per pixel).
+        2. AdaIN over that map: the content statistics are the whole image's.
+        3. The decoder runs tile by tile in feature space (halo: its margin, 4 features),
+           each tile's own 8x8-pixel cells go to the host output.
+        """
+        dev, xp = self.device, self.device.xp
+        a = _as_float_image(content, "content image")
+        h, w = a.shape[:2]
+        a = numpy.pad(a, ((0, -h % STRIDE), (0, -w % STRIDE), (0, 0)), mode="reflect")
+        a = a.astype(self.encoder["preprocess"].params["W"].dtype)
+        hp, wp = a.shape[:2]
+        enc = tiling.receptive_field(layer for _, layer in self.encoder)
+        feats = None
+        for t in tiling.plan(hp, wp, tile_size, enc.halo, STRIDE):
+            rows, cols = t.slices()
+            x = dev.asarray(numpy.ascontiguousarray(a[rows, cols]))[None].transpose(0, 3, 1, 2)
+            f = self.encoder.forward(x)
+            if feats is None:
+                feats = xp.empty((1, hp // STRIDE, wp // STRIDE, f.shape[1]), dtype=f.dtype).transpose(0, 3, 1, 2)
+            r, c = t.own_features(STRIDE)
+            y0, y1, x0, x1 = (v // STRIDE for v in t.own)
+            feats[:, :, y0:y1, x0:x1] = f[:, :, r, c]
+        target = adain_with_stats(feats, mean_t, std_t, alpha, self.eps)
+        del feats
+        dec = tiling.receptive_field(layer for _, layer in self.decoder)
+        out = None
+        for t in tiling.plan(hp // STRIDE, wp // STRIDE, max(1, tile_size // STRIDE), dec.halo, 1):
+            rows, cols = t.slices()
+            y = self.decoder.forward(target[:, :, rows, cols])
+            (y0, y1, x0, x1), (ey0, _, ex0, _) = t.own, t.extent
+            own = y[0, :, (y0 - ey0) * STRIDE:(y1 - ey0) * STRIDE, (x0 - ex0) * STRIDE:(x1 - ex0) * STRIDE]
+            if out is None:
+                out = numpy.empty((hp, wp, 3), y.dtype)
+            out[y0 * STRIDE:y1 * STRIDE, x0 * STRIDE:x1 * STRIDE] = dev.to_numpy(own.clip(0, 1)).transpose(1, 2, 0)
+        return numpy.ascontiguousarray(out[:h, :w])
