@@ -16,29 +16,35 @@ tiles gives the whole image's gradient.
 from __future__ import annotations
 
 import dataclasses
+import math
+from fractions import Fraction
 
 
 @dataclasses.dataclass(frozen=True)
 class Geometry:
-    jump: int      # input pixels per feature step
-    offset: int    # P: padding accumulated in input pixels
-    field: int     # R: receptive field in input pixels
+    jump: Fraction     # input pixels per feature step (below 1 after upsampling)
+    offset: Fraction   # P: padding accumulated in input pixels
+    field: Fraction    # R: receptive field in input pixels
 
     @property
     def halo(self) -> int:
-        """Input pixels a tile needs beyond its own region on each side."""
-        return max(self.offset, self.field - self.offset - self.jump, 0)
+        """Whole input pixels a tile needs beyond its own region on each side (rounded up)."""
+        return math.ceil(max(self.offset, self.field - self.offset - self.jump, 0))
 
 
 def receptive_field(layers) -> Geometry:
     """Geometry after a sequence of layers (objects with kernel_size / stride / padding, like
-    Conv2d and the pools; ReflectionPad2d's ``p``; anything else is point-wise)."""
-    jump, offset, field = 1, 0, 1
+    Conv2d and the pools; ReflectionPad2d's ``p``; Upsample2d's ``scale``; anything else is
+    point-wise)."""
+    jump, offset, field = Fraction(1), Fraction(0), Fraction(1)
     for layer in layers:
         if hasattr(layer, "kernel_size"):
             k, s, p = layer.kernel_size[0], layer.stride[0], layer.padding
-        elif hasattr(layer, "p") and type(layer).__name__ == "ReflectionPad2d":
+        elif type(layer).__name__ == "ReflectionPad2d":
             k, s, p = 1, 1, layer.p
+        elif type(layer).__name__ == "Upsample2d":
+            jump /= layer.scale
+            continue
         else:
             continue
         field += (k - 1) * jump

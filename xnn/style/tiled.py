@@ -45,7 +45,8 @@ class TiledStyleObjective:
         self.geometry = {n: tiling.receptive_field(net.layers[m] for m in names[:names.index(n) + 1])
                          for n in objective.layers}
         deep = self.geometry[deepest]
-        self.align, self.halo = deep.jump, tiling.round_up(max(g.halo for g in self.geometry.values()), deep.jump)
+        self.align = int(deep.jump)
+        self.halo = tiling.round_up(max(g.halo for g in self.geometry.values()), self.align)
         self.tile_size = tiling.round_up(int(tile_size), self.align)
         self.content_targets: dict = {}
         self.style_targets: dict = {}    # layer -> blended Gram A (C, C), float64
@@ -55,11 +56,11 @@ class TiledStyleObjective:
         return tiling.plan(shape[2], shape[3], self.tile_size, self.halo, self.align)
 
     def _own(self, feats, name, tile):
-        rows, cols = tile.own_features(self.geometry[name].jump)
+        rows, cols = tile.own_features(int(self.geometry[name].jump))
         return feats[name][:, :, rows, cols]
 
     def _positions(self, x, layer) -> int:
-        j = self.geometry[layer].jump
+        j = int(self.geometry[layer].jump)
         return (x.shape[2] // j) * (x.shape[3] // j)
 
     def _grams(self, x, layers):
@@ -90,7 +91,7 @@ class TiledStyleObjective:
                 rows, cols = tile.slices()
                 feats = obj.model.features(content_x[:, :, rows, cols], obj.content_layers)
                 for n in obj.content_layers:
-                    j = self.geometry[n].jump
+                    j = int(self.geometry[n].jump)
                     if n not in full:   # channels-last memory, like the features it is compared with
                         c = feats[n].shape[1]
                         h, w = content_x.shape[2] // j, content_x.shape[3] // j
@@ -144,7 +145,7 @@ class TiledStyleObjective:
                 g_own = None
                 if n in self.content_targets:
                     y0, y1, x0, x1 = tile.own
-                    j = self.geometry[n].jump
+                    j = int(self.geometry[n].jump)
                     diff = own - self.content_targets[n][:, :, y0 // j:y1 // j, x0 // j:x1 // j]
                     squares = (diff * diff).sum(dtype=xp.float64)
                     if obj.scaling == "gatys":
@@ -161,7 +162,7 @@ class TiledStyleObjective:
                     g_own = gs if g_own is None else g_own + gs
                 if g_own is not None:
                     g = xp.zeros_like(feats[n])
-                    r, cc = tile.own_features(self.geometry[n].jump)
+                    r, cc = tile.own_features(int(self.geometry[n].jump))
                     g[:, :, r, cc] = g_own
                     inject[n] = g
             if need_grad and inject:
