@@ -104,6 +104,7 @@ def test_upsample_refusals():
         with pytest.raises(ValueError, match=rf"^Upsample2d scale must be a positive integer, got {bad!r}$"):
             Upsample2d(bad)
     assert Upsample2d(2.0).scale == 2 and isinstance(Upsample2d(2.0).scale, int)
+    assert Upsample2d().scale == 2                                  # the default
 
 
 @pytest.mark.parametrize("scale", [2, 3])
