@@ -249,7 +249,7 @@ def test_adain_layer_forward(dev, rng):
         AdaIN(device=dev).forward(dev.asarray(c))
 
 
-@pytest.mark.parametrize("alpha", [1.0, 0.6])
+@pytest.mark.parametrize("alpha", [1.0, 0.6, 2.0])
 def test_adain_layer_gradcheck(dev, rng, alpha):
     style = rng.standard_normal((1, 3, 6, 5)) * 2 + 1   # host float64, moved along with the layer
     layer = AdaIN(alpha=alpha).set_style(xnn.device("cpu").asarray(style))
