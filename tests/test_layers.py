@@ -150,3 +150,22 @@ def test_linear_refuses_wrong_shapes_and_skips_an_unneeded_input_gradient():
 def test_flatten_refuses_an_unknown_order():
     with pytest.raises(ValueError, match=r"^Flatten order must be 'chw' or 'hwc', got 'whc'$"):
         Flatten("whc")
+
+
+def test_pad_hw_and_its_adjoint_on_channels_last_arrays(rng):
+    """pad_hw pads axes 1 and 2 of (N, H, W, C); pad_hw_backward is its adjoint:
+    <pad(x), g> == <x, pad_backward(g)> for zeros and reflect."""
+    from xnn.layers.padding import pad_hw, pad_hw_backward
+    x = rng.standard_normal((2, 4, 5, 3))
+    for mode, np_mode in (("zeros", "constant"), ("reflect", "reflect")):
+        for p in (0, 1, 3):
+            y = pad_hw(numpy, x, p, mode)
+            numpy.testing.assert_array_equal(y, numpy.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode=np_mode))
+            g = rng.standard_normal(y.shape)
+            back = pad_hw_backward(g, p, mode)
+            assert back.shape == x.shape
+            assert abs(numpy.vdot(y, g) - numpy.vdot(x, back)) < 1e-10
+    with pytest.raises(ValueError, match=r"^reflection padding 4 needs an input larger than 4 pixels, got 4x5$"):
+        pad_hw(numpy, x, 4, "reflect")
+    with pytest.raises(ValueError, match=r"^unknown padding mode 'edge'; choose 'zeros' or 'reflect'$"):
+        pad_hw(numpy, x, 1, "edge")
