@@ -161,3 +161,26 @@ def test_pool_arguments_accept_pairs_and_refuse_clearly(cls):
         cls("2")
     with pytest.raises(ValueError, match="stride must be a positive int"):
         cls(2, stride=0)
+
+
+@pytest.mark.parametrize("cls", [MaxPool2d, AvgPool2d])
+def test_pool_padding_at_most_half_the_kernel(cls):
+    assert cls(2, padding=1).padding == 1 and cls((3, 3), padding=1).padding == 1
+    with pytest.raises(ValueError, match="^pool padding must be at most half the kernel size$"):
+        cls(3, padding=2)
+    with pytest.raises(ValueError, match="^pool padding must be at most half the kernel size$"):
+        cls(2, padding=2)
+
+
+@pytest.mark.parametrize("cls", [MaxPool2d, AvgPool2d])
+def test_one_by_one_pool_is_the_identity(dev, rng, cls):
+    x = rng.standard_normal((2, 3, 4, 5))
+    pool = cls(1).to(dev)
+    numpy.testing.assert_array_equal(xnn.to_numpy(pool.forward(dev.asarray(x))), x)
+    dy = rng.standard_normal(x.shape)
+    numpy.testing.assert_array_equal(xnn.to_numpy(pool.backward(dev.asarray(dy))), dy)
+
+
+def test_pool_stride_defaults_to_the_kernel_and_may_differ():
+    assert MaxPool2d(3).stride == (3, 3) and AvgPool2d((2, 2)).stride == (2, 2)
+    assert MaxPool2d(3, stride=1).stride == (1, 1) and MaxPool2d(3, ceil_mode=1).ceil_mode is True
