@@ -4,7 +4,6 @@ import pytest
 
 import xnn
 from xnn import tiling
-from xnn.layers import Conv2d, MaxPool2d, ReLU
 from xnn.models import vgg19
 from xnn.style import StyleTransferObjective
 from xnn.style.tiled import TiledStyleObjective, choose_tile_size

@@ -5,7 +5,7 @@ import numpy
 
 from . import conv_algorithms as ca
 from .base import Layer, as_rng, init_weight, pair, same_padding
-from .padding import pad_hw, pad_hw_backward
+from .padding import pad_hw_backward
 
 
 class Conv2d(Layer):
