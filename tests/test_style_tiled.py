@@ -6,7 +6,8 @@ import xnn
 from xnn import tiling
 from xnn.models import vgg19
 from xnn.style import StyleTransferObjective
-from xnn.style.tiled import TiledStyleObjective, choose_tile_size
+from xnn.style import memory
+from xnn.style.tiled import TiledStyleObjective
 
 from .gradcheck import rel_error
 
@@ -86,9 +87,19 @@ def test_a_halo_too_small_is_not_exact(dev):
     assert rel_error(xnn.to_numpy(tiled.loss_and_grad(x)[1]), xnn.to_numpy(obj.loss_and_grad(x)[1])) > 1e-6
 
 
-def test_choose_tile_size():
-    assert choose_tile_size(512, 512, 10 * 2**30, 4200, 400 * 2**20, 80, 16) is None
-    t = choose_tile_size(4096, 4096, 3 * 2**30, 4200, 400 * 2**20, 80, 16)
+def test_memory_plan_picks_the_whole_image_or_the_largest_tile_and_names_the_cause():
+    gib = 2**30
+    assert memory.plan_tiles(512, 512, 10 * gib, "lbfgs-scipy", "auto", 80, 16, "image_size = 512") is None
+    t = memory.plan_tiles(4096, 2731, 12 * gib, "adam", "auto", 80, 16, "image_size = 4096")
     assert t % 16 == 0 and 64 <= t < 4096
-    assert 400 * 2**20 + 4200 * (t + 160) ** 2 <= 0.9 * 3 * 2**30
-    assert choose_tile_size(4096, 4096, 500 * 2**20, 4200, 400 * 2**20, 80, 16) == 0
+    assert memory.evaluation_bytes((t + 160) ** 2) + memory.whole_image_bytes(4096 * 2731, "adam") <= 0.9 * 12 * gib
+    assert memory.plan_tiles(4096, 2731, 12 * gib, "adam", 512, 80, 16, "image_size = 4096") == 512
+    with pytest.raises(xnn.XnnError, match="image_size = 4096: 4096x2731 px needs about .* untiled"):
+        memory.plan_tiles(4096, 2731, 12 * gib, "adam", None, 80, 16, "image_size = 4096")
+    with pytest.raises(xnn.XnnError, match="style_scale = 4: 8000x8000 px needs"):
+        memory.plan_tiles(512, 512, 4 * gib, "adam", None, 80, 16, "image_size = 512",
+                          [(8000, 8000, "style_scale = 4")])
+    with pytest.raises(xnn.XnnError, match="tile_size = 2048: a tile with its 80 px halo needs"):
+        memory.plan_tiles(4096, 2731, 4 * gib, "adam", 2048, 80, 16, "image_size = 4096")
+    with pytest.raises(xnn.XnnError, match="image_size = 8192: the whole-image arrays .* lbfgs-scipy state"):
+        memory.plan_tiles(8192, 8192, 24 * gib, "lbfgs-scipy", "auto", 80, 16, "image_size = 8192")

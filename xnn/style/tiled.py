@@ -19,8 +19,6 @@ their halos, instead of one forward and one backward over the image.
 """
 from __future__ import annotations
 
-import numpy
-
 from ..backends import device_of
 from ..errors import XnnError
 from .. import tiling
@@ -176,15 +174,3 @@ class TiledStyleObjective:
             grad += gtv
         return (losses_to_host(terms) if to_host else terms), grad
 
-
-def choose_tile_size(height: int, width: int, free_bytes, bytes_per_pixel: float, fixed_bytes: float,
-                     halo: int, align: int, reserve_bytes: float = 0):
-    """The largest tile (a multiple of ``align``, at least 64 px) whose evaluation fits
-    ``free_bytes`` (90 % of it, after ``reserve_bytes`` for the whole-image arrays), or None
-    when the whole image fits untiled.  Memory model: fixed + bytes_per_pixel * pixels."""
-    budget = 0.9 * (numpy.inf if free_bytes is None else free_bytes) - reserve_bytes
-    if fixed_bytes + bytes_per_pixel * height * width <= budget:
-        return None
-    side = (max(budget - fixed_bytes, 0) / bytes_per_pixel) ** 0.5 - 2 * halo
-    tile = int(side // align) * align
-    return tile if tile >= 64 else 0

@@ -1,0 +1,76 @@
+"""Memory of a style-transfer run, and the largest tile that fits.
+
+Two parts add up:
+
+* one evaluation (a forward and a backward through VGG19 to relu5_1, float32) over the
+  pixels it runs on: the whole image untiled, or one tile plus its halo.  Measured:
+  FIXED_BYTES + EVAL_BYTES_PER_PIXEL * pixels is a line through the peaks of CPU runs at
+  512 px (1.14 GB) and 1024 px (3.33 GB);
+* the arrays that always span the whole image, per pixel: the image, its gradient and
+  the TV gradient (float32, 3 channels: 36 B), the relu4_2 content target (512 channels
+  at 1/64 of the pixels: 32 B), and the optimiser's state, counted from what each
+  algorithm stores: Adam's two moments (24 B); the on-device L-BFGS's 10 (s, y) pairs
+  plus its direction and trial point (264 B); SciPy's L-BFGS-B on the host in float64
+  (2 m n + 5 n + ... doubles for m = 10, n = 3 per pixel: about 650 B).
+"""
+from __future__ import annotations
+
+import math
+
+from ..errors import XnnError
+
+FIXED_BYTES = 400 * 2**20
+EVAL_BYTES_PER_PIXEL = 4200
+WHOLE_IMAGE_BYTES_PER_PIXEL = 68
+OPTIMIZER_BYTES_PER_PIXEL = {"adam": 24, "lbfgs-device": 264, "lbfgs-scipy": 650}
+#: the smallest tile worth running: below it the halo (80 px a side) dominates
+MIN_TILE = 64
+
+
+def whole_image_bytes(pixels: int, optimizer: str) -> float:
+    return (WHOLE_IMAGE_BYTES_PER_PIXEL + OPTIMIZER_BYTES_PER_PIXEL[optimizer]) * pixels
+
+
+def evaluation_bytes(pixels: int) -> float:
+    return FIXED_BYTES + EVAL_BYTES_PER_PIXEL * pixels
+
+
+def tile_extent(tile: int, halo: int, height: int, width: int) -> int:
+    """Pixels of the largest tile plus its halo (clipped to the image)."""
+    return min(tile + 2 * halo, height) * min(tile + 2 * halo, width)
+
+
+def plan_tiles(height, width, free_bytes, optimizer, tile_size, halo, align, image_setting, style_shapes=()):
+    """The tile side to use (None: the whole image), or an XnnError that names what is too big.
+
+    ``tile_size``: None (whole image), "auto" (whole image when it fits, else the largest
+    tile that does) or an int.  ``style_shapes``: (h, w, setting) of the style images,
+    whose targets are computed with the same tiles.  ``image_setting`` names the config
+    key of the output size, e.g. "image_size = 4096", for the message.
+    """
+    budget = 0.9 * (math.inf if free_bytes is None else free_bytes)
+    free_gib = "unknown" if free_bytes is None else f"{free_bytes / 2**30:.1f}"
+    whole = whole_image_bytes(height * width, optimizer)
+    if whole + FIXED_BYTES > budget:
+        raise XnnError(f"{image_setting}: the whole-image arrays of a {height}x{width} px output (image, gradient, "
+                       f"{optimizer} state) need about {whole / 2**30:.1f} GiB but only {free_gib} GiB are free; "
+                       "use a smaller image_size" + (" or optimizer: adam" if optimizer != "adam" else ""))
+    shapes = [(height, width, image_setting)] + list(style_shapes)
+    if tile_size is None or tile_size == "auto":
+        if all(evaluation_bytes(h * w) + whole <= budget for h, w, _ in shapes):
+            return None
+        if tile_size is None:
+            h, w, setting = next(s for s in shapes if evaluation_bytes(s[0] * s[1]) + whole > budget)
+            raise XnnError(f"{setting}: {h}x{w} px needs about {(evaluation_bytes(h * w) + whole) / 2**30:.1f} GiB "
+                           f"untiled but only {free_gib} GiB are free; set tile_size: auto (or a tile side)")
+        side = math.sqrt(max(budget - whole - FIXED_BYTES, 0) / EVAL_BYTES_PER_PIXEL) - 2 * halo
+        tile = int(side // align) * align
+        if tile < MIN_TILE:
+            raise XnnError(f"{image_setting}: even a {MIN_TILE} px tile does not fit next to the whole-image arrays "
+                           f"({whole / 2**30:.1f} GiB) in the {free_gib} GiB free; use a smaller image_size")
+        return tile
+    need = evaluation_bytes(tile_extent(tile_size, halo, height, width)) + whole
+    if need > budget:
+        raise XnnError(f"tile_size = {tile_size}: a tile with its {halo} px halo needs about {need / 2**30:.1f} GiB "
+                       f"but only {free_gib} GiB are free; use a smaller tile_size or tile_size: auto")
+    return tile_size
