@@ -169,3 +169,15 @@ def test_pad_hw_and_its_adjoint_on_channels_last_arrays(rng):
         pad_hw(numpy, x, 4, "reflect")
     with pytest.raises(ValueError, match=r"^unknown padding mode 'edge'; choose 'zeros' or 'reflect'$"):
         pad_hw(numpy, x, 1, "edge")
+
+
+def test_linear_seed_dtype_and_default_seed():
+    a, b = Linear(4, 3, seed=5), Linear(4, 3, seed=5)
+    numpy.testing.assert_array_equal(a.params["W"], b.params["W"])
+    assert not numpy.array_equal(a.params["W"], Linear(4, 3, seed=6).params["W"])
+    numpy.testing.assert_array_equal(Linear(4, 3).params["W"], Linear(4, 3, seed=0).params["W"])
+    for dtype in (numpy.float32, numpy.float64):
+        layer = Linear(4, 3, dtype=dtype)
+        assert layer.params["W"].dtype == dtype and layer.params["b"].dtype == dtype
+    assert Linear(4, 3).params["b"].dtype == numpy.float32
+    numpy.testing.assert_array_equal(Linear(4, 3).params["b"], numpy.zeros(3))
