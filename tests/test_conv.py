@@ -312,6 +312,18 @@ def test_winograd_matrices_compute_a_tile_exactly(m, rng):
     assert rel_error(y, want) < 1e-13
 
 
+def test_winograd_matrices_are_copied_to_a_device_once_per_dtype(dev):
+    f32 = ca.device_matrices(dev, 4, numpy.float32)
+    assert ca.device_matrices(dev, 4, numpy.float32) is f32
+    assert all(dev.owns(a) and a.dtype == numpy.float32 for a in f32)
+    f64 = ca.device_matrices(dev, 4, numpy.float64)
+    assert all(a.dtype == numpy.float64 for a in f64) and ca.device_matrices(dev, 4, "f8") is f64
+    two = ca.device_matrices(dev, 2, numpy.float32)
+    assert two[0].shape == (16, 16) and f32[0].shape == (36, 36)
+    for got, want in zip(f64, ca.winograd_matrices(4)):
+        numpy.testing.assert_array_equal(xnn.to_numpy(got), want)
+
+
 def test_winograd_needs_a_3x3_stride_1_kernel():
     with pytest.raises(ValueError, match="3x3 stride-1"):
         Conv2d(2, 2, 5, algorithm="winograd4")

@@ -184,3 +184,13 @@ def test_one_by_one_pool_is_the_identity(dev, rng, cls):
 def test_pool_stride_defaults_to_the_kernel_and_may_differ():
     assert MaxPool2d(3).stride == (3, 3) and AvgPool2d((2, 2)).stride == (2, 2)
     assert MaxPool2d(3, stride=1).stride == (1, 1) and MaxPool2d(3, ceil_mode=1).ceil_mode is True
+
+
+@pytest.mark.parametrize("cls", [MaxPool2d, AvgPool2d])
+@pytest.mark.parametrize("kw", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)])
+def test_pools_keep_float32(dev, rng, cls, kw):
+    x = dev.asarray(rng.standard_normal((1, 2, 5, 6)).astype(numpy.float32)[:, :, :4])
+    pool = cls(**kw).to(dev)
+    y = pool.forward(x)
+    dx = pool.backward(dev.asarray(numpy.ones(y.shape, numpy.float32)))
+    assert y.dtype == numpy.float32 and dx.dtype == numpy.float32
