@@ -181,3 +181,19 @@ def test_linear_seed_dtype_and_default_seed():
         assert layer.params["W"].dtype == dtype and layer.params["b"].dtype == dtype
     assert Linear(4, 3).params["b"].dtype == numpy.float32
     numpy.testing.assert_array_equal(Linear(4, 3).params["b"], numpy.zeros(3))
+
+
+@pytest.mark.parametrize("name", ["cpu", "standin"], ids=["numpy", "cupy"])
+def test_layout_add_keeps_the_first_operands_memory_order(name, rng):
+    """layout.add(a, b) is a fresh a + b in a's memory order (NHWC stays NHWC even when b is NCHW)."""
+    from xnn.layers import layout
+    dev = xnn.device(name)
+    a_host, b_host = rng.standard_normal((2, 4, 5, 3)), rng.standard_normal((2, 3, 4, 5))
+    a = dev.asarray(a_host).transpose(0, 3, 1, 2)            # NHWC memory
+    b = dev.asarray(b_host)                                  # NCHW memory
+    y = layout.add(dev.xp, a, b)
+    assert layout.channels_last(y) and y is not a and y is not b
+    numpy.testing.assert_array_equal(xnn.to_numpy(y), a_host.transpose(0, 3, 1, 2) + b_host)
+    numpy.testing.assert_array_equal(xnn.to_numpy(a), a_host.transpose(0, 3, 1, 2))
+    c = layout.add(dev.xp, b, a)
+    assert c.flags.c_contiguous and not layout.channels_last(c)

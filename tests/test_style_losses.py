@@ -223,6 +223,12 @@ def test_objective_runs_one_forward_and_one_backward(dev, rng):
         assert calls[name] == ([1, 1] if i <= deepest else [0, 0]), name
     assert all(layer.frozen for _, layer in net)
     assert not net.grads  # frozen: no weight gradients
+    for c in calls.values():
+        c[:] = [0, 0]
+    losses = obj.losses(x)                      # the terms only: one forward, no backward, floats
+    for i, name in enumerate(net.names):
+        assert calls[name] == ([1, 0] if i <= deepest else [0, 0]), name
+    assert set(losses) == {"content", "style", "tv", "total"} and all(type(v) is float for v in losses.values())
 
 
 def test_objective_with_content_or_style_only(dev, rng):
