@@ -17,6 +17,7 @@ import datetime
 import os
 import pathlib
 import sys
+import warnings
 
 from . import experiments
 from .config import apply_override, read_yaml, validate
@@ -161,7 +162,11 @@ def run(args) -> int:
         ctx = run_base.RunContext(run_dir, cfg, device, resumed=resumed, quiet=args.quiet, stop=stop)
         ctx.write_config()
         ctx.info(f"xnn: {kind} on {device.name}, run folder {run_dir}")
-        with stop.installed():
+        with stop.installed(), warnings.catch_warnings():
+            # a diverging run is reported once, as an error naming the key to change, not as
+            # NumPy's overflow / invalid-value warnings on every step
+            warnings.filterwarnings("ignore", r"(overflow|invalid value|divide by zero) encountered",
+                                    RuntimeWarning)
             module.run(state, ctx)
     except XnnError as e:
         if ctx is not None:

@@ -14,6 +14,7 @@ import copy
 import difflib
 import math
 import pathlib
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -22,6 +23,25 @@ import yaml
 from .errors import XnnError
 
 _REQUIRED = object()
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as PyYAML's safe loader reads it, except that ``1e-3`` and ``1e30`` are numbers
+    (YAML 1.2), not the strings YAML 1.1 makes of exponents without a dot."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                 |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                 |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                 |[-+]?\.(?:inf|Inf|INF)
+                 |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def _load(text: str):
+    return yaml.load(text, Loader=_Loader)
 
 
 @dataclass
@@ -156,7 +176,7 @@ def apply_override(raw: dict, assignment: str, schema: dict) -> None:
     key, text = assignment.split("=", 1)
     key = key.strip()
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = _load(text) if text.strip() else ""
     except yaml.YAMLError as e:
         raise XnnError(f"--set {assignment}: the value is not valid YAML ({_yaml_problem(e)}); quote it "
                        f"to mean a string, e.g. --set '{key}=\"...\"'") from None
@@ -189,7 +209,7 @@ def read_yaml(path) -> dict:
     except OSError as e:
         raise XnnError(f"cannot read config file {path}: {e.strerror or e}") from None
     try:
-        data = yaml.safe_load(text)
+        data = _load(text)
     except yaml.YAMLError as e:
         raise XnnError(f"config file {path} is not valid YAML{_yaml_problem(e, where=True)}") from None
     if data is None:

@@ -88,9 +88,10 @@ def read_npz(path, what: str, text_keys=()) -> dict:
     refused, naming the entry.
     """
     try:
-        with numpy.load(path, allow_pickle=False) as data:
-            if not isinstance(data, numpy.lib.npyio.NpzFile):
-                raise ValueError("not an .npz archive")
+        data = numpy.load(path, allow_pickle=False)
+        if not isinstance(data, numpy.lib.npyio.NpzFile):  # a plain .npy array
+            raise ValueError("not an .npz archive")
+        with data:
             arrays = {}
             for key in data.files:
                 try:

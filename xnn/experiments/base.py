@@ -133,7 +133,8 @@ class RunContext:
             raise XnnError(f"cannot write {self.path('metrics.jsonl')}: {e.strerror or e}") from None
 
     def read_metrics(self) -> list[dict]:
-        self._metrics.flush()
+        if not self._metrics.closed:
+            self._metrics.flush()
         return read_jsonl(self.path("metrics.jsonl"))
 
     def save_json(self, name: str, obj):

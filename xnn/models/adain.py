@@ -13,7 +13,6 @@ authors' release (MIT), as npz in PyTorch layout, keys "<layer>.weight" / "<laye
 from __future__ import annotations
 
 import os
-import zipfile
 from typing import NamedTuple
 
 import numpy
@@ -23,6 +22,7 @@ from ..backends import device as get_device
 from ..blend import normalise_blend_weights
 from ..data.cache import fetch
 from ..errors import XnnError
+from ..files import read_npz
 from ..layers import Conv2d, MaxPool2d, ReLU
 from ..layers.adain import adain_with_stats, blend_stats, channel_stats
 from ..layers.upsample import Upsample2d
@@ -92,11 +92,7 @@ def _resolve(weights, relpath):
 
 def load_adain_weights(net: Sequential, path, what: str) -> Sequential:
     """Copy "<layer>.weight" (OIHW) / "<layer>.bias" from an npz into the convs of ``net``."""
-    try:
-        with numpy.load(path, allow_pickle=False) as data:
-            state = {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise XnnError(f"cannot read AdaIN {what} weights {path}: {e}") from None
+    state = read_npz(path, f"AdaIN {what} weights")
     convs = [n for n, l in net if isinstance(l, Conv2d)]
     expected = [f"{n}.{s}" for n in convs for s in ("weight", "bias")]
     missing = [k for k in expected if k not in state]
