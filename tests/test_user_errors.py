@@ -55,6 +55,26 @@ def subprocess_run(args, fsize=None):
                           preexec_fn=limit, timeout=300)
 
 
+# ---------------------------------------------------------------- the contract, per experiment
+@pytest.mark.parametrize("config,override,needle", [
+    (STYLE, ["content_image=nope.jpg"], "nope.jpg"),
+    (STYLE, ["style_layers=[relu9_1]"], "unknown VGG19 layer 'relu9_1'"),
+    (STYLE, ["style_weight=-1"], "style_weight = -1.0 is out of range"),
+    (STYLE, ["style_blend_weights=[1, 2]"], "2 weights for 1 style images"),
+    (STYLE, ["image_size=16384"], "needs about"),
+    (STYLE, ["output_image=/tmp/x.png"], "inside the run folder"),
+    (ADAIN, ["style_blend_weights=[1, 2, 3]"], "3 weights for 1 style images"),
+    (ADAIN, ["alpha=1.5"], "alpha = 1.5 is out of range"),
+    (ADAIN, ["content_image=missing.png"], "missing.png"),
+    (ADAIN, ["output_image=../x.png"], "inside the run folder"),
+    (ADAIN, ["weights=/nonexistent"], "not found"),
+], ids=lambda v: v.stem if isinstance(v, pathlib.Path) else None)
+def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, capsys, config, override, needle):
+    sets = [arg for o in override for arg in ("--set", o)]
+    assert_one_line_error(capsys, [config, "--device", "cpu", "--out", tmp_path / "run", *sets], needle,
+                          absent=[tmp_path / "run"])
+
+
 # ---------------------------------------------------------------- NaN and +-inf
 @pytest.mark.parametrize("config,key,value", [
     (MNIST, "train.learning_rate", ".nan"), (MNIST, "train.learning_rate", ".inf"),
