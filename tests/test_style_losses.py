@@ -477,3 +477,15 @@ def test_objective_gradient_through_real_vgg_weights(dev, rng):
         num.append((plus - minus) / (2 * eps))
         ana.append(g[i])
     assert rel_error(ana, num) < 1e-6, (ana, num)
+
+
+def test_losses_to_host_mixes_device_scalars_and_floats_in_order():
+    """On a CuPy device the scalars come over in one stacked copy; plain numbers pass through;
+    the keys keep their order (run on the stand-in explicitly: the CPU takes the other branch)."""
+    cupy_like = xnn.device("standin")
+    losses = {"content": cupy_like.asarray(numpy.float64(1.5)), "style": 2,
+              "tv": cupy_like.asarray(numpy.float64(-0.25)), "total": numpy.float32(3.5)}
+    out = losses_to_host(losses)
+    assert list(out) == ["content", "style", "tv", "total"]
+    assert out == {"content": 1.5, "style": 2.0, "tv": -0.25, "total": 3.5}
+    assert all(type(v) is float for v in out.values())
