@@ -9,11 +9,12 @@ device and Adam on an image.  StopFlag (Ctrl-C as a stop request) lives in xnn.s
     losses, dx = obj.loss_and_grad(x)            # one forward, one backward
     res = lbfgs_minimize(obj.loss_and_grad, x, bounds=(lo, hi), max_iter=500, callback=log)
 """
+from ..blend import normalise_blend_weights
 from ..stop import StopFlag
 from .optimizers import (MinimizeResult, adam_minimize, clip_to_range, lbfgs_device_minimize, lbfgs_minimize,
                          total_of)
 from .losses import (StyleTransferObjective, blend_grams, content_loss, gram_backward, gram_matrix,
-                     losses_to_host, normalise_blend_weights, style_loss, tv_loss)
+                     losses_to_host, style_loss, tv_loss)
 
 __all__ = ["StyleTransferObjective", "content_loss", "gram_matrix", "gram_backward", "style_loss",
            "blend_grams", "normalise_blend_weights", "tv_loss", "losses_to_host", "lbfgs_minimize",
