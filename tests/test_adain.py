@@ -210,6 +210,8 @@ def test_adain_layer_moves_and_casts_its_style_statistics(rng):
                                          r"set_style_stats\(\.\.\.\) first$"):
         AdaIN().forward(c)
     assert AdaIN(device=standin).device is standin
+    down = AdaIN().set_style(s1).to("cpu", numpy.float32)                 # float64 statistics cast down
+    assert down.mean_t.dtype == numpy.float32 and down.std_t.dtype == numpy.float32
 
 
 def test_adain_helpers_defaults_extrapolation_and_refusals(rng):

@@ -197,3 +197,23 @@ def test_layout_add_keeps_the_first_operands_memory_order(name, rng):
     numpy.testing.assert_array_equal(xnn.to_numpy(a), a_host.transpose(0, 3, 1, 2))
     c = layout.add(dev.xp, b, a)
     assert c.flags.c_contiguous and not layout.channels_last(c)
+
+
+def test_flat_is_a_free_view_in_memory_order(rng):
+    from xnn.layers import layout
+    x = rng.standard_normal((2, 4, 5, 3))
+    a = x.transpose(0, 3, 1, 2)                               # NCHW view of NHWC memory
+    f = layout.flat(a)
+    assert f.ndim == 1 and numpy.shares_memory(f, x)
+    numpy.testing.assert_array_equal(f, x.ravel())
+    g = layout.flat(x)
+    assert g.ndim == 1 and numpy.shares_memory(g, x)
+
+
+def test_pad_hw_keeps_the_dtype_and_checks_both_sides(rng):
+    from xnn.layers.padding import pad_hw
+    x = rng.standard_normal((1, 5, 4, 2)).astype(numpy.float32)
+    assert pad_hw(numpy, x, 1, "zeros").dtype == numpy.float32
+    assert pad_hw(numpy, x, 3, "reflect").dtype == numpy.float32
+    with pytest.raises(ValueError, match=r"^reflection padding 4 needs an input larger than 4 pixels, got 5x4$"):
+        pad_hw(numpy, x, 4, "reflect")

@@ -489,3 +489,14 @@ def test_losses_to_host_mixes_device_scalars_and_floats_in_order():
     assert list(out) == ["content", "style", "tv", "total"]
     assert out == {"content": 1.5, "style": 2.0, "tv": -0.25, "total": 3.5}
     assert all(type(v) is float for v in out.values())
+    assert losses_to_host({"a": 1.0, "b": cupy_like.asarray(numpy.float64(2.0))}) == {"a": 1.0, "b": 2.0}
+
+
+def test_blend_grams_default_weights_and_messages(rng):
+    A1, A2 = rng.standard_normal((3, 3)), rng.standard_normal((3, 3))
+    numpy.testing.assert_allclose(blend_grams([A1, A2]), (A1 + A2) / 2, rtol=1e-15)
+    numpy.testing.assert_allclose(blend_grams([A1, A2, A2]), (A1 + 2 * A2) / 3, rtol=1e-15)
+    with pytest.raises(ValueError, match="^blend_grams needs at least one Gram matrix$"):
+        blend_grams([])
+    with pytest.raises(ValueError, match=r"^features must have shape \(1, C, H, W\), got \(2, 3, 4, 4\)$"):
+        gram_matrix(numpy.ones((2, 3, 4, 4)))
