@@ -1,7 +1,8 @@
 """Per-module mutation scores from `mutmut results --all true` on stdin.
 
 score = (killed + timeout + segfault) / (checked - equivalent), where the mutants listed in
-tests/mutation/equivalent.txt (one name per line, '#' comments) are judged equivalent.
+tests/mutation/equivalent.txt (one name per line, '#' comments) are judged equivalent, and those
+in tests/mutation/killed_on_standin.txt count as killed (by the stand-in tests the run skips).
 """
 import collections
 import pathlib
@@ -10,11 +11,19 @@ import sys
 
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
 here = pathlib.Path(__file__).parent
-equivalent = set()
-for line in (here / "equivalent.txt").read_text().splitlines():
-    line = line.split("#", 1)[0].strip()
-    if line:
-        equivalent.add(line)
+
+
+def names(path):
+    out = set()
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            out.add(line)
+    return out
+
+
+equivalent = names(here / "equivalent.txt")
+killed_elsewhere = names(here / "killed_on_standin.txt")   # layout-only mutants, killed by the stand-in tests
 
 counts = collections.defaultdict(collections.Counter)
 survivors = []
@@ -29,7 +38,7 @@ for line in sys.stdin:
         continue
     if name in equivalent and status == "survived":
         counts[module]["equivalent"] += 1
-    elif status in KILLED:
+    elif status in KILLED or (name in killed_elsewhere and status == "survived"):
         counts[module]["killed"] += 1
     else:
         counts[module][status] += 1
