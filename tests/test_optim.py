@@ -182,3 +182,19 @@ def test_state_dict_is_a_snapshot_and_names_may_hold_slashes():
     assert fresh.t == 2
     numpy.testing.assert_array_equal(fresh.slots["block/conv/W"]["v"], numpy.full(3, 1.9))
     numpy.testing.assert_array_equal(fresh.slots["b"]["v"], numpy.full(2, 1.9))
+
+
+def test_load_state_dict_refuses_what_does_not_fit():
+    params = {"w": numpy.zeros((2, 3)), "b": numpy.zeros(3)}
+    adam = Adam(params, lr=0.1)
+    adam.step({"w": numpy.ones((2, 3)), "b": numpy.ones(3)})
+    state = adam.state_dict()
+    Adam(dict(params), lr=0.1).load_state_dict(state)                       # fits
+    with pytest.raises(xnn.XnnError, match="no step count 't'"):
+        Adam(params).load_state_dict({k: v for k, v in state.items() if k != "t"})
+    with pytest.raises(xnn.XnnError, match="state entry 'w/m' does not fit this optimiser"):
+        SGD(params, momentum=0.9).load_state_dict(state)                    # Adam state into SGD
+    with pytest.raises(xnn.XnnError, match=r"state 'w/m' has shape \(3, 2\), the parameter has \(2, 3\)"):
+        Adam(params).load_state_dict({**state, "w/m": numpy.zeros((3, 2))})
+    with pytest.raises(xnn.XnnError, match="'gone/m' does not fit"):
+        Adam(params).load_state_dict({**state, "gone/m": numpy.zeros(3)})

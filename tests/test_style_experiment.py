@@ -152,3 +152,40 @@ def test_sigint_saves_image_and_checkpoint_then_resume(tmp_path):
     assert 2 <= stopped_at < 500
     assert main(["--resume", str(out), "--set", f"num_iterations={stopped_at + 2}", "--quiet"]) == 0
     assert json.loads((out / "summary.json").read_text())["iterations"] == stopped_at + 2
+
+
+def test_coarse_to_fine_stages_write_each_stage_and_log_it(tmp_path):
+    out = run(tmp_path, "r", "image_size=[32, 48]", "num_iterations=[2, 3]", "optimizer=adam", "learning_rate=5",
+              "save_iter=0")
+    rows = metrics(out)
+    assert [(r["stage"], r["image_size"]) for r in rows][0] == (1, 32)
+    assert {(r["stage"], r["image_size"]) for r in rows} == {(1, 32), (2, 48)}
+    assert max(r["iter"] for r in rows if r["stage"] == 2) == 3
+    stage1, final = load_image(out / "stage1_32px.png"), load_image(out / "output.png")
+    assert max(stage1.shape[:2]) == 32 and max(final.shape[:2]) == 48
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["iterations"] == 5 and summary["stages"] == [32, 48] and summary["image_size"] == list(final.shape[:2])
+    assert (out / "summary.png").exists()
+
+
+def test_a_forced_tile_gives_the_untiled_losses(tmp_path):
+    """tile_size: 64 on a 176 px image (4 tiles) logs the same losses as the whole image."""
+    common = ["image_size=176", "num_iterations=1", "optimizer=adam", "save_iter=0"]
+    whole = metrics(run(tmp_path, "whole", *common, "tile_size=null"))
+    tiled = metrics(run(tmp_path, "tiled", *common, "tile_size=64"))
+    for a, b in zip(whole, tiled):
+        for k in ("content_loss", "style_loss", "tv_loss", "total_loss"):
+            assert b[k] == pytest.approx(a[k], rel=1e-4), k
+    summary = json.loads((tmp_path / "tiled" / "summary.json").read_text())
+    assert summary["tile_size"] == [64]
+
+
+def test_jcjohnson_scaling_reports_its_own_terms(tmp_path):
+    common = ["num_iterations=0", "init=random", "content_weight=5", "style_weight=100", "tv_weight=0.001"]
+    out = run(tmp_path, "r", *common, "loss_scaling=jcjohnson")
+    row, gatys = metrics(out)[0], metrics(run(tmp_path, "g", *common))[0]
+    h, w = load_image(out / "output.png").shape[:2]
+    numel = 512 * (h // 8) * (w // 8)                                         # relu4_2's elements
+    assert row["content_loss"] == pytest.approx(gatys["content_loss"] * 2 / numel, rel=1e-5)   # mean, not 1/2 sum
+    assert row["tv_loss"] == pytest.approx(gatys["tv_loss"] / 2, rel=1e-5)     # 1/2 sum of squares
+    assert json.loads((out / "summary.json").read_text())["loss_scaling"] == "jcjohnson"

@@ -63,6 +63,12 @@ def subprocess_run(args, fsize=None):
     (STYLE, ["style_blend_weights=[1, 2]"], "2 weights for 1 style images"),
     (STYLE, ["image_size=16384"], "needs about"),
     (STYLE, ["output_image=/tmp/x.png"], "inside the run folder"),
+    (STYLE, ["tile_size=100"], "a tile side must be a multiple of 16 and at least 64"),
+    (STYLE, ["tile_size=48"], "a tile side must be a multiple of 16 and at least 64"),
+    (STYLE, ["image_size=[256, 512]", "num_iterations=[10, 20, 30]"], "image_size has 2 stages but num_iterations"),
+    (STYLE, ["num_iterations=[10, 20]"], "num_iterations = [10, 20] is a list but image_size = 512 is one size"),
+    (STYLE, ["image_size=[512, 256]"], "the stages of a schedule must not shrink"),
+    (STYLE, ["loss_scaling=johnson"], "loss_scaling = 'johnson' is not valid: must be one of gatys, jcjohnson"),
     (ADAIN, ["style_blend_weights=[1, 2, 3]"], "3 weights for 1 style images"),
     (ADAIN, ["alpha=1.5"], "alpha = 1.5 is out of range"),
     (ADAIN, ["content_image=missing.png"], "missing.png"),
@@ -276,8 +282,10 @@ def test_memory_refusal_names_style_scale_and_comes_before_resizing(tmp_path, ca
         return real_resize(img, shape)
     monkeypatch.setattr(images, "resize_to", no_huge_resize)
     r = tmp_path / "r"
-    err = assert_one_line_error(capsys, [STYLE, "--set", "image_size=512", "--set", "style_scale=8", "--device", "cpu",
-                                         "--out", r], "style_scale = 8", "use a smaller style_scale", absent=[r])
+    # untiled (tile_size: null) the style image is what does not fit; tile_size: auto would tile it instead
+    err = assert_one_line_error(capsys, [STYLE, "--set", "image_size=512", "--set", "style_scale=8", "--set",
+                                         "tile_size=null", "--device", "cpu", "--out", r],
+                                "style_scale = 8", "use a smaller style_scale", absent=[r])
     assert "smaller image_size" not in err
     assert_one_line_error(capsys, [STYLE, "--set", "image_size=4096", "--device", "cpu", "--out", r],
                           "image_size = 4096", "use a smaller image_size", absent=[r])

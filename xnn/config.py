@@ -49,7 +49,7 @@ class Field:
     """One config key: its type, default and allowed values.
 
     kind: "int" | "float" | "bool" | "str" | "path" | "list[str]" | "list[float]" |
-          "str|list[str]" | "path|list[path]" | "list[int]"
+          "str|list[str]" | "path|list[path]" | "list[int]" | "int|list[int]" | "int|auto"
     """
     kind: str
     default: Any = _REQUIRED
@@ -65,7 +65,8 @@ class Field:
         what = {"int": "an integer", "float": "a finite number", "bool": "true or false", "str": "a string",
                 "path": "a file path", "list[str]": "a list of names", "list[float]": "a list of finite numbers",
                 "list[int]": "a list of integers", "str|list[str]": "a name or a list of names",
-                "path|list[path]": "a path or a list of paths"}[self.kind]
+                "path|list[path]": "a path or a list of paths", "int|list[int]": "an integer or a list of integers",
+                "int|auto": "an integer or auto"}[self.kind]
         parts = [what]
         if self.choices:
             parts = ["one of " + ", ".join(map(str, self.choices))]
@@ -105,6 +106,10 @@ def _convert(f: Field, v):
     elif k in ("str", "path"):
         if not isinstance(v, str) or not v:
             raise ValueError
+    elif k == "int|list[int]":
+        v = [_convert(Field("int"), x) for x in v] if isinstance(v, list) and v else _convert(Field("int"), v)
+    elif k == "int|auto":
+        v = v if v == "auto" else _convert(Field("int"), v)
     elif k in ("str|list[str]", "path|list[path]"):
         v = [v] if isinstance(v, str) else v
         if not isinstance(v, list) or not v or not all(isinstance(s, str) and s for s in v):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy
 
 from .backends import device_of
+from .errors import XnnError
 
 
 class Optimizer:
@@ -39,18 +40,35 @@ class Optimizer:
                 out[f"{name}/{k}"] = device_of(v).to_numpy(v).copy()
         return out
 
+    #: the state arrays this optimiser keeps per parameter
+    SLOTS: tuple = ()
+
     def load_state_dict(self, state: dict):
-        self.t = int(state["t"])
+        """Restore :meth:`state_dict` output; an XnnError names any key or shape that does not fit."""
+        kind = type(self).__name__
+        if "t" not in state:
+            raise XnnError(f"{kind} state has no step count 't' (keys: {', '.join(sorted(state)[:6])})")
+        slots = {}
         for key, value in state.items():
             if key == "t":
                 continue
-            name, k = key.rsplit("/", 1)
-            dev = device_of(self.params[name])
-            self.slots.setdefault(name, {})[k] = dev.asarray(value)
+            name, _, k = key.rpartition("/")
+            if name not in self.params or k not in self.SLOTS:
+                raise XnnError(f"{kind} state entry {key!r} does not fit this optimiser (parameters: "
+                               f"{', '.join(list(self.params)[:4])}{' ...' if len(self.params) > 4 else ''}; "
+                               f"state per parameter: {', '.join(self.SLOTS) or 'none'})")
+            if tuple(value.shape) != tuple(self.params[name].shape):
+                raise XnnError(f"{kind} state {key!r} has shape {tuple(value.shape)}, the parameter has "
+                               f"{tuple(self.params[name].shape)}")
+            slots.setdefault(name, {})[k] = device_of(self.params[name]).asarray(value)
+        self.t = int(state["t"])
+        self.slots = slots
 
 
 class SGD(Optimizer):
     """v <- momentum * v + (g + weight_decay * p);  p <- p - lr * v  (nesterov optional)."""
+
+    SLOTS = ("v",)
 
     def __init__(self, params, lr=0.01, momentum=0.0, weight_decay=0.0, nesterov=False):
         super().__init__(params, lr)
@@ -78,6 +96,8 @@ class Adam(Optimizer):
     p <- p - lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)
     ``weight_decay`` adds weight_decay * p to g (L2, not AdamW).
     """
+
+    SLOTS = ("m", "v")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(params, lr)

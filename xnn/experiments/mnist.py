@@ -83,7 +83,7 @@ def prepare(cfg, device, resume_dir=None):
 def evaluate(model, data, batch_size):
     """(mean loss, accuracy) of ``model`` on (x, y) device arrays."""
     x, y = data
-    crit = SoftmaxCrossEntropy(device=model.device)
+    crit = SoftmaxCrossEntropy(device=model.device, check_labels=False)  # labels were checked when loaded
     loss_sum, correct = 0.0, 0
     for i in range(0, len(x), batch_size):
         logits = model.forward(x[i:i + batch_size])
@@ -117,7 +117,7 @@ def train(state, ctx):
     params = model.trainable_params()
     opt = (SGD(params, t["learning_rate"], momentum=t["momentum"], weight_decay=t["weight_decay"], nesterov=True)
            if t["optimizer"] == "sgd" else Adam(params, t["learning_rate"], weight_decay=t["weight_decay"]))
-    crit = SoftmaxCrossEntropy(device=dev)
+    crit = SoftmaxCrossEntropy(device=dev, check_labels=False)  # labels were checked when loaded: no sync per step
     start_epoch, best_acc, train_time = 0, -1.0, 0.0
     if state.get("resume") is not None:  # the model was loaded by prepare
         st = dict(state["resume"])

@@ -15,16 +15,36 @@ from ..config import Field
 from ..errors import XnnError
 from ..files import read_npz, require_keys, save_npz
 from ..models.vgg import check_input_size, deepest_layer, unknown_layers_problem as _layers_ok
+
+#: halo of a tile in input pixels: the receptive-field margin of relu5_1 (70 px) on the pooling grid
+TILE_HALO = 80
 from .base import blend_weights, stylisation_fields
 
 KIND = "style"
 
+
+def _stages_grow(sizes):
+    if isinstance(sizes, list) and any(b < a for a, b in zip(sizes, sizes[1:])):
+        return "the stages of a schedule must not shrink (e.g. [512, 1024, 2048])"
+    return None
+
+
 SCHEMA = {
     **stylisation_fields("the photo to repaint"),
-    "image_size": Field("int", 512, "longer side of the output in pixels", min=16, max=16384),
+    "image_size": Field("int|list[int]", 512, "longer side of the output in pixels; a list is a coarse-to-fine "
+                        "schedule (each stage starts from the previous one's output, upsampled)",
+                        min=16, max=16384, check=_stages_grow),
     "style_scale": Field("float", 1.0, "style images are resized to image_size * style_scale", gt=0, max=8),
-    "num_iterations": Field("int", 300, "optimiser iterations (0: only evaluate and save the start image)",
-                            min=0),
+    "num_iterations": Field("int|list[int]", 300, "optimiser iterations (0: only evaluate and save the start "
+                            "image); a list gives one count per image_size stage", min=0),
+    "tile_size": Field("int|auto", "auto", "evaluate the losses tile by tile (exactly: tiles carry a halo) so memory "
+                       "follows the tile: a side in pixels (a multiple of 16, >= 64), auto (the whole image when it "
+                       "fits, else the largest tile that does) or null (never tile)", nullable=True,
+                       check=lambda v: None if v == "auto" or (v % 16 == 0 and v >= 64) else
+                       "a tile side must be a multiple of 16 and at least 64"),
+    "loss_scaling": Field("str", "gatys", "how the losses are scaled: gatys (Gatys et al.; xnn's defaults) or "
+                          "jcjohnson (jcjohnson/neural-style's formulas, so his weights mean what they mean there)",
+                          choices=("gatys", "jcjohnson")),
     "optimizer": Field("str", "lbfgs", "lbfgs or adam", choices=("lbfgs", "adam")),
     "lbfgs_backend": Field("str", "auto", "scipy (L-BFGS-B on the host), device (L-BFGS on the array's "
                            "device, no host copies), auto (scipy on the CPU, device on the GPU)",
@@ -45,39 +65,72 @@ SCHEMA = {
     "weights": Field("str", "vgg19-imagenet-notop", "VGG19 weights: a registered name or a path"),
 }
 
-#: peak memory of a run = FIXED_BYTES + BYTES_PER_PIXEL * pixels: a line through the measured
-#: peaks of the CPU runs at 512 px (1.14 GB) and 1024 px (3.33 GB), float32, layers to relu5_1
-BYTES_PER_PIXEL = 4200
-FIXED_BYTES = 400 * 2**20
+
+
+def stages(cfg) -> list[tuple[int, int]]:
+    """[(image_size, num_iterations)] per stage; a config error when the lists disagree."""
+    sizes, iters = cfg["image_size"], cfg["num_iterations"]
+    if not isinstance(sizes, list):
+        if isinstance(iters, list):
+            raise XnnError(f"config: num_iterations = {iters} is a list but image_size = {sizes} is one size; "
+                           "give image_size a list of the same length (one stage per size)")
+        return [(sizes, iters)]
+    if isinstance(iters, list) and len(iters) != len(sizes):
+        raise XnnError(f"config: image_size has {len(sizes)} stages but num_iterations has {len(iters)} values; "
+                       "give one count per stage (or one number for all)")
+    return list(zip(sizes, iters if isinstance(iters, list) else [iters] * len(sizes)))
+
+
+def _optimizer_memory_key(cfg, device) -> str:
+    """Which optimiser state lives on ``device`` (see xnn.style.memory)."""
+    if cfg["optimizer"] == "adam":
+        return "adam"
+    backend = cfg["lbfgs_backend"]
+    if backend == "auto":
+        backend = "device" if device.kind == "gpu" else "scipy"
+    if backend == "device":
+        return "lbfgs-device"
+    return "lbfgs-scipy" if device.kind == "cpu" else "host"
 
 
 def prepare(cfg, device, resume_dir=None):
-    from ..data.images import load_image, longer_side_shape, resize_longer_side, resize_to
+    from ..data.images import load_image, longer_side_shape, resize_to
     from ..models import vgg19
+    from ..models.vgg import min_input_side
+    from ..style import memory
 
     styles = cfg["style_image"]
     blend = blend_weights(cfg)
+    plan = stages(cfg)
     content_raw = load_image(cfg["content_image"])
     style_raws = [load_image(p) for p in styles]
-    # sizes first, then the checks, and only then the (slow for large sizes) resampling
-    h, w = longer_side_shape(content_raw.shape[:2], cfg["image_size"])
-    style_size = max(16, round(cfg["image_size"] * cfg["style_scale"]))
-    style_shapes = [longer_side_shape(s.shape[:2], style_size) for s in style_raws]
     deepest = deepest_layer(cfg["content_layers"] + cfg["style_layers"])
-    check_input_size(h, w, deepest, f"content image {cfg['content_image']}")  # the optimised image
-    for path, (sh, sw) in zip(styles, style_shapes):
-        check_input_size(sh, sw, deepest_layer(cfg["style_layers"]), f"style image {path}")
-    _check_memory(device, (h, w), style_shapes, cfg)
-    content = resize_longer_side(content_raw, cfg["image_size"])
-    style_imgs = [resize_longer_side(s, style_size) for s in style_raws]
+    # sizes first, then the checks, and only then the (slow for large sizes) resampling
+    shapes, tiles = [], []
+    memory_key = _optimizer_memory_key(cfg, device)
+    free = device.memory_available()
+    for size, _ in plan:
+        h, w = longer_side_shape(content_raw.shape[:2], size)
+        style_size = max(16, round(size * cfg["style_scale"]))
+        style_shapes = [longer_side_shape(s.shape[:2], style_size) for s in style_raws]
+        check_input_size(h, w, deepest, f"content image {cfg['content_image']}")  # the optimised image
+        for path, (sh, sw) in zip(styles, style_shapes):
+            check_input_size(sh, sw, deepest_layer(cfg["style_layers"]), f"style image {path}")
+        setting = f"image_size = {size}"
+        style_settings = [(sh, sw, f"style_scale = {cfg['style_scale']:g} (style image {path}, with image_size = "
+                           f"{size})", "style_scale") for path, (sh, sw) in zip(styles, style_shapes)]
+        align = min_input_side(deepest)
+        tiles.append(memory.plan_tiles(h, w, free, memory_key, cfg["tile_size"], TILE_HALO, align, setting,
+                                       style_settings))
+        shapes.append((h, w))
     init_img = None
     if cfg["init_image"]:
-        init_img = resize_to(load_image(cfg["init_image"]), (h, w))
+        init_img = resize_to(load_image(cfg["init_image"]), shapes[0])
 
     vgg = vgg19(weights=cfg["weights"], device=device, include_top=False, pooling=cfg["pooling"])
     vgg.truncate(deepest)
-    state = {"cfg": cfg, "vgg": vgg, "content": content, "styles": style_imgs, "blend": blend,
-             "init_img": init_img, "checkpoint": None}
+    state = {"cfg": cfg, "vgg": vgg, "content_raw": content_raw, "style_raws": style_raws, "blend": blend,
+             "init_img": init_img, "checkpoint": None, "stages": plan, "shapes": shapes, "tiles": tiles}
     if resume_dir is not None:
         path = resume_dir / "checkpoint.npz"
         if not path.exists():
@@ -85,144 +138,160 @@ def prepare(cfg, device, resume_dir=None):
                            "iterations and when a run is stopped)")
         ck = read_npz(path, "checkpoint")
         require_keys(ck, ("image", "iteration", "elapsed_s"), "checkpoint", path)
+        stage = int(ck["stage"]) if "stage" in ck else 0
+        if not 0 <= stage < len(plan):
+            raise XnnError(f"--resume {resume_dir}: the checkpoint is from stage {stage + 1} but the config has "
+                           f"{len(plan)} stage(s); keep image_size as it was")
+        h, w = shapes[stage]
         if ck["image"].shape != (1, 3, h, w):
             raise XnnError(f"--resume {resume_dir}: the checkpoint image has shape {ck['image'].shape} but the "
                            f"config gives (1, 3, {h}, {w}); keep image_size and content_image as they were")
         ck["image"] = ck["image"].astype(numpy.float32)
+        ck["stage"] = stage
         state["checkpoint"] = ck
     return state
 
 
-def _check_memory(device, content_shape, style_shapes, cfg):
-    """Refuse, before any resampling, a run whose largest image would not fit, naming its cause:
-    the output (image_size) or a style image (image_size * style_scale)."""
-    free = device.memory_available()
-    if free is None:
-        return
-    candidates = [(content_shape, "image_size", f"image_size = {cfg['image_size']}", "the output")]
-    candidates += [(shape, "style_scale", f"style_scale = {cfg['style_scale']:g} (with image_size = "
-                    f"{cfg['image_size']})", f"style image {path} resized") for shape, path in zip(style_shapes, cfg["style_image"])]
-    (h, w), key, setting, what = max(candidates, key=lambda c: c[0][0] * c[0][1])
-    need = FIXED_BYTES + BYTES_PER_PIXEL * h * w
-    if need > 0.9 * free:
-        raise XnnError(f"{setting}: {what} to {h}x{w} px needs about {need / 2**30:.1f} GiB for one optimisation "
-                       f"step but only {free / 2**30:.1f} GiB are free on the {device.name}; use a smaller {key}")
-
-
 def run(state, ctx):
-    from ..data.images import side_by_side
+    from ..data.images import resize_longer_side, resize_to, side_by_side
+    from ..optim import Adam
     from ..style import StyleTransferObjective, adam_minimize, lbfgs_device_minimize, lbfgs_minimize
     from ..style.losses import losses_to_host
-    from ..optim import Adam
+    from ..style.tiled import TiledStyleObjective
 
     cfg, vgg, dev = state["cfg"], state["vgg"], ctx.device
-    obj = StyleTransferObjective(vgg, cfg["content_layers"], cfg["style_layers"],
-                                 content_weight=cfg["content_weight"], style_weight=cfg["style_weight"],
-                                 tv_weight=cfg["tv_weight"])
-    content_x = vgg.preprocess(state["content"])
-    obj.set_targets(content_x, [vgg.preprocess(s) for s in state["styles"]], state["blend"])
+    plan, ck = state["stages"], state["checkpoint"]
+    first_stage = ck["stage"] if ck is not None else 0
+    done_before = sum(n for _, n in plan[:first_stage]) + (int(ck["iteration"]) if ck is not None else 0)
+    elapsed_before = float(ck["elapsed_s"]) if ck is not None else 0.0
+    total = sum(n for _, n in plan)
+    bar = ctx.progress(total, "style", unit="it", initial=done_before)
+    t0 = time.perf_counter()
     lo = dev.asarray((0.0 - vgg.mean_rgb).reshape(1, 3, 1, 1).astype(numpy.float32))
     hi = dev.asarray((255.0 - vgg.mean_rgb).reshape(1, 3, 1, 1).astype(numpy.float32))
-
-    ck = state["checkpoint"]
-    start_iter, elapsed_before = 0, 0.0
-    if ck is not None:
-        x = dev.asarray(ck["image"])
-        start_iter, elapsed_before = int(ck["iteration"]), float(ck["elapsed_s"])
-        ctx.info(f"resuming at iteration {start_iter}")
-    elif state["init_img"] is not None:
-        x = vgg.preprocess(state["init_img"])
-    elif cfg["init"] == "random":
-        noise = numpy.random.default_rng(cfg["seed"]).standard_normal(content_x.shape).astype(numpy.float32)
-        x = dev.asarray(noise)
-    else:
-        x = content_x.copy()
-
-    total = cfg["num_iterations"]
-    out_name = cfg["output_image"]
-    bar = ctx.progress(total, "style", unit="it", initial=start_iter)
-    t0 = time.perf_counter()
-    shown = {}
-    adam = Adam({"image": x}, lr=cfg["learning_rate"]) if cfg["optimizer"] == "adam" else None
-    if adam is not None and ck is not None and "adam/t" in ck:
-        adam.load_state_dict({k[5:]: v for k, v in ck.items() if k.startswith("adam/")})
+    backend = cfg["lbfgs_backend"]
+    if backend == "auto":
+        backend = "device" if dev.kind == "gpu" else "scipy"
+    multi = len(plan) > 1
 
     def elapsed():
         return elapsed_before + time.perf_counter() - t0
 
-    def checkpoint(img, it):
-        arrays = {"image": dev.to_numpy(img), "iteration": numpy.asarray(it),
-                  "elapsed_s": numpy.asarray(elapsed())}
-        if adam is not None:
-            arrays.update({f"adam/{k}": v for k, v in adam.state_dict().items()})
-        save_npz(ctx.path("checkpoint.npz"), arrays)
-
-    def callback(i, img, losses):
-        it = start_iter + i
-        if i > 0:
-            bar.update(1, **shown)
-        last = it == total
-        if (i == 0 and ck is None) or last or (cfg["print_iter"] and it % cfg["print_iter"] == 0 and i > 0):
-            host = losses_to_host(losses) if isinstance(losses, dict) else {"total": float(losses)}
-            row = {"iter": it, "content_loss": host["content"], "style_loss": host["style"],
-                   "tv_loss": host["tv"], "total_loss": host["total"], "elapsed_s": elapsed()}
-            ctx.log(**row)
-            shown.update(loss=host["total"], s_it=elapsed() / max(it, 1))
-            if not all(math.isfinite(v) for v in host.values()):
-                raise XnnError("the losses became NaN/inf; lower learning_rate or the loss weights")
-        if cfg["save_iter"] and i > 0 and it % cfg["save_iter"] == 0 and not last:
-            _save(ctx, f"iter_{it:05d}.png", img)
-            checkpoint(img, it)
-        return False
-
-    def _save(ctx_, name, img):
+    def to_rgb(img, content):
         rgb = vgg.deprocess(img) / 255.0
         if cfg["original_colors"]:
             from ..data.images import transfer_luminance
-            rgb = transfer_luminance(state["content"] / 255.0, rgb)
-        ctx_.save_image(name, rgb)
+            rgb = transfer_luminance(content / 255.0, rgb)
         return rgb
 
-    fun = lambda z: obj.loss_and_grad(z, to_host=False)  # noqa: E731  (one sync per log line)
-    remaining = total - start_iter
-    backend = cfg["lbfgs_backend"]
-    if backend == "auto":
-        backend = "device" if dev.kind == "gpu" else "scipy"
-    if adam is not None:
-        res = adam_minimize(fun, x, lr=cfg["learning_rate"], max_iter=remaining, bounds=(lo, hi),
-                            callback=callback, should_stop=ctx.stop, optimizer=adam,
-                            losses_fn=lambda z: obj.losses(z, to_host=False))
-    elif backend == "device":
-        res = lbfgs_device_minimize(fun, x, bounds=(lo, hi), max_iter=remaining, callback=callback,
-                                    should_stop=ctx.stop)
-    else:
-        res = lbfgs_minimize(obj.loss_and_grad, x, bounds=(lo, hi), max_iter=remaining,
-                             callback=callback, should_stop=ctx.stop)
+    stage_outputs, previous, res, evaluations, stopped = [], None, None, 0, False
+    for si in range(first_stage, len(plan)):
+        size, iters = plan[si]
+        h, w = state["shapes"][si]
+        content = resize_longer_side(state["content_raw"], size)
+        style_size = max(16, round(size * cfg["style_scale"]))
+        styles = [resize_longer_side(s, style_size) for s in state["style_raws"]]
+        obj = StyleTransferObjective(vgg, cfg["content_layers"], cfg["style_layers"],
+                                     content_weight=cfg["content_weight"], style_weight=cfg["style_weight"],
+                                     tv_weight=cfg["tv_weight"], loss_scaling=cfg["loss_scaling"])
+        tile = state["tiles"][si]
+        if tile:
+            obj = TiledStyleObjective(obj, tile)
+            ctx.info(f"stage {si + 1}: {h}x{w} px in {len(obj.tiles((1, 3, h, w)))} tiles of {tile} px "
+                     f"(+{obj.halo} px halo)" if multi else
+                     f"{h}x{w} px in {len(obj.tiles((1, 3, h, w)))} tiles of {tile} px (+{obj.halo} px halo)")
+        content_x = vgg.preprocess(content)
+        obj.set_targets(content_x, [vgg.preprocess(s) for s in styles], state["blend"])
+        resumed_here = ck is not None and si == first_stage
+        start_iter = int(ck["iteration"]) if resumed_here else 0
+        if resumed_here:
+            x = dev.asarray(ck["image"])
+            ctx.info(f"resuming at iteration {start_iter}" + (f" of stage {si + 1}" if multi else ""))
+        elif previous is not None:     # the previous stage's image, upsampled
+            x = vgg.preprocess(resize_to((previous * 255).round().clip(0, 255).astype(numpy.uint8), (h, w)))
+        elif state["init_img"] is not None:
+            x = vgg.preprocess(state["init_img"])
+        elif cfg["init"] == "random":
+            noise = numpy.random.default_rng(cfg["seed"]).standard_normal(content_x.shape).astype(numpy.float32)
+            x = dev.asarray(noise)
+        else:
+            x = content_x.copy()
+        adam = Adam({"image": x}, lr=cfg["learning_rate"]) if cfg["optimizer"] == "adam" else None
+        if adam is not None and resumed_here and "adam/t" in ck:
+            adam.load_state_dict({k[5:]: v for k, v in ck.items() if k.startswith("adam/")})
+        stage_tag = {"stage": si + 1, "image_size": size} if multi else {}
+        out_name = cfg["output_image"] if si == len(plan) - 1 else f"stage{si + 1}_{size}px.png"
+
+        def checkpoint(img, it):
+            arrays = {"image": dev.to_numpy(img), "iteration": numpy.asarray(it), "stage": numpy.asarray(si),
+                      "elapsed_s": numpy.asarray(elapsed())}
+            if adam is not None:
+                arrays.update({f"adam/{k}": v for k, v in adam.state_dict().items()})
+            save_npz(ctx.path("checkpoint.npz"), arrays)
+
+        def callback(i, img, losses):
+            it = start_iter + i
+            host = losses_to_host(losses) if isinstance(losses, dict) else {"total": float(losses)}
+            if not all(math.isfinite(v) for v in host.values()):
+                raise XnnError("the losses became NaN/inf; lower learning_rate or the loss weights")
+            if i > 0:   # the bar shows this iteration's loss: one number from the device per iteration
+                bar.update(1, loss=host["total"], s_it=(elapsed() - elapsed_before) / max(bar.n - done_before, 1))
+            last = it == iters
+            if (i == 0 and not resumed_here) or last or (cfg["print_iter"] and it % cfg["print_iter"] == 0 and i > 0):
+                ctx.log(**stage_tag, iter=it, content_loss=host["content"], style_loss=host["style"],
+                        tv_loss=host["tv"], total_loss=host["total"], elapsed_s=elapsed())
+            if cfg["save_iter"] and i > 0 and it % cfg["save_iter"] == 0 and not last:
+                ctx.save_image(f"iter_{it:05d}.png" if not multi else f"stage{si + 1}_iter_{it:05d}.png",
+                               to_rgb(img, content))
+                checkpoint(img, it)
+            return False
+
+        fun = lambda z: obj.loss_and_grad(z, to_host=False)  # noqa: E731
+        remaining = iters - start_iter
+        if adam is not None:
+            res = adam_minimize(fun, x, lr=cfg["learning_rate"], max_iter=remaining, bounds=(lo, hi),
+                                callback=callback, should_stop=ctx.stop, optimizer=adam,
+                                losses_fn=lambda z: obj.losses(z, to_host=False))
+        elif backend == "device":
+            res = lbfgs_device_minimize(fun, x, bounds=(lo, hi), max_iter=remaining, callback=callback,
+                                        should_stop=ctx.stop)
+        else:
+            res = lbfgs_minimize(obj.loss_and_grad, x, bounds=(lo, hi), max_iter=remaining,
+                                 callback=callback, should_stop=ctx.stop)
+        evaluations += res.evaluations
+        previous = to_rgb(res.x, content)
+        ctx.save_image(out_name, previous)
+        written = out_name
+        stage_outputs.append((size, previous))
+        checkpoint(res.x, start_iter + res.iterations)
+        if res.stopped and ctx.stop_requested:
+            stopped = True
+            ctx.info(f"stopped at iteration {start_iter + res.iterations}" + (f" of stage {si + 1}" if multi else "")
+                     + "; image and checkpoint saved (continue with --resume)")
+            break
     bar.close()
-    done = start_iter + res.iterations
     dev.synchronize()
     run_s = elapsed()
-    result = _save(ctx, out_name, res.x)
-    checkpoint(res.x, done)
+    done = bar.n
     final = losses_to_host(obj.losses(res.x, to_host=False))
-    if res.stopped and ctx.stop_requested:
-        ctx.info(f"stopped at iteration {done}; image and checkpoint saved")
-    panels = [state["content"]] + state["styles"] + [(result * 255).round().astype(numpy.uint8)]
-    titles = ["content"] + [f"style {i + 1}" if len(state["styles"]) > 1 else "style"
-                            for i in range(len(state["styles"]))] + ["result"]
+    result = stage_outputs[-1][1]
+    panels = [content] + styles + [(img * 255).round().astype(numpy.uint8) for _, img in stage_outputs]
+    titles = (["content"] + [f"style {i + 1}" if len(styles) > 1 else "style" for i in range(len(styles))]
+              + [f"stage {first_stage + i + 1}: {s} px" if multi else "result" for i, (s, _) in enumerate(stage_outputs)])
     ctx.save_image("summary.png", side_by_side(panels, titles=titles, height=min(384, result.shape[0])))
     if len(ctx.read_metrics()) > 1:
         ctx.plot("losses.png", "iter", {"total (log)": ["total_loss"],
                                          "terms (log)": ["content_loss", "style_loss", "tv_loss"]},
                  title="style transfer losses")
-    iters_this_run = done - start_iter
+    iters_this_run = done - done_before
     summary = {"iterations": done, "content_loss": final["content"], "style_loss": final["style"],
-               "tv_loss": final["tv"], "total_loss": final["total"], "total_time_s": run_s,
+               "tv_loss": final["tv"], "total_loss": final["total"], "loss_scaling": cfg["loss_scaling"],
+               "total_time_s": run_s,
                "seconds_per_iteration": (run_s - elapsed_before) / iters_this_run if iters_this_run else None,
-               "evaluations": res.evaluations, "optimizer": cfg["optimizer"] +
-               (f" ({backend})" if adam is None else ""), "image_size": list(result.shape[:2]),
-               "stopped": bool(res.stopped and ctx.stop_requested), "device": dev.name,
-               "output": str(ctx.path(out_name))}
+               "evaluations": evaluations, "optimizer": cfg["optimizer"] + (f" ({backend})" if cfg["optimizer"] ==
+                                                                            "lbfgs" else ""),
+               "image_size": list(result.shape[:2]), "stages": [s for s, _ in plan], "tile_size": state["tiles"],
+               "stopped": stopped, "device": dev.name, "output": str(ctx.path(written))}
     ctx.save_json("summary.json", summary)
-    ctx.info(f"{done} iterations in {run_s:.1f} s; total loss {final['total']:.4g}; wrote {ctx.path(out_name)}")
+    ctx.info(f"{done} iterations in {run_s:.1f} s; total loss {final['total']:.4g}; wrote {ctx.path(written)}")
     return summary

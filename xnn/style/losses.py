@@ -30,6 +30,7 @@ from __future__ import annotations
 import numpy
 
 from ..backends import device_of, to_numpy
+from ..blend import normalise_blend_weights
 from ..errors import XnnError
 from ..layers import layout
 
@@ -154,20 +155,6 @@ def blend_grams(grams, weights=None):
     for g, bk in zip(grams[1:], b[1:]):
         out = out + g * bk
     return out
-
-
-def normalise_blend_weights(weights, count: int):
-    """Blend weights as Python floats summing to 1; XnnError on bad values."""
-    if weights is None:
-        return [1.0 / count] * count
-    weights = [float(v) for v in weights]
-    if len(weights) != count:
-        raise XnnError(f"style_blend_weights has {len(weights)} values but there are {count} style "
-                       "images; give one weight per style image")
-    if any(not v >= 0 for v in weights) or sum(weights) <= 0:
-        raise XnnError(f"style_blend_weights must be >= 0 with a positive sum, got {weights}")
-    total = sum(weights)
-    return [v / total for v in weights]
 
 
 def tv_loss(x):

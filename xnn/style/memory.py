@@ -44,25 +44,25 @@ def plan_tiles(height, width, free_bytes, optimizer, tile_size, halo, align, ima
     """The tile side to use (None: the whole image), or an XnnError that names what is too big.
 
     ``tile_size``: None (whole image), "auto" (whole image when it fits, else the largest
-    tile that does) or an int.  ``style_shapes``: (h, w, setting) of the style images,
-    whose targets are computed with the same tiles.  ``image_setting`` names the config
-    key of the output size, e.g. "image_size = 4096", for the message.
+    tile that does) or an int.  ``style_shapes``: (h, w, setting, key) of the style images,
+    whose targets are computed with the same tiles.  ``image_setting`` says how the output
+    size was set, e.g. "image_size = 4096"; messages name the config key to change.
     """
     budget = 0.9 * (math.inf if free_bytes is None else free_bytes)
     free_gib = "unknown" if free_bytes is None else f"{free_bytes / 2**30:.1f}"
     whole = whole_image_bytes(height * width, optimizer)
     if whole + FIXED_BYTES > budget:
-        raise XnnError(f"{image_setting}: the whole-image arrays of a {height}x{width} px output (image, gradient, "
-                       f"{optimizer} state) need about {whole / 2**30:.1f} GiB but only {free_gib} GiB are free; "
+        raise XnnError(f"{image_setting}: a {height}x{width} px output needs about {whole / 2**30:.1f} GiB for its "
+                       f"whole-image arrays (image, gradient, {optimizer} state) but only {free_gib} GiB are free; "
                        "use a smaller image_size" + (" or optimizer: adam" if optimizer != "adam" else ""))
-    shapes = [(height, width, image_setting)] + list(style_shapes)
+    shapes = [(height, width, image_setting, "image_size")] + list(style_shapes)
     if tile_size is None or tile_size == "auto":
-        if all(evaluation_bytes(h * w) + whole <= budget for h, w, _ in shapes):
+        if all(evaluation_bytes(h * w) + whole <= budget for h, w, _, _ in shapes):
             return None
         if tile_size is None:
-            h, w, setting = next(s for s in shapes if evaluation_bytes(s[0] * s[1]) + whole > budget)
+            h, w, setting, key = next(s for s in shapes if evaluation_bytes(s[0] * s[1]) + whole > budget)
             raise XnnError(f"{setting}: {h}x{w} px needs about {(evaluation_bytes(h * w) + whole) / 2**30:.1f} GiB "
-                           f"untiled but only {free_gib} GiB are free; set tile_size: auto (or a tile side)")
+                           f"untiled but only {free_gib} GiB are free; use a smaller {key} or tile_size: auto")
         side = math.sqrt(max(budget - whole - FIXED_BYTES, 0) / EVAL_BYTES_PER_PIXEL) - 2 * halo
         tile = int(side // align) * align
         if tile < MIN_TILE:

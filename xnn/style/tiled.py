@@ -22,8 +22,9 @@ from __future__ import annotations
 from ..backends import device_of
 from ..errors import XnnError
 from .. import tiling
-from .losses import (TV_FACTOR, StyleTransferObjective, _as_positions, losses_to_host, normalise_blend_weights,
-                     style_target, style_terms, tv_loss)
+from ..blend import normalise_blend_weights
+from .losses import (TV_FACTOR, StyleTransferObjective, _as_positions, losses_to_host, style_target, style_terms,
+                     tv_loss)
 
 
 class TiledStyleObjective:
