@@ -59,3 +59,27 @@ def test_two_styles_and_original_colors(tmp_path):
                  "--set", "style_blend_weights=[0.7, 0.3]", "--set", "original_colors=true",
                  "--device", "cpu", "--quiet", "--out", str(out)]) == 0
     assert load_image(out / "output.png").shape[:2] == (32, 48)
+
+
+def test_tiled_run_gives_the_whole_image_result(tmp_path):
+    """tile_size: 64 on a 240 px image (many tiles, halos in both passes) against tile_size: null."""
+    outs = {}
+    for tile in ("null", "64"):
+        out = tmp_path / f"tile_{tile}"
+        assert main([CFG, "--set", "image_size=240", "--set", "style_size=128", "--set", f"tile_size={tile}",
+                     "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+        outs[tile] = load_image(out / "output.png").astype(numpy.float64)
+        row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+        assert row["tile_size"] == (None if tile == "null" else 64)
+    mse = numpy.mean((outs["64"] - outs["null"]) ** 2)
+    assert mse == 0 or 10 * numpy.log10(255.0 ** 2 / mse) >= 45
+
+
+def test_auto_tiles_only_when_the_image_does_not_fit():
+    from xnn.experiments.adain import tile_for
+    assert tile_for(512, 512, "auto", 8 * 2**30) is None
+    t = tile_for(4096, 4096, "auto", 4 * 2**30)
+    assert t % 16 == 0 and 64 <= t < 4096
+    assert tile_for(4096, 4096, 256, 4 * 2**30) == 256
+    with pytest.raises(Exception, match="whole-image arrays alone"):
+        tile_for(16384, 16384, "auto", 2 * 2**30)

@@ -29,7 +29,36 @@ SCHEMA = {
                         min=16, max=16384, nullable=True),
     "weights": Field("str", "adain", "'adain' (the released encoder + decoder in $XNN_HOME/weights) or a "
                      "folder holding adain_vgg_normalised_to_relu4_1.npz and adain_decoder.npz"),
+    "tile_size": Field("int|auto", "auto", "encode and decode tile by tile (with halos: the same result) so memory "
+                       "follows the tile: a side in pixels (a multiple of 16, >= 64), auto (the whole image when it "
+                       "fits, else the largest tile that does) or null (never tile)", nullable=True,
+                       check=lambda v: None if v == "auto" or (v % 16 == 0 and v >= 64) else
+                       "a tile side must be a multiple of 16 and at least 64"),
 }
+
+#: peak memory of one untiled stylisation = FIXED_BYTES + BYTES_PER_PIXEL * pixels: a line through
+#: the measured CPU peaks at 1024 px (1.46 GB, 0.70 Mpx) and 2048 px (4.84 GB, 2.79 Mpx)
+FIXED_BYTES = 330 * 2**20
+BYTES_PER_PIXEL = 1700
+#: arrays that span the whole image when tiled: input, output, relu4_1 features and their AdaIN
+WHOLE_IMAGE_BYTES_PER_PIXEL = 90
+#: the encoder's halo (its receptive-field margin, 30 px, on the 8 px pooling grid)
+TILE_HALO = 32
+
+
+def tile_for(h: int, w: int, tile_size, free_bytes):
+    """The tile side for an h x w content (None: whole image), or an XnnError naming the cause."""
+    budget = 0.9 * free_bytes if free_bytes is not None else float("inf")
+    whole = WHOLE_IMAGE_BYTES_PER_PIXEL * h * w
+    if tile_size == "auto":
+        if FIXED_BYTES + BYTES_PER_PIXEL * h * w <= budget:
+            return None
+        tile = int(((max(budget - whole - FIXED_BYTES, 0) / BYTES_PER_PIXEL) ** 0.5 - 2 * TILE_HALO) // 16) * 16
+        if tile < 64:
+            raise XnnError(f"image_size: a {h}x{w} px image needs about {whole / 2**30:.1f} GiB for its whole-image "
+                           f"arrays alone, more than the {free_bytes / 2**30:.1f} GiB free; use a smaller image_size")
+        return tile
+    return tile_size
 
 ENCODER_FILE, DECODER_FILE = "adain_vgg_normalised_to_relu4_1.npz", "adain_decoder.npz"
 
@@ -108,14 +137,15 @@ def run(state, ctx):
             ctx.info(f"skipping {f.name}: {e}")
             continue
         t = time.perf_counter()
-        out = st.stylize(content, stats, state["blend"], alpha=cfg["alpha"])
+        tile = tile_for(*content.shape[:2], cfg["tile_size"], dev.memory_available()) if cfg["tile_size"] else None
+        out = st.stylize(content, stats, state["blend"], alpha=cfg["alpha"], tile_size=tile)
         times.append(time.perf_counter() - t)
         if cfg["original_colors"]:
             out = transfer_luminance(content / 255.0, out)
         name = f"outputs/{f.stem}{f.suffix if f.suffix.lower() in ('.png', '.jpg', '.jpeg') else '.png'}" \
             if batch else cfg["output_image"]
         ctx.save_image(name, out)
-        ctx.log(image=f.name, output=name, seconds=times[-1], size=list(out.shape[:2]))
+        ctx.log(image=f.name, output=name, seconds=times[-1], size=list(out.shape[:2]), tile_size=tile)
         if first is None:
             first = (content, out)
         if bar is not None:
