@@ -50,6 +50,8 @@ ORDER = ["conv_256x56", "mlp_epoch", "cnn_train", "vgg19_224", "style_256", "sty
 #: The targets (xnn / PyTorch time; peak memory of xnn's style_512 step), from the earlier issue.
 RATIO_TARGETS = {"mlp_epoch": 0.7, "cnn_train": 1.3, "vgg19_224": 0.9, "style_512": 0.8}
 PEAK_TARGETS_MB = {"style_512": 1500}
+#: --budget stops a workload's rounds early, but never before this many
+MIN_ROUNDS = 3
 FRAMEWORKS = ("xnn", "torch")
 LABEL = {"xnn": "xnn", "torch": "PyTorch"}
 
@@ -230,14 +232,23 @@ def run_workload(name, fws, args, env):
             out[fw]["error"] = str(e)
             live.remove(fw)
             return None
+    repeats = args.repeats
     try:
+        t0 = time.perf_counter()
         for fw in list(live):
             run(fw, args.warmup)
+        # a slow workload or a loaded machine: one run per side per round when the rounds at
+        # the warm-up's pace would not fit in the budget
+        if args.warmup and (time.perf_counter() - t0) / args.warmup * repeats * MIN_ROUNDS > args.budget:
+            repeats = 1
+        t0 = time.perf_counter()
         for r in range(args.rounds):
             for fw in (list(live) if r % 2 == 0 else list(reversed(live))):
-                times = run(fw, args.repeats)
+                times = run(fw, repeats)
                 if times is not None:
                     rounds[fw].append(times)
+            if r + 1 >= MIN_ROUNDS and time.perf_counter() - t0 > args.budget:
+                break       # a slow workload (or a loaded machine): fewer rounds, said in the table
         for fw in list(live):
             try:
                 out[fw].update(workers[fw].ask("peak"))
@@ -250,6 +261,7 @@ def run_workload(name, fws, args, env):
         if rounds.get(fw) and "error" not in out[fw]:
             med = [statistics.median(t) for t in rounds[fw]]
             out[fw].update(rounds=rounds[fw], round_medians=med, median_s=statistics.median(med))
+    out["rounds"] = f"{min((len(v) for v in rounds.values()), default=0)} x {repeats}"
     if all("round_medians" in out[fw] for fw in FRAMEWORKS if fw in fws) and len(fws) == 2:
         ratios = [a / b for a, b in zip(out["xnn"]["round_medians"], out["torch"]["round_medians"])]
         out["ratios"] = ratios
@@ -309,8 +321,8 @@ def verdict(lo, hi, target):
 def table(results, device):
     mem = "peak alloc MB" if device == "gpu" else "peak MB"
     lines = [f"| workload | unit | xnn (s) | PyTorch (s) | xnn / PyTorch | min–max over rounds | xnn GFLOP/s | "
-             f"PyTorch GFLOP/s | xnn {mem} | PyTorch {mem} | load |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"PyTorch GFLOP/s | xnn {mem} | PyTorch {mem} | rounds x runs | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         x, t = r.get("xnn", {}), r.get("torch", {})
 
@@ -326,10 +338,11 @@ def table(results, device):
         gt = f"{flops / t['median_s'] / 1e9:.0f}" if flops and "median_s" in t else "–"
         lines.append(f"| {name} | {x.get('units', '–')} | {cell(x, 'median_s', '{:.4f}')} | "
                      f"{cell(t, 'median_s', '{:.4f}')} | {ratio} | {spread} | {gx} | {gt} | "
-                     f"{cell(x, 'peak_mb', '{:.0f}')} | {cell(t, 'peak_mb', '{:.0f}')} | {r.get('load', '–')} |")
+                     f"{cell(x, 'peak_mb', '{:.0f}')} | {cell(t, 'peak_mb', '{:.0f}')} | {r.get('rounds', '–')} | "
+                     f"{r.get('load', '–')} |")
         for fw, d in (("xnn", x), ("PyTorch", t)):
             if "error" in d:
-                lines.append(f"|  ↳ {fw} error: {d['error']} ||||||||||")
+                lines.append(f"|  ↳ {fw} error: {d['error']} |||||||||||")
     return "\n".join(lines)
 
 
@@ -350,8 +363,11 @@ def target_table(results):
 
 def settings_line(args, results):
     torch_info = next((r["torch"]["info"] for r in results.values() if r.get("torch", {}).get("info")), {})
-    parts = [f"{args.rounds} interleaved rounds (order alternating) of {args.repeats} timed run(s) per side, "
-             f"after {args.warmup} warm-up run(s) per side; per-round medians, ratio per round"]
+    parts = [f"Up to {args.rounds} interleaved rounds (order alternating) of {args.repeats} timed run(s) per "
+             f"side, after {args.warmup} warm-up run(s) per side; a workload whose rounds pass {args.budget:.0f} s "
+             f"gets fewer rounds (at least {MIN_ROUNDS}), one whose warm-up says they would gets 1 run per "
+             f"round (the rounds x runs column); times are medians of the per-round medians, the ratio is "
+             f"the median of the per-round ratios"]
     if torch_info:
         parts.append(f"PyTorch: {torch_info.get('threads')} threads, {torch_info.get('layout')}")
         if "cudnn" in torch_info:
@@ -394,6 +410,13 @@ def write_doc(path, device, info, results, args, argv, load_end, elapsed):
     os.replace(tmp, path)
 
 
+def write_json(args, info, results, argv, load_end, elapsed):
+    pathlib.Path(args.json).write_text(json.dumps(
+        {"machine": info, "load average at end": load_end, "seconds": elapsed, "command": command_line(argv),
+         "rounds": args.rounds, "repeats": args.repeats, "warmup": args.warmup, "budget_s": args.budget,
+         "results": results}, indent=2))
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -402,6 +425,9 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, help="interleaved A/B rounds (default 7 on the CPU, 5 on the GPU)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per side per round (default 3)")
     ap.add_argument("--warmup", type=int, default=1, help="warm-up runs per side (default 1)")
+    ap.add_argument("--budget", type=float, default=100,
+                    help="seconds of timed rounds per workload after which no new round starts "
+                         f"(at least {MIN_ROUNDS} rounds are run; default 100)")
     ap.add_argument("--quick", action="store_true", help="5 rounds of 1 timed run each")
     ap.add_argument("--torch-layout", choices=("channels_last", "nchw"), default="channels_last")
     ap.add_argument("--no-torch", action="store_true", help="time xnn only")
@@ -445,6 +471,8 @@ def main(argv=None):
             if "error" in d:
                 line += f"   error: {d['error']}"
         print(line, flush=True)
+        if args.json:   # after every workload, so that an interrupted run keeps what it measured
+            write_json(args, info, results, argv, _loadavg(), time.perf_counter() - t_start)
     elapsed = time.perf_counter() - t_start
     load_end = _loadavg()
     print(f"\nload average at the end: {load_end}; {elapsed / 60:.1f} min\n")
@@ -453,9 +481,7 @@ def main(argv=None):
     if targets:
         print("\n" + targets)
     if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(
-            {"machine": info, "load average at end": load_end, "seconds": elapsed, "command": command_line(argv),
-             "rounds": args.rounds, "repeats": args.repeats, "warmup": args.warmup, "results": results}, indent=2))
+        write_json(args, info, results, argv, load_end, elapsed)
     if not args.no_write:
         write_doc(args.doc, args.device, info, results, args, argv, load_end, elapsed)
         print(f"\nwrote {args.doc}")
