@@ -444,10 +444,7 @@ def test_device_lbfgs_reduces_the_loss_and_keeps_the_range(dev, rng):
 # ---------------------------------------------------------------- real weights
 def test_objective_gradient_through_real_vgg_weights(dev, rng):
     path = weights_path("vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5")
-    try:
-        from xnn.models import vgg19
-    except ImportError as e:
-        pytest.skip(f"xnn.models.vgg19 is not available yet ({e})")
+    from xnn.models import vgg19
     from PIL import Image
     model = vgg19(weights=str(path), device=dev, include_top=False)
     model.net.to(dev, F64)  # float64 for the finite differences
