@@ -166,7 +166,7 @@ def test_cnn_config_runs_a_few_steps(tmp_path):
                  "--set", "model.fc=16", "--set", "train.epochs=2", "--device", "cpu", "--quiet", "--out", str(out)]) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[1]["train_loss"] < rows[0]["train_loss"]                     # it learns
-    assert json.loads((out / "summary.json").read_text())["test_accuracy"] > 0.3   # chance is 0.1
+    assert json.loads((out / "summary.json").read_text())["test_accuracy"] > 0.25  # chance is 0.1 (measured 0.355)
 
 
 def test_same_seed_same_numbers_across_processes(tmp_path):
