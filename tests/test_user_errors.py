@@ -63,12 +63,6 @@ def subprocess_run(args, fsize=None):
     (STYLE, ["style_blend_weights=[1, 2]"], "2 weights for 1 style images"),
     (STYLE, ["image_size=16384"], "needs about"),
     (STYLE, ["output_image=/tmp/x.png"], "inside the run folder"),
-    (STYLE, ["tile_size=100"], "a tile side must be a multiple of 16 and at least 64"),
-    (STYLE, ["tile_size=48"], "a tile side must be a multiple of 16 and at least 64"),
-    (STYLE, ["image_size=[256, 512]", "num_iterations=[10, 20, 30]"], "image_size has 2 stages but num_iterations"),
-    (STYLE, ["num_iterations=[10, 20]"], "num_iterations = [10, 20] is a list but image_size = 512 is one size"),
-    (STYLE, ["image_size=[512, 256]"], "the stages of a schedule must not shrink"),
-    (STYLE, ["loss_scaling=johnson"], "loss_scaling = 'johnson' is not valid: must be one of gatys, jcjohnson"),
     (ADAIN, ["style_blend_weights=[1, 2, 3]"], "3 weights for 1 style images"),
     (ADAIN, ["alpha=1.5"], "alpha = 1.5 is out of range"),
     (ADAIN, ["content_image=missing.png"], "missing.png"),
@@ -79,6 +73,22 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, capsys, config, over
     sets = [arg for o in override for arg in ("--set", o)]
     assert_one_line_error(capsys, [config, "--device", "cpu", "--out", tmp_path / "run", *sets], needle,
                           absent=[tmp_path / "run"])
+
+
+def test_style_schedule_tile_and_scaling_keys_are_checked(tmp_path, capsys):
+    tile_rule = "a tile side must be a multiple of 16 and at least 64"
+    cases = {
+        ("tile_size=100",): tile_rule,
+        ("tile_size=48",): tile_rule,
+        ("image_size=[256, 512]", "num_iterations=[10, 20, 30]"): "image_size has 2 stages but num_iterations",
+        ("num_iterations=[10, 20]",): "num_iterations = [10, 20] is a list but image_size = 512 is one size",
+        ("image_size=[512, 256]",): "the stages of a schedule must not shrink",
+        ("loss_scaling=johnson",): "loss_scaling = 'johnson' is not valid: must be one of gatys, jcjohnson",
+    }
+    for overrides, needle in cases.items():
+        sets = [arg for o in overrides for arg in ("--set", o)]
+        assert_one_line_error(capsys, [STYLE, "--device", "cpu", "--out", tmp_path / "run", *sets], needle,
+                              absent=[tmp_path / "run"])
 
 
 # ---------------------------------------------------------------- NaN and +-inf
