@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one prepared GPU run (about 4 minutes on an H200 with CuPy and PyTorch, no network):
 #   1. the GPU tests only: every `dev` test's [gpu] case, the GPU budget tests, slow ones included;
-#   2. a 50-iteration 512 px style transfer on the GPU (one image to look at, packed as a tarball);
+#   2. a 30-iteration 512 px style transfer on the GPU (one image to look at, packed as a tarball);
 #   3. which conv algorithm "autotune" would pick per VGG19 layer at 512 px (informs the GPU rule);
 #   4. the GPU benchmark table, xnn/CuPy against PyTorch CUDA at the same precision.
 # Weights and data come from XNN_HOME (default .carry, made by `python3 benchmarks/make_gpu_carry.py`:
@@ -40,13 +40,13 @@ step() {  # step NAME LOG TIMEOUT_S CMD...: run with a time limit, append to $OU
     ls -la "$XNN_HOME" "$XNN_HOME/weights" 2>&1
 } > "$OUT/env.txt" 2>&1
 
-step tests tests.log 100 $PY -m pytest -q -p no:cacheprovider -m "slow or not slow" -k "gpu" -rs
+step tests tests.log 80 $PY -m pytest -q -p no:cacheprovider -m "slow or not slow" -k "gpu" -rs
 VGG=vgg19-imagenet-notop
 [ -f "$XNN_HOME/weights/vgg19_notop_f16.npz" ] && VGG="$XNN_HOME/weights/vgg19_notop_f16.npz"
-step style512 tests.log 60 $PY run.py configs/style.yaml --device gpu --set image_size=512 \
-    --set num_iterations=50 --set weights="$VGG" --out "$OUT/style512"
+step style512 tests.log 45 $PY run.py configs/style.yaml --device gpu --set image_size=512 \
+    --set num_iterations=30 --set weights="$VGG" --out "$OUT/style512"
 tar -czf "$OUT/style512.tar.gz" -C "$OUT" style512 2>/dev/null && rm -rf "$OUT/style512"
-step autotune autotune.txt 30 $PY - "$VGG" <<'PY'
+step autotune autotune.txt 25 $PY - "$VGG" <<'PY'
 import sys, numpy, xnn
 from xnn.models import vgg19
 dev = xnn.device("gpu", strict=True)
@@ -66,6 +66,6 @@ for name, layer in vgg.net.layers.items():
         vgg.features(x, [name])
         print(f"{name:9s} {layer.last_algorithms['fwd']:9s} {rule}")
 PY
-step bench bench.log 80 $PY benchmarks/bench.py --device gpu --quick --no-write --json "$OUT/bench_gpu.json" \
+step bench bench.log 90 $PY benchmarks/bench.py --device gpu --quick --budget 10 --json "$OUT/bench_gpu.json" \
     --doc "$OUT/benchmarks_gpu.md"
 cat "$STATUS"
