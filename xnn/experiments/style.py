@@ -197,9 +197,8 @@ def run(state, ctx):
         tile = state["tiles"][si]
         if tile:
             obj = TiledStyleObjective(obj, tile)
-            ctx.info(f"stage {si + 1}: {h}x{w} px in {len(obj.tiles((1, 3, h, w)))} tiles of {tile} px "
-                     f"(+{obj.halo} px halo)" if multi else
-                     f"{h}x{w} px in {len(obj.tiles((1, 3, h, w)))} tiles of {tile} px (+{obj.halo} px halo)")
+            ctx.info((f"stage {si + 1}: " if multi else "") + f"{h}x{w} px in {len(obj.tiles((1, 3, h, w)))} "
+                     f"tiles of {tile} px (+{obj.halo} px halo)")
         content_x = vgg.preprocess(content)
         obj.set_targets(content_x, [vgg.preprocess(s) for s in styles], state["blend"])
         resumed_here = ck is not None and si == first_stage

@@ -43,6 +43,8 @@ import os
 
 import numpy
 
+from .padding import pad_to_extent
+
 ALGORITHMS = ("im2col", "winograd2", "winograd4")
 #: bound on the largest temporary of one chunk (bytes)
 CHUNK_BYTES = 24 * 2**20
@@ -307,7 +309,6 @@ def convolve(dev, x, setting, weights_for, bias, kernel, stride, pad, mode, out_
     first call per (device, dtype, tag, shape) runs every candidate twice, timed by
     ``dev.elapsed``, and remembers the fastest; otherwise nothing is timed or synced.
     """
-    from .padding import pad_to_extent
     (kh, kw), (sh, sw) = kernel, stride
     n, h, w, c = x.shape
     ho, wo = (h + 2 * pad - kh) // sh + 1, (w + 2 * pad - kw) // sw + 1

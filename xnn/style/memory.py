@@ -22,7 +22,8 @@ from ..errors import XnnError
 FIXED_BYTES = 400 * 2**20
 EVAL_BYTES_PER_PIXEL = 4200
 WHOLE_IMAGE_BYTES_PER_PIXEL = 68
-OPTIMIZER_BYTES_PER_PIXEL = {"adam": 24, "lbfgs-device": 264, "lbfgs-scipy": 650}
+#: per pixel of the device that runs the evaluation ("host": SciPy's L-BFGS-B state while a GPU evaluates)
+OPTIMIZER_BYTES_PER_PIXEL = {"adam": 24, "lbfgs-device": 264, "lbfgs-scipy": 650, "host": 0}
 #: the smallest tile worth running: below it the halo (80 px a side) dominates
 MIN_TILE = 64
 
