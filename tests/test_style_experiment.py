@@ -189,3 +189,15 @@ def test_jcjohnson_scaling_reports_its_own_terms(tmp_path):
     assert row["content_loss"] == pytest.approx(gatys["content_loss"] * 2 / numel, rel=1e-5)   # mean, not 1/2 sum
     assert row["tv_loss"] == pytest.approx(gatys["tv_loss"] / 2, rel=1e-5)     # 1/2 sum of squares
     assert json.loads((out / "summary.json").read_text())["loss_scaling"] == "jcjohnson"
+
+
+def test_lbfgs_history_moves_to_the_host_when_the_gpu_is_short():
+    import xnn
+    from xnn.experiments.style import _lbfgs_backend
+
+    from .conftest import STANDIN
+    cfg = {"lbfgs_backend": "auto"}
+    assert _lbfgs_backend(cfg, STANDIN, 512 * 341, 8 * 2**30) == "device"
+    assert _lbfgs_backend(cfg, STANDIN, 4096 * 2731, 2 * 2**30) == "scipy"    # 2.9 GB of history on a 2 GB GPU
+    assert _lbfgs_backend(cfg, xnn.device("cpu"), 512 * 341, 8 * 2**30) == "scipy"
+    assert _lbfgs_backend({"lbfgs_backend": "device"}, STANDIN, 4096 * 2731, 2 * 2**30) == "device"

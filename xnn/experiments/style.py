@@ -81,13 +81,23 @@ def stages(cfg) -> list[tuple[int, int]]:
     return list(zip(sizes, iters if isinstance(iters, list) else [iters] * len(sizes)))
 
 
-def _optimizer_memory_key(cfg, device) -> str:
+def _lbfgs_backend(cfg, device, pixels: int, free) -> str:
+    """"scipy" or "device": auto takes the device L-BFGS on a GPU, unless its history (10 pairs
+    of whole images) would crowd the device: then SciPy's, whose state lives in host memory."""
+    from ..style import memory
+    backend = cfg["lbfgs_backend"]
+    if backend != "auto":
+        return backend
+    if device.kind != "gpu":
+        return "scipy"
+    need = memory.whole_image_bytes(pixels, "lbfgs-device") + memory.evaluation_bytes(256 ** 2)
+    return "device" if free is None or need <= 0.9 * free else "scipy"
+
+
+def _optimizer_memory_key(cfg, device, backend) -> str:
     """Which optimiser state lives on ``device`` (see xnn.style.memory)."""
     if cfg["optimizer"] == "adam":
         return "adam"
-    backend = cfg["lbfgs_backend"]
-    if backend == "auto":
-        backend = "device" if device.kind == "gpu" else "scipy"
     if backend == "device":
         return "lbfgs-device"
     return "lbfgs-scipy" if device.kind == "cpu" else "host"
@@ -107,8 +117,10 @@ def prepare(cfg, device, resume_dir=None):
     deepest = deepest_layer(cfg["content_layers"] + cfg["style_layers"])
     # sizes first, then the checks, and only then the (slow for large sizes) resampling
     shapes, tiles = [], []
-    memory_key = _optimizer_memory_key(cfg, device)
     free = device.memory_available()
+    largest = max(longer_side_shape(content_raw.shape[:2], size) for size, _ in plan)
+    backend = _lbfgs_backend(cfg, device, largest[0] * largest[1], free)
+    memory_key = _optimizer_memory_key(cfg, device, backend)
     for size, _ in plan:
         h, w = longer_side_shape(content_raw.shape[:2], size)
         style_size = max(16, round(size * cfg["style_scale"]))
@@ -130,7 +142,8 @@ def prepare(cfg, device, resume_dir=None):
     vgg = vgg19(weights=cfg["weights"], device=device, include_top=False, pooling=cfg["pooling"])
     vgg.truncate(deepest)
     state = {"cfg": cfg, "vgg": vgg, "content_raw": content_raw, "style_raws": style_raws, "blend": blend,
-             "init_img": init_img, "checkpoint": None, "stages": plan, "shapes": shapes, "tiles": tiles}
+             "init_img": init_img, "checkpoint": None, "stages": plan, "shapes": shapes, "tiles": tiles,
+             "lbfgs_backend": backend}
     if resume_dir is not None:
         path = resume_dir / "checkpoint.npz"
         if not path.exists():
@@ -169,9 +182,9 @@ def run(state, ctx):
     t0 = time.perf_counter()
     lo = dev.asarray((0.0 - vgg.mean_rgb).reshape(1, 3, 1, 1).astype(numpy.float32))
     hi = dev.asarray((255.0 - vgg.mean_rgb).reshape(1, 3, 1, 1).astype(numpy.float32))
-    backend = cfg["lbfgs_backend"]
-    if backend == "auto":
-        backend = "device" if dev.kind == "gpu" else "scipy"
+    backend = state["lbfgs_backend"]
+    if cfg["optimizer"] == "lbfgs" and cfg["lbfgs_backend"] == "auto" and dev.kind == "gpu" and backend == "scipy":
+        ctx.info("L-BFGS runs on the host (SciPy): its history for this image size would crowd the GPU's memory")
     multi = len(plan) > 1
 
     def elapsed():
