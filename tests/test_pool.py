@@ -125,7 +125,7 @@ def test_maxpool_general_path_routes_ties_to_the_first_offset(dev, kw):
     y = pool.forward(dev.asarray(x))
     ho, wo = y.shape[2:]
     dx = xnn.to_numpy(pool.backward(dev.asarray(numpy.ones((1, 1, ho, wo)))))
-    k, s, p = pool.kernel_size[0], pool.stride[0], pool.padding
+    s, p = pool.stride[0], pool.padding
     want = numpy.zeros((3, 3))
     for i in range(ho):
         for j in range(wo):
