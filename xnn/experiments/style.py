@@ -219,8 +219,8 @@ def run(state, ctx):
         if resumed_here:
             x = dev.asarray(ck["image"])
             ctx.info(f"resuming at iteration {start_iter}" + (f" of stage {si + 1}" if multi else ""))
-        elif previous is not None:     # the previous stage's image, upsampled
-            x = vgg.preprocess(resize_to((previous * 255).round().clip(0, 255).astype(numpy.uint8), (h, w)))
+        elif previous is not None:     # the previous stage's optimised image (before original_colors), upsampled
+            x = vgg.preprocess(resize_to(previous.round().clip(0, 255).astype(numpy.uint8), (h, w)))
         elif state["init_img"] is not None:
             x = vgg.preprocess(state["init_img"])
         elif cfg["init"] == "random":
@@ -271,10 +271,11 @@ def run(state, ctx):
             res = lbfgs_minimize(obj.loss_and_grad, x, bounds=(lo, hi), max_iter=remaining,
                                  callback=callback, should_stop=ctx.stop)
         evaluations += res.evaluations
-        previous = to_rgb(res.x, content)
-        ctx.save_image(out_name, previous)
+        previous = vgg.deprocess(res.x)
+        shown = to_rgb(res.x, content)
+        ctx.save_image(out_name, shown)
         written = out_name
-        stage_outputs.append((size, previous))
+        stage_outputs.append((size, shown))
         checkpoint(res.x, start_iter + res.iterations)
         if res.stopped and ctx.stop_requested:
             stopped = True
