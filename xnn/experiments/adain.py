@@ -14,7 +14,7 @@ import numpy
 
 from ..config import Field
 from ..errors import XnnError
-from .base import blend_weights, stylisation_fields
+from .base import blend_weights, stylisation_fields, tile_size_field
 
 KIND = "adain"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -29,11 +29,7 @@ SCHEMA = {
                         min=16, max=16384, nullable=True),
     "weights": Field("str", "adain", "'adain' (the released encoder + decoder in $XNN_HOME/weights) or a "
                      "folder holding adain_vgg_normalised_to_relu4_1.npz and adain_decoder.npz"),
-    "tile_size": Field("int|auto", "auto", "encode and decode tile by tile (with halos: the same result) so memory "
-                       "follows the tile: a side in pixels (a multiple of 16, >= 64), auto (the whole image when it "
-                       "fits, else the largest tile that does) or null (never tile)", nullable=True,
-                       check=lambda v: None if v == "auto" or (v % 16 == 0 and v >= 64) else
-                       "a tile side must be a multiple of 16 and at least 64"),
+    "tile_size": tile_size_field("encode and decode"),
 }
 
 #: peak memory of one untiled stylisation = FIXED_BYTES + BYTES_PER_PIXEL * pixels: a line through

@@ -34,6 +34,17 @@ def _output_name_problem(name: str):
     return None
 
 
+def _tile_side_problem(v):
+    return None if v == "auto" or (v % 16 == 0 and v >= 64) else "a tile side must be a multiple of 16 and at least 64"
+
+
+def tile_size_field(what: str) -> Field:
+    """The ``tile_size`` key of the style and adain runners (one rule for both)."""
+    return Field("int|auto", "auto", f"{what} tile by tile (with halos: the same result) so memory follows the "
+                 "tile: a side in pixels (a multiple of 16, >= 64), auto (the whole image when it fits, else the "
+                 "largest tile that does) or null (never tile)", nullable=True, check=_tile_side_problem)
+
+
 def stylisation_fields(content_help: str) -> dict:
     """Keys that the style and adain experiments share, with the same meaning."""
     return {

@@ -18,7 +18,7 @@ from ..models.vgg import check_input_size, deepest_layer, unknown_layers_problem
 
 #: halo of a tile in input pixels: the receptive-field margin of relu5_1 (70 px) on the pooling grid
 TILE_HALO = 80
-from .base import blend_weights, stylisation_fields
+from .base import blend_weights, stylisation_fields, tile_size_field
 
 KIND = "style"
 
@@ -37,11 +37,7 @@ SCHEMA = {
     "style_scale": Field("float", 1.0, "style images are resized to image_size * style_scale", gt=0, max=8),
     "num_iterations": Field("int|list[int]", 300, "optimiser iterations (0: only evaluate and save the start "
                             "image); a list gives one count per image_size stage", min=0),
-    "tile_size": Field("int|auto", "auto", "evaluate the losses tile by tile (exactly: tiles carry a halo) so memory "
-                       "follows the tile: a side in pixels (a multiple of 16, >= 64), auto (the whole image when it "
-                       "fits, else the largest tile that does) or null (never tile)", nullable=True,
-                       check=lambda v: None if v == "auto" or (v % 16 == 0 and v >= 64) else
-                       "a tile side must be a multiple of 16 and at least 64"),
+    "tile_size": tile_size_field("evaluate the losses"),
     "loss_scaling": Field("str", "gatys", "how the losses are scaled: gatys (Gatys et al.; xnn's defaults) or "
                           "jcjohnson (jcjohnson/neural-style's formulas, so his weights mean what they mean there)",
                           choices=("gatys", "jcjohnson")),
@@ -190,8 +186,8 @@ def run(state, ctx):
     def elapsed():
         return elapsed_before + time.perf_counter() - t0
 
-    def to_rgb(img, content):
-        rgb = vgg.deprocess(img) / 255.0
+    def to_rgb(img, content, deprocessed=None):
+        rgb = (vgg.deprocess(img) if deprocessed is None else deprocessed) / 255.0
         if cfg["original_colors"]:
             from ..data.images import transfer_luminance
             rgb = transfer_luminance(content / 255.0, rgb)
@@ -272,7 +268,7 @@ def run(state, ctx):
                                  callback=callback, should_stop=ctx.stop)
         evaluations += res.evaluations
         previous = vgg.deprocess(res.x)
-        shown = to_rgb(res.x, content)
+        shown = to_rgb(res.x, content, previous)
         ctx.save_image(out_name, shown)
         written = out_name
         stage_outputs.append((size, shown))
