@@ -7,6 +7,7 @@ brought to the host with :func:`xnn.to_numpy`.
 """
 from __future__ import annotations
 
+import io
 import math
 import pathlib
 
@@ -38,15 +39,24 @@ def load_image(path) -> numpy.ndarray:
         raise XnnError(f"image not found: {path}")
     if path.is_dir():
         raise XnnError(f"{path} is a directory, not an image file")
+    return _decode(path, path)
+
+
+def decode_image(data: bytes, name: str = "image") -> numpy.ndarray:
+    """:func:`load_image` of an image file's bytes (``name`` is used in messages)."""
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(source, name) -> numpy.ndarray:
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             im.load()  # decode now, so a truncated or corrupt file fails here
             im = ImageOps.exif_transpose(im)
             return _to_rgb(im)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
             Image.DecompressionBombError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise XnnError(f"cannot read image {path}: {reason}") from None
+        raise XnnError(f"cannot read image {name}: {reason}") from None
 
 
 def _to_rgb(im: Image.Image) -> numpy.ndarray:
@@ -72,20 +82,34 @@ def save_image(path, image) -> pathlib.Path:
     file; the parent folder is created. Float values are clipped to [0, 1].
     """
     path = pathlib.Path(path)
-    fmt = Image.registered_extensions().get(path.suffix.lower())
+    pil, fmt, options = _to_pil(image, path.suffix, str(path))
+    with atomic_write(path) as f:
+        pil.save(f, format=fmt, **options)
+    return path
+
+
+def encode_image(image, suffix: str, name: str = "image") -> bytes:
+    """The bytes of an image file in the format of ``suffix`` (".png", ".jpg"...), as
+    :func:`save_image` writes it."""
+    pil, fmt, options = _to_pil(image, suffix, name)
+    buf = io.BytesIO()
+    pil.save(buf, format=fmt, **options)
+    return buf.getvalue()
+
+
+def _to_pil(image, suffix, name):
+    fmt = Image.registered_extensions().get(suffix.lower())
     if fmt is None or fmt not in Image.SAVE:
-        raise XnnError(f"cannot save {path}: unknown image extension {path.suffix!r} "
+        raise XnnError(f"cannot save {name}: unknown image extension {suffix!r} "
                        "(use .png or .jpg)")
     array = to_uint8(image)
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3))):
-        raise XnnError(f"cannot save {path}: expected an (H, W, 3) or (H, W) image, "
+        raise XnnError(f"cannot save {name}: expected an (H, W, 3) or (H, W) image, "
                        f"got shape {array.shape}")
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     options = {"quality": 95} if fmt == "JPEG" else {}
-    with atomic_write(path) as f:
-        Image.fromarray(numpy.ascontiguousarray(array)).save(f, format=fmt, **options)
-    return path
+    return Image.fromarray(numpy.ascontiguousarray(array)), fmt, options
 
 
 def to_uint8(image) -> numpy.ndarray:

@@ -11,6 +11,7 @@ KINDS = {
     "vgg19": "xnn.experiments.vgg19",
     "style": "xnn.experiments.style",
     "adain": "xnn.experiments.adain",
+    "video": "xnn.experiments.video",
 }
 
 #: keys every config has

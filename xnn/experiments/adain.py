@@ -14,7 +14,7 @@ import numpy
 
 from ..config import Field
 from ..errors import XnnError
-from .base import blend_weights, stylisation_fields, tile_size_field
+from .base import blend_weights, engine_fields, stylisation_fields, tile_size_field
 
 KIND = "adain"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -30,6 +30,7 @@ SCHEMA = {
     "weights": Field("str", "adain", "'adain' (the released encoder + decoder in $XNN_HOME/weights) or a "
                      "folder holding adain_vgg_normalised_to_relu4_1.npz and adain_decoder.npz"),
     "tile_size": tile_size_field("encode and decode"),
+    **engine_fields("images one after another"),
 }
 
 #: peak memory of one untiled stylisation = FIXED_BYTES + BYTES_PER_PIXEL * pixels: a line through
@@ -80,37 +81,101 @@ def _load_content(path, cfg):
     return content
 
 
-def prepare(cfg, device, resume_dir=None):
+def load_styles(cfg) -> list:
+    """The config's style images, resized to style_size and checked (uint8 HxWx3 each)."""
     from ..data.images import load_image, resize_longer_side
-    from ..models import AdaINStylizer, adain_decoder, adain_encoder
     from ..models.adain import check_image_size
+    style_imgs = [load_image(p) for p in cfg["style_image"]]
+    if cfg["style_size"]:
+        style_imgs = [resize_longer_side(s, cfg["style_size"]) for s in style_imgs]
+    for path, s in zip(cfg["style_image"], style_imgs):
+        check_image_size(*s.shape[:2], f"style image {path}")
+    return style_imgs
+
+
+def weight_files(cfg) -> tuple:
+    """(encoder, decoder) weights as adain_encoder / adain_decoder take them, checked."""
+    if cfg["weights"] == "adain":
+        return "adain", "adain"
+    folder = pathlib.Path(cfg["weights"])
+    enc_w, dec_w = folder / ENCODER_FILE, folder / DECODER_FILE
+    for f in (enc_w, dec_w):
+        if not f.is_file():
+            raise XnnError(f"config: weights = {cfg['weights']!r}: {f} not found (give 'adain' or a folder "
+                           f"with {ENCODER_FILE} and {DECODER_FILE})")
+    return str(enc_w), str(dec_w)
+
+
+def build_stylizer(weights, device):
+    from ..models import AdaINStylizer, adain_decoder, adain_encoder
+    enc_w, dec_w = weights
+    return AdaINStylizer(adain_encoder(enc_w, device=device), adain_decoder(dec_w, device=device))
+
+
+def prepare(cfg, device, resume_dir=None):
     if resume_dir is not None:
         raise XnnError("adain runs take seconds and have nothing to resume; start a new run")
-    styles = cfg["style_image"]
     blend = blend_weights(cfg)
     files, batch = _contents(cfg["content_image"])
     if not batch:
         _load_content(files[0], cfg)  # fail now, before the run folder exists
-    style_imgs = [load_image(p) for p in styles]
-    if cfg["style_size"]:
-        style_imgs = [resize_longer_side(s, cfg["style_size"]) for s in style_imgs]
-    for path, s in zip(styles, style_imgs):
-        check_image_size(*s.shape[:2], f"style image {path}")
-    if cfg["weights"] == "adain":
-        enc_w = dec_w = "adain"
-    else:
-        folder = pathlib.Path(cfg["weights"])
-        enc_w, dec_w = folder / ENCODER_FILE, folder / DECODER_FILE
-        for f in (enc_w, dec_w):
-            if not f.is_file():
-                raise XnnError(f"config: weights = {cfg['weights']!r}: {f} not found (give 'adain' or a folder "
-                               f"with {ENCODER_FILE} and {DECODER_FILE})")
-    stylizer = AdaINStylizer(adain_encoder(enc_w, device=device), adain_decoder(dec_w, device=device))
-    return {"cfg": cfg, "stylizer": stylizer, "files": files, "batch": batch, "styles": style_imgs, "blend": blend}
+    style_imgs = load_styles(cfg)
+    weights = weight_files(cfg)
+    if cfg["engine"] == "ray" and batch:
+        from ..ray_engine import check_address, ray_address, require_ray
+        require_ray()
+        check_address(ray_address(cfg))
+    stylizer = build_stylizer(weights, device)
+    return {"cfg": cfg, "stylizer": stylizer, "files": files, "batch": batch, "styles": style_imgs, "blend": blend,
+            "weights": weights}
+
+
+def _output_name(f, batch, cfg) -> str:
+    if not batch:
+        return cfg["output_image"]
+    return f"outputs/{f.stem}{f.suffix if f.suffix.lower() in ('.png', '.jpg', '.jpeg') else '.png'}"
+
+
+def _local_results(state, ctx, stats):
+    """(file, float output image, seconds, tile side) per content image, stylised here."""
+    from ..data.images import transfer_luminance
+    cfg, st, dev = state["cfg"], state["stylizer"], ctx.device
+    for f in state["files"]:
+        if ctx.stop_requested:
+            return
+        try:
+            content = _load_content(f, cfg)
+        except XnnError as e:
+            if not state["batch"]:
+                raise
+            ctx.info(f"skipping {f.name}: {e}")
+            continue
+        t = time.perf_counter()
+        tile = tile_for(*content.shape[:2], cfg["tile_size"], dev.memory_available()) if cfg["tile_size"] else None
+        out = st.stylize(content, stats, state["blend"], alpha=cfg["alpha"], tile_size=tile)
+        seconds = time.perf_counter() - t
+        if cfg["original_colors"]:
+            out = transfer_luminance(content / 255.0, out)
+        yield f, out, seconds, tile
+
+
+def _ray_results(state, ctx):
+    """The same for a folder on Ray Data: (file, output file bytes, seconds, None), in order."""
+    from ..ray_engine import ray_session, stylise_images
+    with ray_session(state["cfg"], ctx.device):
+        for path, data, error, seconds, _ in stylise_images(state["cfg"], ctx.device, state["files"],
+                                                             state["weights"], state["styles"], state["blend"]):
+            if ctx.stop_requested:
+                return
+            if error:
+                ctx.info(f"skipping {pathlib.Path(path).name}: {error}")
+                continue
+            yield pathlib.Path(path), data, seconds, None
 
 
 def run(state, ctx):
-    from ..data.images import side_by_side, transfer_luminance
+    from ..data.images import decode_image, side_by_side
+    from ..files import write_bytes
     cfg, st = state["cfg"], state["stylizer"]
     dev = ctx.device
     t0 = time.perf_counter()
@@ -120,44 +185,37 @@ def run(state, ctx):
     files, batch = state["files"], state["batch"]
     if batch:
         ctx.path("outputs").mkdir(exist_ok=True)
-    bar = ctx.progress(len(files), "adain", unit="img") if batch else None
+    on_ray = batch and cfg["engine"] == "ray"
+    bar = ctx.progress(len(files), "adain" + (" on ray" if on_ray else ""), unit="img") if batch else None
     times, first = [], None
-    for f in files:
-        if ctx.stop_requested:
-            break
-        try:
-            content = _load_content(f, cfg)
-        except XnnError as e:
-            if not batch:
-                raise
-            ctx.info(f"skipping {f.name}: {e}")
-            continue
-        t = time.perf_counter()
-        tile = tile_for(*content.shape[:2], cfg["tile_size"], dev.memory_available()) if cfg["tile_size"] else None
-        out = st.stylize(content, stats, state["blend"], alpha=cfg["alpha"], tile_size=tile)
-        times.append(time.perf_counter() - t)
-        if cfg["original_colors"]:
-            out = transfer_luminance(content / 255.0, out)
-        name = f"outputs/{f.stem}{f.suffix if f.suffix.lower() in ('.png', '.jpg', '.jpeg') else '.png'}" \
-            if batch else cfg["output_image"]
-        ctx.save_image(name, out)
-        ctx.log(image=f.name, output=name, seconds=times[-1], size=list(out.shape[:2]), tile_size=tile)
+    t_all = time.perf_counter()
+    for f, out, seconds, tile in (_ray_results(state, ctx) if on_ray else _local_results(state, ctx, stats)):
+        times.append(seconds)
+        name = _output_name(f, batch, cfg)
+        if isinstance(out, bytes):      # encoded by a Ray actor
+            write_bytes(ctx.path(name), out)
+            out = decode_image(out, name)
+        else:
+            ctx.save_image(name, out)
+        ctx.log(image=f.name, output=name, seconds=seconds, size=list(out.shape[:2]), tile_size=tile)
         if first is None:
-            first = (content, out)
+            first = (f, out)
         if bar is not None:
-            bar.update(1, s_per_img=times[-1])
+            bar.update(1, s_per_img=seconds)
+    wall_s = time.perf_counter() - t_all
     if bar is not None:
         bar.close()
     if first is None:
         raise XnnError("no image could be stylised")
-    content, out = first
-    panels = [content] + state["styles"] + [(out * 255).round().astype(numpy.uint8)]
+    content, out = _load_content(first[0], cfg), first[1]
+    panels = [content] + state["styles"] + [out if out.dtype == numpy.uint8 else (out * 255).round().astype(numpy.uint8)]
     titles = ["content"] + [f"style {i + 1}" if len(stats) > 1 else "style" for i in range(len(stats))] + ["result"]
     ctx.save_image("summary.png", side_by_side(panels, titles=titles, height=min(384, out.shape[0])))
     summary = {"images": len(times), "seconds_per_image_median": statistics.median(times),
                "seconds_per_image_mean": sum(times) / len(times),
                "seconds_first_image": times[0], "style_encoding_s": style_s, "alpha": cfg["alpha"],
-               "output_size": list(out.shape[:2]), "device": dev.name,
+               "output_size": list(out.shape[:2]), "device": dev.name, "engine": "ray" if on_ray else "local",
+               "wall_s": wall_s, "images_per_s": len(times) / wall_s if wall_s > 0 else None,
                "stopped": bool(ctx.stop_requested)}
     ctx.save_json("summary.json", summary)
     ctx.info(f"stylised {len(times)} image(s), median {summary['seconds_per_image_median']:.2f} s per image "

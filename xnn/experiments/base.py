@@ -58,6 +58,20 @@ def stylisation_fields(content_help: str) -> dict:
     }
 
 
+def engine_fields(what: str) -> dict:
+    """The keys that choose where the work runs (adain folders, video)."""
+    return {
+        "engine": Field("str", "local", f"local: {what} in this process; ray: on Ray Data, with the model "
+                        "loaded once per actor (pip install 'xnn[ray]'; see the README's 'At scale')",
+                        choices=("local", "ray")),
+        "ray_address": Field("str", None, "engine: ray joins this cluster (host:port or ray://host:port; "
+                             "default $RAY_ADDRESS); unset: a local Ray is started and stopped by the run",
+                             nullable=True),
+        "ray_actors": Field("int", None, "engine: ray: how many actors, each with the model (default: one per "
+                            "GPU on a GPU cluster, else 1 using every core)", min=1, nullable=True),
+    }
+
+
 def blend_weights(cfg) -> list:
     """The config's style_blend_weights under the one rule (xnn.blend), normalised."""
     from ..blend import normalise_blend_weights

@@ -62,11 +62,20 @@ def restyle(xhat, x, mean_t, std_t, alpha: float = 1.0):
     return y if alpha == 1 else y + (1 - alpha) * x
 
 
-def adain_with_stats(content_feat, mean_t, std_t, alpha: float = 1.0, eps: float = 1e-5):
-    """AdaIN of (N, C, H, W) content features with given target statistics (1 or N, C, 1, 1)."""
+def adain_with_stats(content_feat, mean_t, std_t, alpha: float = 1.0, eps: float = 1e-5, content_stats=None):
+    """AdaIN of (N, C, H, W) content features with given target statistics (1 or N, C, 1, 1).
+
+    ``content_stats``: (mean, std), each (N, C, 1, 1), to normalise the content with instead of its
+    own (a video smooths them over frames); default: the content's own, :func:`channel_stats`.
+    """
     if mean_t.shape[1] != content_feat.shape[1]:
         raise ValueError(f"content has {content_feat.shape[1]} channels, style {mean_t.shape[1]}")
-    return restyle(normalised(content_feat, eps)[0], content_feat, mean_t, std_t, alpha)
+    if content_stats is None:
+        xhat = normalised(content_feat, eps)[0]
+    else:
+        mean_c, std_c = content_stats
+        xhat = (content_feat - mean_c) * (1 / std_c)
+    return restyle(xhat, content_feat, mean_t, std_t, alpha)
 
 
 def adain(content_feat, style_feat, eps: float = 1e-5):

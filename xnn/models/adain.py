@@ -42,6 +42,8 @@ DECODER_PLAN = [("dec4_1", 512, 256), "up3",
                 ("dec1_2", 64, 64), ("dec1_1", 64, 3)]
 #: The encoder's total down-sampling factor (three 2x2 pools).
 STRIDE = 8
+#: where the AdaIN paper's style loss compares statistics
+STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
 
 
 def _conv(cin, cout, k=3):
@@ -194,13 +196,34 @@ class AdaINStylizer:
         return self.encoder.device
 
     def _encode(self, img, what, pad):
-        a = _as_float_image(img, what)
-        h, w = a.shape[:2]
+        return self.encode_frames([img], what, pad)
+
+    def encode_frames(self, frames, what: str = "frame", pad: bool = True):
+        """relu4_1 features (N, 512, ceil(H/8), ceil(W/8)) of N same-size HxWx3 host images, in one
+        batch; ``pad``: reflection-pad them to a multiple of 8 first (as :meth:`stylize` does)."""
+        return self.encoder.forward(self.encode_input(frames, what, pad))
+
+    def encode_input(self, frames, what: str = "frame", pad: bool = True):
+        """N same-size HxWx3 host images -> the encoder's input (N, 3, H, W) on the device."""
+        arrays = [_as_float_image(f, what) for f in frames]
+        h, w = arrays[0].shape[:2]
+        if any(a.shape[:2] != (h, w) for a in arrays):
+            raise XnnError(f"{what}s of one batch must have one size")
+        a = numpy.stack(arrays)
         if pad:
-            a = numpy.pad(a, ((0, -h % STRIDE), (0, -w % STRIDE), (0, 0)), mode="reflect")
+            a = numpy.pad(a, ((0, 0), (0, -h % STRIDE), (0, -w % STRIDE), (0, 0)), mode="reflect")
         a = numpy.ascontiguousarray(a, dtype=self.encoder["preprocess"].params["W"].dtype)
         # one host -> device copy; NCHW view of channels-last memory, as Conv2d likes
-        return self.encoder.forward(self.device.asarray(a)[None].transpose(0, 3, 1, 2))
+        return self.device.asarray(a).transpose(0, 3, 1, 2)
+
+    def decode_frames(self, feats, target, size, alpha: float = 1.0, content_stats=None):
+        """Host float32 (N, h, w, 3) in [0, 1]: AdaIN of ``feats`` (from :meth:`encode_frames`) to the
+        ``target`` (mean, std), decoded and cropped to ``size`` (h, w).  ``content_stats``: see
+        :func:`~xnn.layers.adain.adain_with_stats`."""
+        h, w = size
+        t = adain_with_stats(feats, target[0], target[1], alpha, self.eps, content_stats)
+        out = self.decoder.forward(t)[:, :, :h, :w].clip(0, 1)
+        return numpy.ascontiguousarray(self.device.to_numpy(out).transpose(0, 2, 3, 1))
 
     def encode_style(self, style_img) -> StyleStats:
         """(mean, std) of the style's relu4_1 features, each (1, 512, 1, 1) on the device.
@@ -209,6 +232,27 @@ class AdaINStylizer:
         in place of a style image.
         """
         return StyleStats(*channel_stats(self._encode(style_img, "style image", pad=False), self.eps))
+
+    def style_statistics(self, images, weights=None) -> list:
+        """[(mean, std) at each of STYLE_LAYERS] of an image, or the blend of a list of images
+        (weights as in :meth:`stylize`), on the device: what :meth:`style_loss` compares with."""
+        images = images if isinstance(images, (list, tuple)) else [images]
+        per_image = []
+        for img in images:
+            feats = self.encoder.features(self.encode_input([img], "style image", pad=False), STYLE_LAYERS)
+            per_image.append([channel_stats(feats[n], self.eps) for n in STYLE_LAYERS])
+        return [blend_stats([layers[i] for layers in per_image], weights) for i in range(len(STYLE_LAYERS))]
+
+    def style_loss(self, image, target: list) -> float:
+        """The AdaIN paper's style loss of an image against :meth:`style_statistics`: the sum over
+        STYLE_LAYERS of mean((mu - mu_t)^2) + mean((sigma - sigma_t)^2) over the channels (the
+        reference code's MSE form).  How stylised an output is, whatever produced it."""
+        feats = self.encoder.features(self.encode_input([image], "image", pad=False), STYLE_LAYERS)
+        total = 0.0
+        for name, (mt, st) in zip(STYLE_LAYERS, target):
+            m, s = channel_stats(feats[name], self.eps)
+            total += float(((m - mt) ** 2).mean()) + float(((s - st) ** 2).mean())
+        return total
 
     def stylize(self, content, styles, weights=None, alpha: float = 1.0, tile_size: int | None = None):
         """Stylised content as float32 RGB HxWx3 in [0, 1] (clipped), on the host.
@@ -231,8 +275,7 @@ class AdaINStylizer:
         if tile_size:
             return self._stylize_tiled(content, mean_t, std_t, alpha, int(tile_size))
         c = self._encode(content, "content image", pad=True)
-        out = self.decoder.forward(adain_with_stats(c, mean_t, std_t, alpha, self.eps))[0, :, :h, :w].clip(0, 1)
-        return numpy.ascontiguousarray(self.device.to_numpy(out).transpose(1, 2, 0))
+        return self.decode_frames(c, (mean_t, std_t), (h, w), alpha)[0]
 
     def _stylize_tiled(self, content, mean_t, std_t, alpha, tile_size):
         """The same result as the whole-image path, by tiles (see :mod:`xnn.tiling`).

@@ -1,0 +1,344 @@
+"""Video in and out with PyAV (FFmpeg inside its wheels): probe, read frames, write segments, join.
+
+    src = probe("clip.mp4")                 # or a folder of frames; a one-line XnnError on bad input
+    for frame in read_frames(src, start=0, stop=src.frames, size=(h, w)):   # uint8 (h, w, 3)
+        ...
+    with SegmentWriter("part0.mp4", src.fps, (h, w)) as seg:
+        seg.write(frame)
+    join_segments(["part0.mp4", "part1.mp4"], "output.mp4", audio_from=src)
+
+Output is encoded in *segments*, each a complete file starting at a key frame, and joined
+without re-encoding (packets copied, time stamps shifted) into the final file, with the
+input's audio copied (or re-encoded when the container cannot hold its codec).  So a stop
+keeps every finished segment, a resume starts a new one, and chunks stylised on several
+machines are joined in order.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fractions
+import heapq
+import os
+import pathlib
+
+import numpy
+
+from ..errors import XnnError
+from ..files import atomic_write
+
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".gif")
+FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+#: output container -> (video codec, audio codecs it can hold as they are, audio codec to re-encode to)
+CONTAINERS = {
+    ".mp4": ("libx264", {"aac", "mp3", "alac", "ac3", "opus"}, "aac"),
+    ".m4v": ("libx264", {"aac", "mp3", "alac", "ac3"}, "aac"),
+    ".mov": ("libx264", {"aac", "mp3", "alac", "ac3", "pcm_s16le"}, "aac"),
+    ".mkv": ("libx264", {"aac", "mp3", "opus", "vorbis", "flac", "ac3", "pcm_s16le"}, "aac"),
+    ".webm": ("libvpx-vp9", {"opus", "vorbis"}, "libopus"),
+}
+
+
+def require_av():
+    try:
+        import av
+    except ImportError:
+        raise XnnError("video needs PyAV and OpenCV: pip install 'xnn[video]'") from None
+    return av
+
+
+@dataclasses.dataclass
+class VideoSource:
+    """What :func:`probe` found: ``frames`` frames of ``size`` (h, w) at ``fps`` frames per second."""
+    path: pathlib.Path
+    kind: str                       # "video" or "folder"
+    frames: int
+    fps: fractions.Fraction
+    size: tuple
+    has_audio: bool = False
+    files: list = dataclasses.field(default_factory=list)   # the frame files of a folder, in order
+
+    def describe(self) -> str:
+        h, w = self.size
+        return (f"{self.path.name}: {self.frames} frames, {w}x{h}, {float(self.fps):.3g} fps"
+                + (", with audio" if self.has_audio else ""))
+
+
+def _av_error(path, e) -> XnnError:
+    text = str(e).split(":")[0] if str(e) else type(e).__name__
+    return XnnError(f"cannot read video {path}: {text.strip()} (the file is corrupt, truncated or not a video)")
+
+
+def probe(path, fps=24) -> VideoSource:
+    """Check a video file or a folder of frames and describe it; a one-line XnnError if it is unusable.
+
+    A video is read packet by packet (no decoding, so this is fast): it must have a video stream,
+    and its packets must be all there (a file cut short has fewer than its header says).  A folder
+    must hold frames (``FRAME_SUFFIXES``) of one size, played at ``fps``.
+    """
+    p = pathlib.Path(path)
+    if not p.exists():
+        raise XnnError(f"input not found: {p}")
+    if p.is_dir():
+        return _probe_folder(p, fps)
+    if p.suffix.lower() not in VIDEO_SUFFIXES:
+        raise XnnError(f"input {p} is not a video ({', '.join(VIDEO_SUFFIXES)}) or a folder of frames")
+    av = require_av()
+    try:
+        with av.open(str(p)) as c:
+            if not c.streams.video:
+                raise XnnError(f"{p} has no video stream" + (" (only audio)" if c.streams.audio else ""))
+            s = c.streams.video[0]
+            declared = s.frames
+            counted = sum(1 for pkt in c.demux(s) if pkt.size)
+            c.seek(0)
+            first = next(c.decode(s), None)
+            if first is None:
+                raise XnnError(f"{p} has a video stream without frames")
+            rate = s.average_rate or s.guessed_rate or fractions.Fraction(fps)
+            info = VideoSource(p, "video", counted, fractions.Fraction(rate), (first.height, first.width),
+                               has_audio=bool(c.streams.audio))
+    except XnnError:
+        raise
+    except (av.FFmpegError, OSError, ValueError, StopIteration) as e:
+        raise _av_error(p, e) from None
+    if declared and counted < declared:
+        raise XnnError(f"{p} is truncated: its header announces {declared} frames, the file holds {counted}")
+    return info
+
+
+def _probe_folder(p: pathlib.Path, fps) -> VideoSource:
+    from PIL import Image, UnidentifiedImageError
+    files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in FRAME_SUFFIXES)
+    if not files:
+        raise XnnError(f"folder {p} has no frames ({', '.join(FRAME_SUFFIXES)})")
+    sizes = {}
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                w, h = im.size
+                if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):   # EXIF orientation turns it by 90 degrees
+                    w, h = h, w
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise XnnError(f"cannot read frame {f}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
+                from None
+        sizes.setdefault((h, w), f)
+        if len(sizes) > 1:
+            (s1, f1), (s2, f2) = sizes.items()
+            raise XnnError(f"frames in {p} differ in size: {f1.name} is {s1[1]}x{s1[0]}, {f2.name} is "
+                           f"{s2[1]}x{s2[0]}; a video needs one size (resize them, or stylise them as images "
+                           "with configs/adain.yaml)")
+    return VideoSource(p, "folder", len(files), fractions.Fraction(fps), next(iter(sizes)), files=files)
+
+
+def _resized(frame: numpy.ndarray, size) -> numpy.ndarray:
+    if size is None or tuple(frame.shape[:2]) == tuple(size):
+        return frame
+    from ..data.images import resize_to
+    return resize_to(frame, size)
+
+
+def read_frames(src: VideoSource, start: int = 0, stop: int | None = None, size=None):
+    """Frames ``start`` .. ``stop - 1`` of ``src`` as uint8 (h, w, 3) RGB, resized to ``size`` (h, w).
+
+    A video is entered at the key frame before ``start`` (a seek), so reading a chunk in the
+    middle of a long film does not decode everything before it.  Frame numbers count decoded
+    frames from the start of the stream.
+    """
+    stop = src.frames if stop is None else min(stop, src.frames)
+    if start >= stop:
+        return
+    if src.kind == "folder":
+        from ..data.images import load_image
+        for f in src.files[start:stop]:
+            yield _resized(load_image(f), size)
+        return
+    av = require_av()
+    try:
+        with av.open(str(src.path)) as c:
+            s = c.streams.video[0]
+            s.thread_type = "AUTO"
+            index_of = _frame_index(s)
+            if start > 0 and index_of is not None:
+                c.seek(int(start / (src.fps * s.time_base)) + (s.start_time or 0), stream=s, backward=True)
+            i = None
+            for frame in c.decode(s):
+                if i is None:   # the first frame after the (optional) seek: where are we?
+                    i = index_of(frame) if start > 0 and index_of is not None else 0
+                    if i > start:   # the seek overshot: read from the beginning instead
+                        c.seek(0)
+                        yield from _decode_from_zero(c, s, start, stop, size)
+                        return
+                if i >= stop:
+                    return
+                if i >= start:
+                    yield _resized(frame.to_ndarray(format="rgb24"), size)
+                i += 1
+    except (av.FFmpegError, OSError, ValueError) as e:
+        raise _av_error(src.path, e) from None
+
+
+def _decode_from_zero(c, s, start, stop, size):
+    for i, frame in enumerate(c.decode(s)):
+        if i >= stop:
+            return
+        if i >= start:
+            yield _resized(frame.to_ndarray(format="rgb24"), size)
+
+
+def _frame_index(s):
+    """frame -> its index from the stream's time stamps (constant frame rate), or None if unusable."""
+    rate, tb = s.average_rate, s.time_base
+    if not rate or not tb:
+        return None
+    t0 = s.start_time or 0
+    return lambda frame: None if frame.pts is None else round((frame.pts - t0) * tb * rate)
+
+
+class SegmentWriter:
+    """Encode uint8 (h, w, 3) frames into one self-contained video file (its own key frame first).
+
+    H.264 (VP9 for .webm) at constant frame rate ``fps``; 4:2:0 chroma when h and w are even
+    (what every player reads), 4:4:4 otherwise.  ``crf`` is the quality (lower: better, larger).
+    Written under a temporary name and renamed on :meth:`close`.
+    """
+
+    def __init__(self, path, fps, size, crf: int = 18):
+        av = require_av()
+        self.path = pathlib.Path(path)
+        codec = CONTAINERS[self.path.suffix.lower()][0]
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp{self.path.suffix}")
+        h, w = size
+        self.size, self.count = (h, w), 0
+        try:
+            self._c = av.open(str(self._tmp), "w")
+            self._s = self._c.add_stream(codec, rate=fractions.Fraction(fps))
+            self._s.width, self._s.height = w, h
+            self._s.pix_fmt = "yuv420p" if h % 2 == 0 and w % 2 == 0 else "yuv444p"
+            self._s.codec_context.time_base = 1 / fractions.Fraction(fps)
+            self._s.options = {"crf": str(crf), "bf": "0"} if codec == "libx264" else \
+                {"crf": str(crf + 14), "b": "0", "row-mt": "1"}
+        except (av.FFmpegError, OSError, ValueError) as e:
+            raise XnnError(f"cannot write video {self.path}: {e}") from None
+
+    def write(self, frame: numpy.ndarray):
+        if tuple(frame.shape[:2]) != self.size:
+            raise ValueError(f"frame is {frame.shape[:2]}, the video {self.size}")
+        f = self._av_frame(frame)
+        f.pts = self.count
+        self.count += 1
+        for pkt in self._s.encode(f):
+            self._c.mux(pkt)
+
+    @staticmethod
+    def _av_frame(frame):
+        import av
+        return av.VideoFrame.from_ndarray(numpy.ascontiguousarray(frame), format="rgb24")
+
+    def close(self):
+        """Flush the encoder and move the finished file into place."""
+        if self._c is None:
+            return
+        try:
+            for pkt in self._s.encode():
+                self._c.mux(pkt)
+            self._c.close()
+            self._c = None
+            os.replace(self._tmp, self.path)
+        except OSError as e:
+            raise XnnError(f"cannot write video {self.path}: {e.strerror or e}") from None
+
+    def abort(self):
+        """Drop the file (nothing half-written is left)."""
+        if self._c is not None:
+            with contextlib.suppress(Exception):
+                self._c.close()
+            self._c = None
+        with contextlib.suppress(OSError):
+            self._tmp.unlink()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_):
+        self.abort() if exc_type else self.close()
+
+
+def join_segments(segments, out_path, fps, audio_from: VideoSource | None = None) -> int:
+    """Join finished segment files, in order, into ``out_path`` without re-encoding the video;
+    copy ``audio_from``'s first audio stream (cut to the video's length).  Written atomically.
+    Returns the number of frames."""
+    av = require_av()
+    out_path = pathlib.Path(out_path)
+    fps = fractions.Fraction(fps)
+    segments = [pathlib.Path(p) for p in segments]
+    frames = [_count_packets(p) for p in segments]
+    with atomic_write(out_path) as f, contextlib.ExitStack() as stack:
+        out = stack.enter_context(av.open(f, "w", format=_format_of(out_path)))
+        with av.open(str(segments[0])) as first:   # every stream is added before the first packet
+            vout = out.add_stream_from_template(first.streams.video[0])
+        streams = [_video_packets(segments, vout, fps)]
+        if audio_from is not None and audio_from.has_audio:
+            src = stack.enter_context(av.open(str(audio_from.path)))
+            streams.append(_audio_packets(src, out, out_path.suffix.lower(), sum(frames) / fps))
+        for _, _, pkt in heapq.merge(*streams, key=lambda item: item[:2]):   # interleaved by time
+            out.mux(pkt)
+    return sum(frames)
+
+
+def _count_packets(path) -> int:
+    import av
+    with av.open(str(path)) as c:
+        return sum(1 for pkt in c.demux(c.streams.video[0]) if pkt.size)
+
+
+def _video_packets(segments, vout, fps):
+    """(seconds, 0, packet) of each segment's video, time stamps moved after the segments before."""
+    import av
+    before = 0
+    for seg in segments:
+        with av.open(str(seg)) as c:
+            s = c.streams.video[0]
+            shift = round(before / (fps * s.time_base))
+            for pkt in c.demux(s):
+                if pkt.dts is None:
+                    continue
+                pkt.pts += shift
+                pkt.dts += shift
+                before += 1 if pkt.size else 0
+                pkt.stream = vout
+                yield float(pkt.dts * s.time_base), 0, pkt
+
+
+def _format_of(path: pathlib.Path) -> str:
+    return {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}[path.suffix.lower()]
+
+
+def _audio_packets(c, out, suffix, seconds):
+    """(seconds, 1, packet) of the first audio stream of ``c`` up to ``seconds``: copied if the
+    container holds its codec, else re-encoded to the container's usual one.  Adds the stream."""
+    a = c.streams.audio[0]
+    copyable, reencode = CONTAINERS[suffix][1], CONTAINERS[suffix][2]
+    end = int(seconds / a.time_base) + (a.start_time or 0)
+    if a.codec_context.name in copyable:
+        aout = out.add_stream_from_template(a)
+
+        def copied():
+            for pkt in c.demux(a):
+                if pkt.dts is None or pkt.pts is None or pkt.pts >= end:
+                    continue
+                pkt.stream = aout
+                yield float(pkt.dts * a.time_base), 1, pkt
+        return copied()
+    aout = out.add_stream(reencode, rate=a.codec_context.sample_rate or 48000)
+
+    def encoded():
+        for frame in c.decode(a):
+            if frame.pts is not None and frame.pts >= end:
+                break
+            frame.pts = None
+            for pkt in aout.encode(frame):
+                yield float(pkt.dts * pkt.time_base) if pkt.dts is not None else 0.0, 1, pkt
+        for pkt in aout.encode():
+            yield float(pkt.dts * pkt.time_base) if pkt.dts is not None else seconds, 1, pkt
+    return encoded()
