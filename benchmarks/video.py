@@ -34,6 +34,7 @@ CASES = {
     "local, temporal stats": ["temporal=stats"],
     "local, temporal flow": ["temporal=flow"],
     "ray (1 actor), temporal flow": ["temporal=flow", "engine=ray"],
+    "ray (2 actors, chunks of 36), temporal flow": ["temporal=flow", "engine=ray", "ray_actors=2", "chunk_frames=36"],
 }
 
 

@@ -83,13 +83,17 @@ def ray_session(cfg, device):
     check_address(address)
     env = {k: v for k, v in os.environ.items() if k.startswith("XNN_")}
     threads = _threads_per_actor(cfg, device)
-    if threads:
-        env["XNN_THREADS"] = str(threads)
+    if threads:   # Ray sets OMP_NUM_THREADS=1 in workers: OpenBLAS would then use one core per actor
+        env["XNN_THREADS"] = env["OMP_NUM_THREADS"] = str(threads)
     import logging
     kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                   runtime_env={"env_vars": env})
     if address:
         kwargs["address"] = address
+    else:
+        # a Ray we start runs its workers at nice 15 by default; the work is this command's, at its priority
+        # (as with engine: local), unless RAY_worker_niceness says otherwise
+        os.environ.setdefault("RAY_worker_niceness", "0")
     try:
         with _stderr_muted():   # Ray's C++ core logs every retry there; the error below says it once
             ray.init(**kwargs)

@@ -65,7 +65,7 @@ class VideoSource:
 
 
 def _av_error(path, e) -> XnnError:
-    text = str(e).split(":")[0] if str(e) else type(e).__name__
+    text = getattr(e, "strerror", None) or (str(e).split(":")[0] if str(e) else type(e).__name__)
     return XnnError(f"cannot read video {path}: {text.strip()} (the file is corrupt, truncated or not a video)")
 
 
