@@ -258,6 +258,18 @@ def test_flow_cuts_the_temporal_error_and_stays_stylised(tmp_path, need_weights)
         assert sample["temporal_error_flow"] < sample["temporal_error_none"]
 
 
+def test_a_scene_cut_restarts_the_temporal_state(tmp_path, pan, need_weights):
+    other = pan_frames(load_image(REPO / "examples" / "astronaut.png"), 6, (64, 96))
+    clip = write_clip(pan[:6] + other, tmp_path / "cut.mp4", fps=12)
+    code, out = run_video(tmp_path, "run", f"input={clip}", "image_size=96", "chunk_frames=5")
+    assert code == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["frame"] for r in rows if r["scene_cut"]] == [6]      # not frame 0, not the chunk border at 5
+    assert rows[6]["temporal_error"] is None and rows[7]["temporal_error"] is not None
+    assert json.loads((out / "summary.json").read_text())["scene_cuts"] == 1
+    assert vio.probe(out / "output.mp4").frames == 12
+
+
 def test_folder_of_frames_plays_at_fps(tmp_path, pan, need_weights):
     from PIL import Image
     folder = tmp_path / "frames"

@@ -135,38 +135,31 @@ def _chunks(start, total, chunk, warmup):
     return [(max(0, a - warmup), a, min(a + chunk, total)) for a in range(start, total, chunk)]
 
 
-def _local_chunks(state, ctx, first):
-    """Stylise frames ``first`` .. end here, in order: yield (start, frames, rows) per chunk; a stop
-    ends the current chunk early."""
+def _local_frames(state, ctx, first):
+    """Stylise frames ``first`` .. end here, in order: yield (chunk start, frame, row); stops at a
+    batch boundary when a stop is requested."""
     from ..video.io import read_frames
     from ..video.stylize import VideoStylizer
     cfg, src, size = state["cfg"], state["source"], state["size"]
-    st = state["stylizer"]
-    target = state["target"]
-    vs = VideoStylizer(st, target, **_video_kwargs(cfg))
+    vs = VideoStylizer(state["stylizer"], state["target"], **_video_kwargs(cfg))
     if first > 0 and cfg["warmup_frames"]:
-        warm = list(read_frames(src, max(0, first - cfg["warmup_frames"]), first, size))
-        for _ in vs.process(warm):
+        for _ in vs.process(list(read_frames(src, max(0, first - cfg["warmup_frames"]), first, size))):
             pass
     for _, a, b in _chunks(first, src.frames, cfg["chunk_frames"], 0):
         frames = read_frames(src, a, b, size)
-        outs, rows = [], []
         while not ctx.stop_requested:
             group = [f for _, f in zip(range(cfg["batch_size"]), frames)]
             if not group:
                 break
             for out, row in vs.process(group):
-                outs.append(out)
-                rows.append(row)
-                yield None, out, row          # one frame done (for the progress bar and frames/)
+                yield a, out, row
         frames.close()
-        if outs:
-            yield a, outs, rows
         if ctx.stop_requested:
             return
 
 
-def _ray_chunks(state, ctx, first):
+def _ray_frames(state, ctx, first):
+    """The same from Ray actors, chunk by chunk in order (each chunk after its warm-up frames)."""
     from ..ray_engine import ray_session, stylise_chunks
     cfg = state["cfg"]
     chunks = _chunks(first, state["source"].frames, cfg["chunk_frames"], cfg["warmup_frames"])
@@ -174,8 +167,7 @@ def _ray_chunks(state, ctx, first):
         for a, frames, rows in stylise_chunks(cfg, ctx.device, chunks, state["weights"], state["styles"],
                                               state["blend"], state["source"], state["size"], _video_kwargs(cfg)):
             for out, row in zip(frames, rows):
-                yield None, out, row
-            yield a, list(frames), rows
+                yield a, out, row
             if ctx.stop_requested:
                 return
 
@@ -196,11 +188,18 @@ def run(state, ctx):
     suffix = pathlib.PurePath(cfg["output"]).suffix
     bar = ctx.progress(src.frames, "video", unit="frame", initial=first)
     i, t0 = first, time.perf_counter()
-    chunks = _ray_chunks(state, ctx, first) if cfg["engine"] == "ray" else _local_chunks(state, ctx, first)
     wanted = {t + d for t in _sample_times(src.frames) for d in (-1, 0)}
     state["kept"] = {}
-    for start, out, row in chunks:
-        if start is None:   # one frame
+    seg = seg_start = None
+    try:
+        for start, out, row in _ray_frames(state, ctx, first) if cfg["engine"] == "ray" else \
+                _local_frames(state, ctx, first):
+            if seg is None or start != seg_start:       # a new chunk: a new segment
+                if seg is not None:
+                    seg.close()
+                    done.append((seg_start, seg.count))
+                seg, seg_start = SegmentWriter(seg_dir / f"{start:06d}{suffix}", src.fps, size), start
+            seg.write(out)
             if i in wanted:
                 state["kept"][i] = out
             ctx.log(frame=i, **row)
@@ -208,11 +207,13 @@ def run(state, ctx):
                 ctx.save_image(f"frames/{i:06d}.png", out)
             i += 1
             bar.update(1)
-            continue
-        with SegmentWriter(seg_dir / f"{start:06d}{suffix}", src.fps, size) as seg:
-            for f in out:
-                seg.write(f)
-        done.append((start, len(out)))
+    except BaseException:
+        if seg is not None:   # the frames of this segment are lost; the finished ones stay
+            seg.abort()
+        raise
+    if seg is not None:
+        seg.close()
+        done.append((seg_start, seg.count))
     bar.close()
     seconds = time.perf_counter() - t0
     frames_done = sum(n for _, n in done)
@@ -249,7 +250,7 @@ def _summary(state, ctx, frames_done, frames_now, seconds, complete):
                "seconds": seconds, "frames_per_s": frames_now / seconds if seconds > 0 else 0.0,
                "temporal_error_mean": statistics.fmean(errors) if errors else None,
                "temporal_error_median": statistics.median(errors) if errors else None,
-               "scene_cuts": sum(1 for r in last.values() if r.get("scene_cut")) - 1,
+               "scene_cuts": sum(1 for r in last.values() if r.get("scene_cut")),
                "stopped": bool(ctx.stop_requested)}
     summary["samples"] = _summary_strip(state, ctx, frames_done)
     return summary

@@ -75,7 +75,7 @@ class VideoStylizer:
             if self.temporal == "flow" and self.prev_out is not None:
                 w = self.flow_weight * step.mask[..., None].astype(numpy.float32)
                 out = restore_contrast((1 - w) * out + w * warp(self.prev_out, step.backward, cubic=True), out)
-            row = {"scene_cut": step.cut, "consistent_fraction": round(step.consistent_fraction, 4),
+            row = {"scene_cut": step.cut and not step.first, "consistent_fraction": round(step.consistent_fraction, 4),
                    "temporal_error": None, "seconds": seconds}
             if self.prev_out is not None:
                 row["temporal_error"] = temporal_error(self.prev_out, out, step.backward, step.mask)

@@ -122,7 +122,8 @@ def temporal_error(prev_out, cur_out, backward, mask) -> float | None:
 @dataclasses.dataclass
 class Step:
     """What :class:`TemporalState` found between the previous frame and this one."""
-    cut: bool                                 # a new shot: start afresh
+    cut: bool                                 # start afresh: a new shot, or the first frame
+    first: bool = False                       # the first frame this state has seen (not a cut in the video)
     backward: numpy.ndarray | None = None     # flow to the previous frame (None at a cut / first frame)
     mask: numpy.ndarray | None = None         # where it is consistent
     consistent_fraction: float = 0.0
@@ -142,7 +143,9 @@ class TemporalState:
         g = grey(frame)
         prev, prev_grey = self.prev, self.prev_grey
         self.prev, self.prev_grey = frame, g
-        if prev is None or histogram_distance(prev, frame) > SCENE_CUT_DISTANCE:
+        if prev is None:
+            return Step(cut=True, first=True)
+        if histogram_distance(prev, frame) > SCENE_CUT_DISTANCE:
             return Step(cut=True)
         backward, mask = self.flow.between(prev_grey, g)
         frac = float(mask.mean())
