@@ -54,6 +54,17 @@ def test_probe_and_seek_read_the_same_frames(clip, pan):
     assert [f.shape for f in vio.read_frames(src, 0, 2, size=(32, 48))] == [(32, 48, 3)] * 2
 
 
+def test_gif_input(tmp_path, pan):
+    from PIL import Image
+    ims = [Image.fromarray(f) for f in pan[:6]]
+    ims[0].save(tmp_path / "pan.gif", save_all=True, append_images=ims[1:], duration=100, loop=0)
+    src = vio.probe(tmp_path / "pan.gif")
+    assert (src.frames, src.fps, src.size) == (6, 10, (64, 96))
+    frames = list(vio.read_frames(src))
+    assert len(frames) == 6 and numpy.abs(frames[3].astype(int) - pan[3]).mean() < 4   # a 256-colour palette
+    assert len(list(vio.read_frames(src, 2, 5))) == 3
+
+
 def test_join_segments_keeps_frames_order_and_audio(tmp_path, clip, pan):
     parts = []
     for start, stop in ((0, 6), (6, 11), (11, 16)):
