@@ -381,3 +381,16 @@ def test_stylize_bad_inputs(stylizer):
         stylizer.stylize(img, img, alpha=1.5)
     with pytest.raises(XnnError, match="weight"):
         stylizer.stylize(img, [img, img], weights=[1])
+
+
+def test_adain_with_given_content_statistics(rng):
+    """content_stats=(mean, std) normalises the content with those instead of its own (a video's
+    smoothed statistics); its own statistics give plain AdaIN."""
+    from xnn.layers.adain import adain_with_stats
+    c = rng.standard_normal((2, 3, 5, 4))
+    mt, st = rng.random((1, 3, 1, 1)), rng.random((1, 3, 1, 1)) + 0.5
+    assert rel_error(adain_with_stats(c, mt, st, content_stats=channel_stats(c)), adain_with_stats(c, mt, st)) < 1e-12
+    mc, sc = rng.random((2, 3, 1, 1)), rng.random((2, 3, 1, 1)) + 0.5
+    assert rel_error(adain_with_stats(c, mt, st, content_stats=(mc, sc)), st * (c - mc) / sc + mt) < 1e-12
+    assert rel_error(adain_with_stats(c, mt, st, alpha=0.6, content_stats=(mc, sc)),
+                     0.6 * (st * (c - mc) / sc + mt) + 0.4 * c) < 1e-12

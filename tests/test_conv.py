@@ -118,10 +118,12 @@ def test_frozen_conv_computes_only_input_grad(dev, rng):
     layer = Conv2d(2, 3, 3, padding=1).freeze()
     errors = check_layer(layer, randn(rng, 2, 2, 5, 4), dev)
     assert set(errors) == {"x"} and layer.grads == {}
+    assert layer._xpad is None                          # a frozen layer keeps no input
 
 
 @pytest.mark.parametrize("k,s,p,mode", [(3, 1, 1, "zeros"), (3, 2, 0, "zeros"), (5, 2, 2, "zeros"),
-                                        (1, 1, 0, "zeros"), (3, 1, 1, "reflect"), (7, 3, 3, "zeros")])
+                                        (1, 1, 0, "zeros"), (3, 1, 1, "reflect"), (7, 3, 3, "zeros"),
+                                        (3, 3, 1, "zeros")])     # the last columns of padding are never read
 def test_conv2d_matches_direct_loops(dev, rng, k, s, p, mode):
     x, w, b = randn(rng, 2, 3, 11, 9), randn(rng, 4, 3, k, k), randn(rng, 4)
     layer = Conv2d(3, 4, k, stride=s, padding=p, padding_mode=mode).to(dev, numpy.float64)
@@ -380,3 +382,324 @@ def test_conv2d_arguments_accept_pairs_and_refuse_clearly():
         Conv2d(2, 3, (3, 3, 3))
     with pytest.raises(ValueError, match="unknown padding_mode 'reflection'"):
         Conv2d(2, 3, 3, padding_mode="reflection")
+
+
+# ---------------------------------------------------------------- documented rules, pinned (mutation testing)
+def spy_chunks(monkeypatch):
+    """Record (args, blocks) of every _chunks call."""
+    calls, real = [], ca._chunks
+
+    def chunks(*args, **kwargs):
+        blocks = real(*args, **kwargs)
+        calls.append((args, kwargs, blocks))
+        return blocks
+
+    monkeypatch.setattr(ca, "_chunks", chunks)
+    return calls
+
+
+def test_weight_grad_chunk_budget_follows_the_weight_size_and_the_device(rng, monkeypatch):
+    """chunk_limit of the dW size (kh*kw*C*O items), a device's own chunk_bytes, or the caller's limit;
+    and the whole column matrix ``cols`` gives the same dW without unrolling."""
+    import copy
+    cpu = xnn.device("cpu")
+    c = o = 256                                         # 2.4 MB of float32 dW: a budget between the bounds
+    xpad = rng.standard_normal((1, 4, 5, c)).astype(numpy.float32)
+    dy = rng.standard_normal((1, 2, 3, o)).astype(numpy.float32)
+    calls = spy_chunks(monkeypatch)
+    dw = ca.weight_grad_nhwc(cpu, xpad, dy, 3, 3, 1, 1)
+    (args, kwargs, _), = calls
+    assert args == (1, 2, 3 * 9 * c * 4) and kwargs == {"limit": ca.chunk_limit(9 * c * o * 4)}
+    assert ca.MIN_CHUNK_BYTES < kwargs["limit"] < ca.CHUNK_BYTES
+    calls.clear()
+    ca.weight_grad_nhwc(cpu, xpad, dy, 3, 3, 1, 1, limit=700)
+    assert calls[0][1] == {"limit": 700}
+    gpu_like = copy.copy(cpu)
+    gpu_like.chunk_bytes = 12345
+    calls.clear()
+    ca.weight_grad_nhwc(gpu_like, xpad, dy, 3, 3, 1, 1)
+    assert calls[0][1] == {"limit": 12345}
+    calls.clear()
+    with_cols = ca.weight_grad_nhwc(cpu, xpad, dy, 3, 3, 1, 1, cols=cpu.im2col(xpad, 3, 3, 1, 1))
+    assert not calls and with_cols.shape == (9 * c, o)
+    numpy.testing.assert_allclose(with_cols, dw, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_forward_chunks_keep_every_temporary_within_the_device_budget(rng, monkeypatch, algo):
+    """conv_nhwc cuts its work so that no chunk's temporary (im2col's column matrix; Winograd's
+    (m+2)^2 transformed tiles x max(C, O)) passes the budget by more than a row, which a device with its own
+    chunk_bytes sets; the parts are the device's workers."""
+    import copy
+    dev = copy.copy(xnn.device("cpu"))
+    dev.chunk_bytes = 2**14
+    n, c, o, h, w = 2, 8, 6, 12, 14
+    x = rng.standard_normal((n, h, w, c))
+    wt = rng.standard_normal((o, c, 3, 3))
+    m = ca.tile_size(algo)
+    ho, wo = h - 2, w - 2
+    extent = ca.padded_extent(algo, ho, wo, 3, 3, 1, 1)
+    xpad = numpy.zeros((n,) + tuple(extent) + (c,))
+    xpad[:, :h, :w] = x
+    calls = spy_chunks(monkeypatch)
+    if algo == "im2col":                                  # stride 1 by default
+        y = ca.conv_nhwc(dev, xpad, ca.prepare_weights(dev, wt, algo), None, algo, (ho, wo), 3, 3)
+        rows, per_row = ho, wo * 9 * c * 8
+    else:
+        y = ca.conv_nhwc(dev, xpad, ca.prepare_weights(dev, wt, algo), None, algo, (ho, wo), 3, 3, 1, 1)
+        rows, per_row = -(-ho // m), (m + 2) ** 2 * -(-wo // m) * max(c, o) * 8
+    want = conv_loops(x.transpose(0, 3, 1, 2), wt, numpy.zeros(o), 0).transpose(0, 2, 3, 1)
+    assert rel_error(y, want) < 1e-12
+    (args, kwargs, blocks), = calls
+    assert args[:2] == (n, rows) and args[3:] == (dev.workers, dev.chunk_bytes) and not kwargs
+    assert per_row <= dev.chunk_bytes < rows * per_row     # one row fits, one image does not
+    # within the budget, give or take one row (the rows are shared out evenly between the blocks)
+    assert len(blocks) > n and all((n1 - n0) * (r1 - r0) * per_row < dev.chunk_bytes + per_row
+                                   for n0, n1, r0, r1 in blocks)
+
+
+def test_winograd_runs_in_the_input_dtype(rng, monkeypatch):
+    """float32 weights and inputs use float32 transform matrices (one device copy per dtype)."""
+    cpu = xnn.device("cpu")
+    monkeypatch.setattr(ca, "_DEVICE_MATS", {})
+    wt = rng.standard_normal((4, 3, 3, 3)).astype(numpy.float32)
+    u = ca.prepare_weights(cpu, wt, "winograd4")
+    assert u.dtype == numpy.float32 and u.shape == (36, 3, 4)
+    xpad = rng.standard_normal((1, 10, 10, 3)).astype(numpy.float32)
+    y = ca.conv_nhwc(cpu, xpad, u, None, "winograd4", (8, 8), 3, 3, 1, 1)
+    assert y.dtype == numpy.float32
+    assert {k[1] for k in ca._DEVICE_MATS} == {numpy.dtype(numpy.float32).str}
+
+
+def test_tile_size_and_padded_extent_follow_the_algorithm():
+    assert (ca.tile_size("im2col"), ca.tile_size("winograd2"), ca.tile_size("winograd4")) == (1, 2, 4)
+    assert ca.padded_extent("im2col", 4, 5, 5, 3, 2, 1) == (3 * 2 + 5, 4 * 1 + 3)
+    assert ca.padded_extent("im2col", 6, 7, 3, 3, 1, 1) == (8, 9)
+    assert ca.padded_extent("winograd4", 5, 9, 3, 3, 1, 1) == (8 + 2, 12 + 2)
+    assert ca.padded_extent("winograd2", 5, 4, 3, 3, 1, 1) == (6 + 2, 4 + 2)
+
+
+def test_default_choice_boundaries():
+    """The rule of default_choice's docstring at its edges."""
+    choose = ca.default_choice
+    assert choose(3, 3, 1, 1, 16, 1, 32, 32) == "winograd4"     # 16 input channels are enough
+    assert choose(3, 3, 1, 1, 15, 1, 32, 32) == "im2col"
+    assert choose(3, 3, 1, 1, 3, 1, 64, 64) == "im2col"         # few channels, however many tiles
+    assert choose(5, 5, 1, 1, 32, 1, 64, 64) == "im2col"        # not 3x3 stride 1
+    assert choose(3, 3, 2, 2, 32, 1, 64, 64) == "im2col"
+    assert choose(3, 3, 1, 1, 32, 1, 4, 256) == "winograd4"     # one 4-row of 64 tiles
+    assert choose(3, 3, 1, 1, 32, 1, 3, 256) == "im2col"        # not one whole tile high
+    assert choose(3, 3, 1, 1, 32, 1, 30, 30) == "winograd4"     # 8 x 8 tiles (partial ones count)
+    assert choose(3, 3, 1, 1, 32, 1, 28, 28) == "im2col"        # 7 x 7 tiles
+
+
+def test_forced_algorithm_reads_the_environment(monkeypatch):
+    monkeypatch.delenv("XNN_CONV_ALGO", raising=False)
+    assert ca.forced_algorithm() == "auto"
+    monkeypatch.setenv("XNN_CONV_ALGO", "  ")
+    assert ca.forced_algorithm() == "auto"
+    monkeypatch.setenv("XNN_CONV_ALGO", " WinoGrad2 ")
+    assert ca.forced_algorithm() == "winograd2"
+    monkeypatch.setenv("XNN_CONV_ALGO", "fft")
+    with pytest.raises(ValueError, match=r"^XNN_CONV_ALGO='fft' is not one of auto, autotune, im2col, "
+                                         r"winograd2, winograd4$"):
+        ca.forced_algorithm()
+
+
+def test_convolve_uses_the_chosen_algorithms_weights_and_times_autotune_once(rng, monkeypatch):
+    cpu = xnn.device("cpu")
+    monkeypatch.delenv("XNN_CONV_ALGO", raising=False)
+    ca.clear_choices()
+    wt = rng.standard_normal((4, 3, 3, 3))
+    asked = []
+
+    def weights_for(a):
+        asked.append(a)
+        return ca.prepare_weights(cpu, wt, a)
+
+    x = rng.standard_normal((1, 9, 9, 3))
+    want = conv_loops(x.transpose(0, 3, 1, 2), wt, numpy.zeros(4), 1).transpose(0, 2, 3, 1)
+    y, _, algo = ca.convolve(cpu, x, "winograd4", weights_for, None, (3, 3), (1, 1), 1, "zeros", 4)
+    assert algo == "winograd4" and asked == ["winograd4"] and rel_error(y, want) < 1e-12
+    timed = []
+    monkeypatch.setattr(cpu, "elapsed", lambda fn: timed.append(1) or (0.0, fn()))
+    asked.clear()
+    y, _, algo = ca.convolve(cpu, x, "autotune", weights_for, None, (3, 3), (1, 1), 1, "zeros", 4)
+    assert sorted(asked) == sorted(ALGOS * 2) and len(timed) == 2 * len(ALGOS)   # each candidate twice
+    assert rel_error(y, want) < 1e-12
+    (key, chosen), = ca._CHOICE.items()
+    assert key[2] == "fwd" and chosen == algo == "im2col"     # the default tag; on a tie the first candidate
+    ca.convolve(cpu, x, "autotune", weights_for, None, (3, 3), (1, 1), 1, "zeros", 4)
+    assert len(timed) == 2 * len(ALGOS)                                           # remembered: not timed again
+    ca.clear_choices()
+    speed = {"im2col": [3.0, 2.5], "winograd2": [1.0, 4.0], "winograd4": [2.0, 1.5]}   # two runs each
+
+    def elapsed(fn):
+        asked.clear()
+        y = fn()
+        return speed[asked[0]].pop(0), y
+
+    monkeypatch.setattr(cpu, "elapsed", elapsed)
+    y, _, algo = ca.convolve(cpu, x, "autotune", weights_for, None, (3, 3), (1, 1), 1, "zeros", 4, "dx")
+    assert algo == "winograd2" and ca._CHOICE == {key[:2] + ("dx",) + key[3:]: "winograd2"}   # the faster run counts
+    assert rel_error(y, want) < 1e-12
+    ca.clear_choices()
+
+
+def test_conv2d_output_shape():
+    assert Conv2d(1, 1, 3, stride=2).output_shape(8, 9) == (3, 4)
+    assert Conv2d(1, 1, (3, 3), stride=(1, 2), padding=1).output_shape(5, 6) == (5, 3)
+    assert Conv2d(1, 1, 5, padding=2).output_shape(7, 8) == (7, 8)
+
+
+def test_conv2d_defaults_initialisers_and_exact_messages():
+    layer = Conv2d(2, 3, 3)
+    assert (layer.stride, layer.padding, layer.padding_mode, layer.algorithm) == ((1, 1), 0, "zeros", "auto")
+    assert layer.params["W"].dtype == numpy.float32 and layer.params["b"].dtype == numpy.float32
+    numpy.testing.assert_array_equal(layer.params["b"], numpy.zeros(3))
+    numpy.testing.assert_array_equal(layer.params["W"], Conv2d(2, 3, 3, seed=0, init="he").params["W"])
+    assert "b" not in Conv2d(2, 3, 3, bias=False).params
+    he = Conv2d(64, 8, 3, seed=1).params["W"]                          # N(0, 2 / (C k k))
+    assert he.std() == pytest.approx(numpy.sqrt(2 / (64 * 9)), rel=0.05)
+    xavier = Conv2d(16, 32, 3, init="xavier", seed=1).params["W"]      # U(-a, a), a = sqrt(6 / (9 C + 9 O))
+    a = numpy.sqrt(6 / (16 * 9 + 32 * 9))
+    assert a * 0.99 < numpy.abs(xavier).max() <= a
+    assert Conv2d(2, 3, 3, init="xavier", dtype=numpy.float64).params["W"].dtype == numpy.float64
+    choices = "auto, autotune, im2col, winograd2, winograd4"
+    for kwargs, message in [
+            (dict(kernel_size=(3, 3, 3)), "Conv2d kernel_size must be a positive int or a pair of them, got (3, 3, 3)"),
+            (dict(kernel_size=3, stride=0), "Conv2d stride must be a positive int or a pair of them, got 0"),
+            (dict(kernel_size=3, padding=(1, 2)), "Conv2d padding must be an int >= 0 or a pair (p, p) of equal "
+                                                  "ints (H and W are padded alike), got (1, 2)"),
+            (dict(kernel_size=3, padding_mode="reflection"), "unknown padding_mode 'reflection'; choose 'zeros' or "
+                                                             "'reflect'"),
+            (dict(kernel_size=3, algorithm="fft"), f"unknown conv algorithm 'fft'; choose one of {choices}"),
+            (dict(kernel_size=5, algorithm="winograd4"), "conv algorithm 'winograd4' needs a 3x3 stride-1 kernel; "
+                                                         f"choose one of {choices}")]:
+        with pytest.raises(ValueError) as info:
+            Conv2d(2, 3, **kwargs)
+        assert str(info.value) == message
+    assert Conv2d(2, 3, 3, padding_mode="reflect").padding_mode == "reflect"
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_frozen_conv_prepares_its_forward_weights_once(dev, rng, algo, monkeypatch):
+    """A frozen layer caches the forward weights of its algorithm; the input-gradient ones are rebuilt
+    per call and never cached in their place."""
+    prepared, real = [], ca.prepare_weights
+    monkeypatch.setattr(ca, "prepare_weights", lambda *a: prepared.append(a[2]) or real(*a))
+    layer = make(dev, algo, 3, 4, frozen=True)
+    x = dev.asarray(rng.standard_normal((1, 3, 8, 8)))
+    y = xnn.to_numpy(layer.forward(x))
+    assert prepared == [algo]
+    layer.forward(x)
+    assert prepared == [algo]                                          # cached
+    layer.backward(dev.asarray(numpy.ones(y.shape)))
+    assert prepared == [algo, algo]                                    # the dx weights, not cached
+    numpy.testing.assert_array_equal(xnn.to_numpy(layer.forward(x)), y)
+    assert prepared == [algo, algo] and list(layer._wcache) == [algo]
+    trained = make(dev, algo, 3, 4)                                    # not frozen: nothing is cached
+    trained.forward(x)
+    trained.forward(x)
+    assert not trained._wcache
+
+
+def test_autotune_remembers_per_direction_and_channel_count(dev, rng):
+    ca.clear_choices()
+    x = dev.asarray(rng.standard_normal((1, 3, 6, 6)))
+    for o in (4, 5):
+        layer = make(dev, "autotune", 3, o)
+        layer.backward(layer.forward(x))
+    assert sorted((k[2], k[-1]) for k in ca._CHOICE) == [("dx", 3), ("dx", 3), ("fwd", 4), ("fwd", 5)]
+    ca.clear_choices()
+
+
+def test_a_forced_algorithm_that_does_not_apply_falls_back_to_im2col_untimed(dev, rng, monkeypatch):
+    monkeypatch.setenv("XNN_CONV_ALGO", "winograd4")
+    ca.clear_choices()
+    strided = Conv2d(2, 2, 3, stride=2).to(dev)
+    strided.forward(dev.asarray(rng.standard_normal((1, 2, 9, 9)).astype(numpy.float32)))
+    assert strided.last_algorithms["fwd"] == "im2col" and not ca._CHOICE
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_input_gradient_path_choice(dev, rng, algo):
+    """Stride 1 with p <= k - 1 (here 3x3, p = 2; and reflect padding): dx is a convolution by the
+    layer's algorithm; p = 3 > k - 1 folds dY W^T back by col2im (no dx convolution)."""
+    x = rng.standard_normal((1, 2, 6, 5))
+    for pad, mode, conv_dx in ((2, "zeros", True), (1, "reflect", True), (3, "zeros", False)):
+        layer = Conv2d(2, 3, 3, padding=pad, padding_mode=mode, algorithm=algo, seed=1)
+        check_layer(layer, x, dev)
+        assert (layer.last_algorithms.get("dx") == algo) == conv_dx, (pad, mode, layer.last_algorithms)
+
+
+def test_frozen_strided_conv_caches_one_weight_copy(dev, rng):
+    layer = Conv2d(2, 3, 3, stride=2, padding=1).to(dev, numpy.float64).freeze()
+    x = dev.asarray(rng.standard_normal((1, 2, 7, 7)))
+    y = layer.forward(x)
+    dx = xnn.to_numpy(layer.backward(dev.asarray(numpy.ones(y.shape))))
+    assert list(layer._wcache) == ["im2col"] and dx.shape == (1, 2, 7, 7)
+
+
+def test_conv2d_forward_messages():
+    layer = Conv2d(2, 3, 3)
+    with pytest.raises(ValueError) as info:
+        layer.forward(numpy.zeros((1, 3, 5, 5), numpy.float32))
+    assert str(info.value) == "Conv2d expects (N, 2, H, W) input, got (1, 3, 5, 5)"
+    with pytest.raises(ValueError) as info:
+        layer.forward(numpy.zeros((1, 2, 2, 4), numpy.float32))
+    assert str(info.value) == "Conv2d input 2x4 is smaller than its 3x3 kernel"
+    with pytest.raises(ValueError) as info:
+        Conv2d(2, 3, 3, init="lecun")
+    assert str(info.value) == "unknown initialiser 'lecun'; choose 'he' or 'xavier'"
+    unset = Conv2d(2, 3, 3, init=None)                                 # weights about to be loaded
+    assert unset.params["W"].dtype == numpy.float32 and not unset.params["W"].any()
+
+
+def test_frozen_autotune_keeps_only_the_chosen_weights_and_auto_keeps_each_it_uses(rng):
+    ca.clear_choices()
+    for shape in ((1, 3, 4, 5), (1, 3, 8, 8)):                         # 2 and 3 candidates
+        layer = Conv2d(3, 4, 3, algorithm="autotune").freeze()
+        layer.forward(rng.standard_normal(shape).astype(numpy.float32))
+        assert list(layer._wcache) == [layer.last_algorithms["fwd"]]
+    ca.clear_choices()
+    auto = Conv2d(16, 4, 3, padding=1).freeze()
+    for size in (32, 8):                                               # winograd4, then im2col
+        auto.forward(rng.standard_normal((1, 16, size, size)).astype(numpy.float32))
+    assert sorted(auto._wcache) == ["im2col", "winograd4"]
+
+
+def test_chunks_group_whole_images_that_fit_and_share_them_between_the_workers():
+    assert ca._chunks(3, 4, 10) == [(0, 3, 0, 4)]                              # one worker by default
+    assert ca._chunks(2, 4, 256, 2, limit=1024) == [(0, 1, 0, 4), (1, 2, 0, 4)]   # an image that just fits
+    assert ca._chunks(4, 8, 10, 2, limit=1000) == [(0, 2, 0, 8), (2, 4, 0, 8)]
+    assert ca._chunks(2, 8, 10, 2, limit=1000) == [(0, 1, 0, 8), (1, 2, 0, 8)]
+    assert ca._chunks(1, 2, 10, 2, limit=1000) == [(0, 1, 0, 1), (0, 1, 1, 2)]    # fewer images than workers
+    assert ca._chunks(4, 8, 100, 1, limit=1600) == [(0, 2, 0, 8), (2, 4, 0, 8)]
+
+
+class _NanEmpty:
+    """NumPy whose ``empty`` is full of NaN: what pad_to_extent does not write shows."""
+
+    def __getattr__(self, name):
+        return getattr(numpy, name)
+
+    @staticmethod
+    def empty(shape, dtype=float):
+        return numpy.full(shape, numpy.nan, dtype)
+
+
+@pytest.mark.parametrize("shape,p,mode,extent", [((2, 3, 4, 2), 2, "zeros", (5, 6)),
+                                                  ((1, 3, 3, 2), 2, "zeros", (10, 9)),
+                                                  ((1, 4, 5, 1), 1, "reflect", (8, 9)),
+                                                  ((1, 4, 5, 1), 0, "zeros", (6, 7))])
+def test_pad_to_extent_writes_every_element(rng, shape, p, mode, extent):
+    from xnn.layers.padding import pad_to_extent
+    x = rng.standard_normal(shape)
+    got = pad_to_extent(_NanEmpty(), x, p, mode, extent)
+    want = numpy.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="constant" if mode == "zeros" else "reflect")
+    eh, ew = max(extent[0], want.shape[1]), max(extent[1], want.shape[2])
+    want = numpy.pad(want, ((0, 0), (0, eh - want.shape[1]), (0, ew - want.shape[2]), (0, 0)))
+    assert got.shape == want.shape and got.dtype == x.dtype
+    numpy.testing.assert_array_equal(got, want)
+    assert pad_to_extent(numpy, x, 0, mode, shape[1:3]) is x                      # nothing to pad: no copy

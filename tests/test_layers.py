@@ -217,3 +217,30 @@ def test_pad_hw_keeps_the_dtype_and_checks_both_sides(rng):
     assert pad_hw(numpy, x, 3, "reflect").dtype == numpy.float32
     with pytest.raises(ValueError, match=r"^reflection padding 4 needs an input larger than 4 pixels, got 5x4$"):
         pad_hw(numpy, x, 4, "reflect")
+
+
+def test_relu_keeps_only_a_boolean_mask_for_backward(rng):
+    """The docstring's memory promise: 1 byte per element is kept, whatever x's dtype."""
+    relu = ReLU()
+    relu.forward(rng.standard_normal((2, 3, 4, 5)))
+    assert relu._mask.dtype == numpy.bool_
+
+
+def test_in_layout_of_copies_into_the_reference_layout_only_when_it_differs(rng):
+    from xnn.layers.layout import channels_last, in_layout_of
+    ref = rng.standard_normal((2, 4, 5, 3)).transpose(0, 3, 1, 2)       # channels-last
+    nchw = rng.standard_normal((2, 3, 4, 5))
+    moved = in_layout_of(numpy, nchw, ref)
+    assert channels_last(moved) and not channels_last(nchw)
+    numpy.testing.assert_array_equal(moved, nchw)
+    nhwc = rng.standard_normal((2, 4, 5, 3)).transpose(0, 3, 1, 2)
+    assert in_layout_of(numpy, nhwc, ref) is nhwc                       # already in ref's order: no copy
+    assert in_layout_of(numpy, nchw, nchw.copy()) is nchw                # an NCHW reference: a is kept
+
+
+def test_layer_to_keeps_or_casts_the_parameter_dtype():
+    layer = Linear(3, 2)
+    assert layer.grads == {} and ReLU().grads == {} and ReLU().params == {}    # dicts from the start
+    assert layer.to("cpu").params["W"].dtype == numpy.float32                  # no dtype: kept
+    assert layer.to("cpu", numpy.float64).params["W"].dtype == numpy.float64
+    assert layer.to(None, numpy.float32).params["b"].dtype == numpy.float32

@@ -198,3 +198,34 @@ def test_load_state_dict_refuses_what_does_not_fit():
         Adam(params).load_state_dict({**state, "w/m": numpy.zeros((3, 2))})
     with pytest.raises(xnn.XnnError, match="'gone/m' does not fit"):
         Adam(params).load_state_dict({**state, "gone/m": numpy.zeros(3)})
+
+
+def test_load_state_dict_messages_name_the_optimiser_and_list_what_fits():
+    """The exact error texts: the optimiser's class, at most 6 state keys, at most 4 parameters
+    (' ...' only past 4), the state slots per parameter ('none' for a stateless optimiser)."""
+    from xnn.optim import Optimizer
+
+    def message(opt, state):
+        with pytest.raises(xnn.XnnError) as info:
+            opt.load_state_dict(state)
+        return str(info.value)
+
+    seven = {f"k{i}": numpy.zeros(1) for i in range(7)}
+    assert message(Adam({"w": numpy.zeros(1)}), seven) == \
+        "Adam state has no step count 't' (keys: k0, k1, k2, k3, k4, k5)"
+    four = {f"p{i}": numpy.zeros(1) for i in range(4)}
+    five = {f"p{i}": numpy.zeros(1) for i in range(5)}
+    stray = {"t": numpy.asarray(1), "x/v": numpy.zeros(1)}
+    assert message(SGD(four, momentum=0.9), stray) == (
+        "SGD state entry 'x/v' does not fit this optimiser (parameters: p0, p1, p2, p3; "
+        "state per parameter: v)")
+    assert message(Adam(five), stray) == (
+        "Adam state entry 'x/v' does not fit this optimiser (parameters: p0, p1, p2, p3 ...; "
+        "state per parameter: m, v)")
+
+    class Stateless(Optimizer):
+        def _update(self, name, p, g):
+            p -= self.lr * g
+
+    assert message(Stateless({"w": numpy.zeros(1)}, lr=0.1), {"t": numpy.asarray(0), "w/v": numpy.zeros(1)}) == (
+        "Stateless state entry 'w/v' does not fit this optimiser (parameters: w; state per parameter: none)")

@@ -49,7 +49,9 @@ def test_pool_gradients(dev, rng, cls, k, s, p, ceil, h, w):
 @pytest.mark.parametrize("kind,cls", [("max", MaxPool2d), ("avg", AvgPool2d)])
 @pytest.mark.parametrize("k,s,p,ceil,h,w", [(2, 2, 0, False, 8, 6), (2, 2, 0, True, 7, 5),
                                             (3, 2, 1, True, 9, 8), (3, 2, 0, False, 7, 6),
-                                            (3, 3, 0, True, 10, 8)])
+                                            (3, 3, 0, True, 10, 8),
+                                            (3, 1, 1, False, 5, 4),      # padded, stride 1, floor
+                                            (3, 3, 1, False, 9, 9)])     # the windows never reach the last row/column
 def test_pools_match_direct_loops(dev, rng, kind, cls, k, s, p, ceil, h, w):
     x = randn(rng, 2, 3, h, w)
     y = xnn.to_numpy(cls(k, s, padding=p, ceil_mode=ceil).to(dev).forward(dev.asarray(x)))
@@ -194,3 +196,28 @@ def test_pools_keep_float32(dev, rng, cls, kw):
     y = pool.forward(x)
     dx = pool.backward(dev.asarray(numpy.ones(y.shape, numpy.float32)))
     assert y.dtype == numpy.float32 and dx.dtype == numpy.float32
+
+
+def test_pool_defaults_to_floor_mode_and_names_the_class_in_its_errors():
+    assert MaxPool2d(2).ceil_mode is False and AvgPool2d(2).ceil_mode is False
+    assert MaxPool2d(2).forward(numpy.zeros((1, 1, 5, 5))).shape == (1, 1, 2, 2)
+    with pytest.raises(ValueError, match=r"^MaxPool2d kernel_size must be a positive int or a pair of them, got '2'$"):
+        MaxPool2d("2")
+    with pytest.raises(ValueError, match=r"^AvgPool2d stride must be"):
+        AvgPool2d(2, stride=0)
+
+
+@pytest.mark.parametrize("k", [(1, 2), (2, 1)])
+def test_maxpool_fast_path_with_two_offsets(dev, rng, k):
+    """A 1x2 (or 2x1) kernel that tiles the input: y is the maximum of just two slices."""
+    x = rng.standard_normal((2, 3, 4, 6))
+    y = xnn.to_numpy(MaxPool2d(k).to(dev).forward(dev.asarray(x)))
+    want = x.reshape(2, 3, 4 // k[0], k[0], 6 // k[1], k[1]).max(axis=(3, 5))
+    numpy.testing.assert_array_equal(y, want)
+
+
+def test_maxpool_fast_path_tie_between_the_last_two_offsets_goes_to_the_first_of_them(dev):
+    pool = MaxPool2d(2).to(dev)
+    pool.forward(dev.asarray(numpy.array([[[[1.0, 2.0], [3.0, 3.0]]]])))
+    dx = xnn.to_numpy(pool.backward(dev.asarray(numpy.array([[[[5.0]]]]))))
+    numpy.testing.assert_array_equal(dx, [[[[0.0, 0.0], [5.0, 0.0]]]])

@@ -497,3 +497,126 @@ def test_blend_grams_default_weights_and_messages(rng):
         blend_grams([])
     with pytest.raises(ValueError, match=r"^features must have shape \(1, C, H, W\), got \(2, 3, 4, 4\)$"):
         gram_matrix(numpy.ones((2, 3, 4, 4)))
+
+
+# ---------------------------------------------------------------- exact contracts (mutation testing)
+def test_loss_functions_default_to_gatys_and_their_messages_name_the_shapes(dev, rng):
+    from xnn.layers.layout import channels_last
+    from xnn.style.losses import style_target, style_terms
+    G, A = put(dev, rng.standard_normal((3, 3))), put(dev, rng.standard_normal((3, 3)))
+    assert style_target(G, 3, 10) is G
+    loss, D, k = style_terms(G, A, 3, 10)
+    numpy.testing.assert_allclose(host(D), (host(G) - host(A)) / 30, rtol=1e-13)
+    assert float(loss) == pytest.approx(0.25 * ((host(G) - host(A)) ** 2).sum() / 900, rel=1e-12)
+    assert k == pytest.approx(1 / 30)
+    with pytest.raises(ValueError, match=r"^content features \(1, 3, 4, 5\) and target \(1, 3, 5, 4\) differ in shape$"):
+        content_loss(put(dev, numpy.zeros((1, 3, 4, 5))), put(dev, numpy.zeros((1, 3, 5, 4))))
+    with pytest.raises(ValueError, match=r"^style target Gram \(2, 2\) does not fit 3-channel features$"):
+        style_loss(put(dev, numpy.zeros((1, 3, 4, 5))), put(dev, numpy.zeros((2, 2))))
+    # the content gradient comes back in F's memory order even for a target of another order
+    F = dev.asarray(rng.standard_normal((1, 4, 5, 3))).transpose(0, 3, 1, 2)     # channels-last
+    P = put(dev, rng.standard_normal((1, 3, 4, 5)))                               # NCHW
+    _, grad = content_loss(F, P)
+    assert channels_last(grad)
+    numpy.testing.assert_array_equal(host(grad), host(F) - host(P))
+
+
+def test_objective_defaults_messages_and_layer_order(dev, rng):
+    from xnn.layers.layout import channels_last
+    net = small_vgg(dev)
+    obj = StyleTransferObjective(net, ["relu2_1"], ["relu1_1", "conv1_1"])
+    assert (obj.content_weight, obj.style_weight, obj.tv_weight) == (1.0, 1.0, 0.0)
+    assert obj.layers == ["conv1_1", "relu1_1", "relu2_1"]                        # the model's order
+    with pytest.raises(xnn.XnnError, match=r"^unknown layer 'relu9_1'; the model's layers are: "
+                                           + ", ".join(net.names) + "$"):
+        StyleTransferObjective(net, ["relu9_1"], STYLE)
+    with pytest.raises(xnn.XnnError, match=r"^content_weight must be >= 0, got -1$"):
+        StyleTransferObjective(net, CONTENT, STYLE, content_weight=-1)
+    with pytest.raises(xnn.XnnError, match=r"^tv_weight must be >= 0, got -0.5$"):
+        StyleTransferObjective(net, CONTENT, STYLE, tv_weight=-0.5)
+    with pytest.raises(xnn.XnnError, match=r"^2 style layer weights for 3 style layers$"):
+        StyleTransferObjective(net, CONTENT, STYLE, style_layer_weights=[1, 2])
+    img = put(dev, rng.uniform(-1, 1, (1, 3, 8, 8)))
+    with pytest.raises(xnn.XnnError, match=r"^content layers are set but no content image was given$"):
+        obj.set_targets(None, img)
+    with pytest.raises(xnn.XnnError, match=r"^style layers are set but no style image was given$"):
+        obj.set_targets(img, None)
+    obj.set_targets(img, img)
+    assert channels_last(net.features(img, ["relu2_1"])["relu2_1"])
+    assert channels_last(obj.content_targets["relu2_1"])                       # the features' memory order
+
+
+def test_objective_works_with_a_model_without_layer_names(dev, rng):
+    """Any model with features() and backward() will do; the loss layers are then taken in the
+    order given (content, then style), each once."""
+    net = small_vgg(dev)
+
+    class Bare:
+        def features(self, x, names):
+            return net.features(x, names)
+
+        def backward(self, inject):
+            return net.backward(inject=inject)
+
+    img = lambda: put(dev, rng.uniform(-1, 1, (1, 3, 8, 8)))  # noqa: E731
+    bare = StyleTransferObjective(Bare(), ["relu2_1"], ["relu1_1", "relu2_1"])
+    named = StyleTransferObjective(net, ["relu2_1"], ["relu1_1", "relu2_1"])
+    assert bare.layers == ["relu2_1", "relu1_1"]
+    content, style, x = img(), img(), img()
+    bare.set_targets(content, style)
+    named.set_targets(content, style)
+    (lb, gb), (ln, gn) = bare.loss_and_grad(x), named.loss_and_grad(x)
+    assert lb == pytest.approx(ln, rel=1e-12)
+    numpy.testing.assert_allclose(host(gb), host(gn), rtol=1e-10, atol=1e-14)
+
+
+def test_objective_weights_scale_the_gradient_and_zero_weights_skip_the_backward(dev, rng):
+    obj, net, _, _, x = make_objective(dev, rng, style_weight=0.0)
+    _, g1 = obj.loss_and_grad(x)
+    obj.content_weight = 2.0
+    _, g2 = obj.loss_and_grad(x)
+    numpy.testing.assert_allclose(host(g2), 2 * host(g1), rtol=1e-12)
+    calls = []
+    for name, layer in net:
+        layer.backward = (lambda fn, name: lambda a: calls.append(name) or fn(a))(layer.backward, name)
+    obj.content_weight = 0.0
+    losses, g = obj.loss_and_grad(x)                      # every term weighted 0: no backward at all
+    assert calls == [] and losses["total"] == 0
+    assert g.shape == x.shape and g.dtype == x.dtype and not host(g).any()
+    obj.tv_weight = 0.5
+    _, g = obj.loss_and_grad(x)                           # TV only: its gradient, still no backward
+    assert calls == []
+    numpy.testing.assert_allclose(host(g), 0.5 * host(tv_loss(x)[1]), rtol=1e-13)
+    tv_only = StyleTransferObjective(net, [], [], tv_weight=0.5).set_targets()
+    losses, g = tv_only.loss_and_grad(x)                  # no loss layers: no forward either
+    assert losses["total"] == pytest.approx(0.5 * ref_tv(host(x)), rel=1e-12)
+    numpy.testing.assert_allclose(host(g), 0.5 * host(tv_loss(x)[1]), rtol=1e-13)
+
+
+def test_objective_style_layer_weight_zero_drops_the_layer(dev, rng):
+    net = small_vgg(dev)
+    img = lambda: put(dev, rng.uniform(-1, 1, (1, 3, 8, 8)))  # noqa: E731
+    content, style, x = img(), img(), img()
+    with_zero = StyleTransferObjective(net, CONTENT, STYLE, style_layer_weights=[0, 1, 2])
+    without = StyleTransferObjective(net, CONTENT, STYLE[1:], style_layer_weights=[1, 2])
+    (l0, g0), (l1, g1) = (o.set_targets(content, style).loss_and_grad(x) for o in (with_zero, without))
+    assert l0 == pytest.approx(l1, rel=1e-12)
+    numpy.testing.assert_allclose(host(g0), host(g1), rtol=1e-10, atol=1e-14)
+
+
+def test_objective_loss_terms_keep_the_dtype_and_come_to_the_host_only_when_asked(dev, rng):
+    obj, _, _, _, x = make_objective(dev, rng, dtype=numpy.float32, tv_weight=0.1)
+    losses, _ = obj.loss_and_grad(x)
+    assert all(type(v) is float for v in losses.values())
+    on_device, g = obj.loss_and_grad(x, to_host=False)
+    assert g.dtype == numpy.float32
+    assert all(type(v) is not float and v.dtype == numpy.float32 for v in on_device.values())
+    assert all(v.dtype == numpy.float32 for v in obj.losses(x, to_host=False).values())
+
+
+def test_objective_says_when_the_model_gives_no_input_gradient(dev, rng):
+    obj, net, _, _, x = make_objective(dev, rng)
+    net["conv1_1"].needs_input_grad = False
+    with pytest.raises(RuntimeError, match=r"^the model returned no input gradient \(its first layer has "
+                                           r"needs_input_grad=False\)$"):
+        obj.loss_and_grad(x)
