@@ -82,9 +82,6 @@ def ray_session(cfg, device):
     address = ray_address(cfg)
     check_address(address)
     env = {k: v for k, v in os.environ.items() if k.startswith("XNN_")}
-    threads = _threads_per_actor(cfg, device)
-    if threads:   # Ray sets OMP_NUM_THREADS=1 in workers: OpenBLAS would then use one core per actor
-        env["XNN_THREADS"] = env["OMP_NUM_THREADS"] = str(threads)
     import logging
     kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                   runtime_env={"env_vars": env})
@@ -129,26 +126,31 @@ def _stderr_muted():
             os.close(saved)
 
 
-def _threads_per_actor(cfg, device):
-    if device.kind != "cpu":
-        return None
-    return max(1, (os.cpu_count() or 1) // (cfg.get("ray_actors") or 1))
-
-
 def _pool(cfg, device):
-    """map_batches resources: (actors, num_gpus, num_cpus) per actor."""
+    """map_batches resources: {concurrency, num_gpus, num_cpus, runtime_env} of the actor pool.
+
+    GPU: one actor per GPU (or ``ray_actors``), one GPU each.  CPU: one actor per node (or
+    ``ray_actors``, spread evenly), each asking for its node's share of the cores of the
+    smallest node, less a quarter CPU that Ray Data's read tasks need (without it they wait for
+    the actors forever); its OpenBLAS and xnn threads are set to that share (Ray would give a
+    worker OMP_NUM_THREADS=1 for a fractional request).
+    """
+    import math
     ray = require_ray()
-    res = ray.cluster_resources()
     if device.kind != "cpu":
-        gpus = int(res.get("GPU", 0))
+        gpus = int(ray.cluster_resources().get("GPU", 0))
         if gpus < 1:
             raise XnnError("device gpu with engine: ray needs GPUs in the Ray cluster, and it reports none; "
                            "use --device cpu or a cluster with GPU nodes")
-        return cfg.get("ray_actors") or gpus, 1, 1
-    cpus = max(1.0, float(res.get("CPU", 1)))
-    actors = cfg.get("ray_actors") or 1
-    # leave a quarter CPU per actor for Ray Data's read tasks, or they wait for the actors forever
-    return actors, 0, max(0.5, cpus / actors - 0.25)
+        return dict(concurrency=cfg.get("ray_actors") or gpus, num_gpus=1, num_cpus=1)
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU")]
+    node_cpus = min(n["Resources"]["CPU"] for n in nodes) if nodes else 1.0
+    actors = cfg.get("ray_actors") or max(1, len(nodes))
+    per_node = math.ceil(actors / max(1, len(nodes)))
+    share = node_cpus / per_node
+    threads = str(max(1, int(share)))
+    return dict(concurrency=actors, num_gpus=0, num_cpus=max(0.5, share - 0.25),
+                runtime_env={"env_vars": {"OMP_NUM_THREADS": threads, "XNN_THREADS": threads}})
 
 
 def _worker_stylizer(weights, device_name, style_images, blend):
@@ -211,18 +213,17 @@ def _map_batches(ds, worker, **kwargs):
     """ds.map_batches with max_restarts=0: a failed actor is an error, not a silent retry (and Ray
     then does not warn that restarts need the constructor's arguments kept)."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", ".*ray_remote_args.*")   # max_restarts has no named parameter yet
+        warnings.filterwarnings("ignore", ".*ray_remote_args.*")   # max_restarts / runtime_env: no named parameter yet
         return ds.map_batches(worker, max_restarts=0, **kwargs)
 
 
 def stylise_images(cfg, device, paths, weights, style_images, blend):
     """Yield (path, output file bytes or None, error or None, seconds) per image, in input order."""
     ray = require_ray()
-    actors, gpus, cpus = _pool(cfg, device)
     ds = ray.data.read_binary_files([str(p) for p in paths], include_paths=True, num_cpus=0.25)
     ds = _map_batches(ds, _ImageWorker, batch_size=cfg.get("batch_size") or 1, batch_format="numpy",
-                        concurrency=actors, num_gpus=gpus, num_cpus=cpus,
-                        fn_constructor_kwargs=dict(weights=weights, device_name=device.name,
+                      **_pool(cfg, device),
+                      fn_constructor_kwargs=dict(weights=weights, device_name=device.name,
                                                    style_images=style_images,
                                                    blend=blend, alpha=cfg["alpha"], image_size=cfg["image_size"],
                                                    original_colors=cfg["original_colors"],
@@ -284,11 +285,9 @@ class _ChunkWorker:
 def stylise_chunks(cfg, device, chunks, weights, style_images, blend, source, size, video_kwargs):
     """Yield (start, uint8 frames (n, h, w, 3), metric rows) per chunk (warm, start, stop), in order."""
     ray = require_ray()
-    actors, gpus, cpus = _pool(cfg, device)
     ds = ray.data.from_items([{"warm": w, "start": a, "stop": b} for w, a, b in chunks])
-    ds = _map_batches(ds, _ChunkWorker, batch_size=1, batch_format="numpy", concurrency=actors,
-                        num_gpus=gpus, num_cpus=cpus,
-                        fn_constructor_kwargs=dict(weights=weights, device_name=device.name,
+    ds = _map_batches(ds, _ChunkWorker, batch_size=1, batch_format="numpy", **_pool(cfg, device),
+                      fn_constructor_kwargs=dict(weights=weights, device_name=device.name,
                                                    style_images=style_images,
                                                    blend=blend, source=source, size=size, video_kwargs=video_kwargs,
                                                    batch_size=cfg["batch_size"]))

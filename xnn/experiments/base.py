@@ -68,7 +68,7 @@ def engine_fields(what: str) -> dict:
                              "default $RAY_ADDRESS); unset: a local Ray is started and stopped by the run",
                              nullable=True),
         "ray_actors": Field("int", None, "engine: ray: how many actors, each with the model (default: one per "
-                            "GPU on a GPU cluster, else 1 using every core)", min=1, nullable=True),
+                            "GPU on a GPU cluster, else one per node using its cores)", min=1, nullable=True),
     }
 
 
