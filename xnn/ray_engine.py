@@ -156,48 +156,31 @@ def _pool(cfg, device):
 def _worker_stylizer(weights, device_name, style_images, blend):
     """The stylizer and the blended target statistics of (already resized) style images."""
     import xnn
+    from .experiments.adain import build_stylizer
     from .layers.adain import blend_stats
-    from .models import AdaINStylizer, adain_decoder, adain_encoder
-    dev = xnn.device(device_name)
-    enc, dec = weights
-    st = AdaINStylizer(adain_encoder(enc, device=dev), adain_decoder(dec, device=dev))
-    return st, blend_stats([st.encode_style(s) for s in style_images], blend)
+    from .models.adain import StyleStats
+    st = build_stylizer(weights, xnn.device(device_name))
+    return st, StyleStats(*blend_stats([st.encode_style(s) for s in style_images], blend))
 
 
 class _ImageWorker:
-    """A Ray actor: image file bytes -> stylised image file bytes (see experiments.adain)."""
+    """A Ray actor: image file bytes -> stylised image file bytes, by experiments.adain's own steps."""
 
-    def __init__(self, weights, device_name, style_images, blend, alpha, image_size,
-                 original_colors, suffixes, tile_size):
-        from .models.adain import StyleStats
-        self.st, target = _worker_stylizer(weights, device_name, style_images, blend)
-        self.target = StyleStats(*target)
-        self.alpha, self.image_size, self.original_colors, self.suffixes = alpha, image_size, original_colors, suffixes
-        self.tile_size = tile_size
+    def __init__(self, weights, device_name, style_images, blend, cfg):
+        self.st, self.target = _worker_stylizer(weights, device_name, style_images, blend)
+        self.cfg = cfg
 
     def __call__(self, batch):
-        import time
-        from .data.images import decode_image, encode_image, resize_longer_side, transfer_luminance
-        from .experiments.adain import tile_for
-        from .models.adain import check_image_size
+        from .data.images import decode_image, encode_image
+        from .experiments.adain import output_suffix, sized_content, stylise_content
         rows = {"path": [], "data": [], "error": [], "seconds": [], "size": []}
         for path, data in zip(batch["path"], batch["bytes"]):
             name = os.path.basename(str(path))
             out_bytes, error, seconds, size = b"", "", 0.0, ""
             try:
-                content = decode_image(bytes(data), name)
-                if self.image_size:
-                    content = resize_longer_side(content, self.image_size)
-                check_image_size(*content.shape[:2], f"content image {name}")
-                t = time.perf_counter()
-                tile = tile_for(*content.shape[:2], self.tile_size, self.st.device.memory_available()) \
-                    if self.tile_size else None
-                out = self.st.stylize(content, self.target, alpha=self.alpha, tile_size=tile)
-                seconds = time.perf_counter() - t
-                if self.original_colors:
-                    out = transfer_luminance(content / 255.0, out)
-                suffix = os.path.splitext(name)[1].lower()
-                out_bytes = encode_image(out, suffix if suffix in self.suffixes else ".png", name)
+                content = sized_content(decode_image(bytes(data), name), self.cfg, name)
+                out, seconds, _ = stylise_content(self.st, content, self.target, self.cfg)
+                out_bytes = encode_image(out, output_suffix(name), name)
                 size = json.dumps(list(out.shape[:2]))
             except XnnError as e:
                 error = str(e)
@@ -224,10 +207,7 @@ def stylise_images(cfg, device, paths, weights, style_images, blend):
     ds = _map_batches(ds, _ImageWorker, batch_size=cfg.get("batch_size") or 1, batch_format="numpy",
                       **_pool(cfg, device),
                       fn_constructor_kwargs=dict(weights=weights, device_name=device.name,
-                                                   style_images=style_images,
-                                                   blend=blend, alpha=cfg["alpha"], image_size=cfg["image_size"],
-                                                   original_colors=cfg["original_colors"],
-                                                   suffixes=(".png", ".jpg", ".jpeg"), tile_size=cfg["tile_size"]))
+                                                 style_images=style_images, blend=blend, cfg=dict(cfg)))
     by_path = {}
     order = [str(p) for p in paths]
     nxt = 0

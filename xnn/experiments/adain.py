@@ -72,13 +72,38 @@ def _contents(path):
 
 def _load_content(path, cfg):
     """A content image, resized as the config says and checked for size."""
-    from ..data.images import load_image, resize_longer_side
+    from ..data.images import load_image
+    return sized_content(load_image(path), cfg, path)
+
+
+def sized_content(content, cfg, name):
+    """A decoded content image resized to the config's image_size and checked for size."""
+    from ..data.images import resize_longer_side
     from ..models.adain import check_image_size
-    content = load_image(path)
     if cfg["image_size"]:
         content = resize_longer_side(content, cfg["image_size"])
-    check_image_size(*content.shape[:2], f"content image {path}")
+    check_image_size(*content.shape[:2], f"content image {name}")
     return content
+
+
+def stylise_content(st, content, target, cfg):
+    """(float output image, seconds, tile side) of one sized content image: AdaIN to ``target``
+    (blended StyleStats), tiled when cfg's tile_size says so, original colours if asked.  The
+    one path of engine: local and of the Ray actors."""
+    from ..data.images import transfer_luminance
+    t = time.perf_counter()
+    tile = tile_for(*content.shape[:2], cfg["tile_size"], st.device.memory_available()) if cfg["tile_size"] else None
+    out = st.stylize(content, target, alpha=cfg["alpha"], tile_size=tile)
+    seconds = time.perf_counter() - t
+    if cfg["original_colors"]:
+        out = transfer_luminance(content / 255.0, out)
+    return out, seconds, tile
+
+
+def output_suffix(name) -> str:
+    """A batch output keeps its input's suffix when it is .png / .jpg / .jpeg, else becomes .png."""
+    suffix = pathlib.PurePath(name).suffix
+    return suffix if suffix.lower() in (".png", ".jpg", ".jpeg") else ".png"
 
 
 def load_styles(cfg) -> list:
@@ -133,13 +158,12 @@ def prepare(cfg, device, resume_dir=None):
 def _output_name(f, batch, cfg) -> str:
     if not batch:
         return cfg["output_image"]
-    return f"outputs/{f.stem}{f.suffix if f.suffix.lower() in ('.png', '.jpg', '.jpeg') else '.png'}"
+    return f"outputs/{f.stem}{output_suffix(f)}"
 
 
-def _local_results(state, ctx, stats):
+def _local_results(state, ctx, target):
     """(file, float output image, seconds, tile side) per content image, stylised here."""
-    from ..data.images import transfer_luminance
-    cfg, st, dev = state["cfg"], state["stylizer"], ctx.device
+    cfg, st = state["cfg"], state["stylizer"]
     for f in state["files"]:
         if ctx.stop_requested:
             return
@@ -150,13 +174,7 @@ def _local_results(state, ctx, stats):
                 raise
             ctx.info(f"skipping {f.name}: {e}")
             continue
-        t = time.perf_counter()
-        tile = tile_for(*content.shape[:2], cfg["tile_size"], dev.memory_available()) if cfg["tile_size"] else None
-        out = st.stylize(content, stats, state["blend"], alpha=cfg["alpha"], tile_size=tile)
-        seconds = time.perf_counter() - t
-        if cfg["original_colors"]:
-            out = transfer_luminance(content / 255.0, out)
-        yield f, out, seconds, tile
+        yield (f,) + stylise_content(st, content, target, cfg)
 
 
 def _ray_results(state, ctx):
@@ -176,6 +194,8 @@ def _ray_results(state, ctx):
 def run(state, ctx):
     from ..data.images import decode_image, side_by_side
     from ..files import write_bytes
+    from ..layers.adain import blend_stats
+    from ..models.adain import StyleStats
     cfg, st = state["cfg"], state["stylizer"]
     dev = ctx.device
     t0 = time.perf_counter()
@@ -189,7 +209,8 @@ def run(state, ctx):
     bar = ctx.progress(len(files), "adain" + (" on ray" if on_ray else ""), unit="img") if batch else None
     times, first = [], None
     t_all = time.perf_counter()
-    for f, out, seconds, tile in (_ray_results(state, ctx) if on_ray else _local_results(state, ctx, stats)):
+    target = StyleStats(*blend_stats(stats, state["blend"]))
+    for f, out, seconds, tile in (_ray_results(state, ctx) if on_ray else _local_results(state, ctx, target)):
         times.append(seconds)
         name = _output_name(f, batch, cfg)
         if isinstance(out, bytes):      # encoded by a Ray actor

@@ -271,9 +271,9 @@ def _summary_strip(state, ctx, frames_done):
     cfg, st, size = state["cfg"], state["stylizer"], state["size"]
     if frames_done < 2:
         return []
-    out_src = probe(ctx.path(cfg["output"]))
     times = [t for t in _sample_times(state["source"].frames) if t < frames_done] or [frames_done - 1]
     kept = state.get("kept", {})
+    out_src = None   # the output video is read only for frames made before a --resume
     style_target = st.style_statistics(state["styles"], state["blend"])
     rows, samples = [], []
     flow = Flow()
@@ -281,6 +281,8 @@ def _summary_strip(state, ctx, frames_done):
         inputs = list(read_frames(state["source"], t - 1, t + 1, size))
         # this run's frames as they were made; frames made before a --resume from the video file
         in_memory = t - 1 in kept and t in kept
+        if not in_memory and out_src is None:
+            out_src = probe(ctx.path(cfg["output"]))
         outs = [kept[t - 1], kept[t]] if in_memory else list(read_frames(out_src, t - 1, t + 1))
         nones = [out for out, _ in VideoStylizer(st, state["target"], **{**_video_kwargs(cfg), "temporal": "none"})
                  .process(inputs)]

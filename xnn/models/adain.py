@@ -237,22 +237,19 @@ class AdaINStylizer:
         """[(mean, std) at each of STYLE_LAYERS] of an image, or the blend of a list of images
         (weights as in :meth:`stylize`), on the device: what :meth:`style_loss` compares with."""
         images = images if isinstance(images, (list, tuple)) else [images]
-        per_image = []
-        for img in images:
-            feats = self.encoder.features(self.encode_input([img], "style image", pad=False), STYLE_LAYERS)
-            per_image.append([channel_stats(feats[n], self.eps) for n in STYLE_LAYERS])
+        per_image = [self._layer_stats(img, "style image") for img in images]
         return [blend_stats([layers[i] for layers in per_image], weights) for i in range(len(STYLE_LAYERS))]
 
     def style_loss(self, image, target: list) -> float:
         """The AdaIN paper's style loss of an image against :meth:`style_statistics`: the sum over
         STYLE_LAYERS of mean((mu - mu_t)^2) + mean((sigma - sigma_t)^2) over the channels (the
         reference code's MSE form).  How stylised an output is, whatever produced it."""
-        feats = self.encoder.features(self.encode_input([image], "image", pad=False), STYLE_LAYERS)
-        total = 0.0
-        for name, (mt, st) in zip(STYLE_LAYERS, target):
-            m, s = channel_stats(feats[name], self.eps)
-            total += float(((m - mt) ** 2).mean()) + float(((s - st) ** 2).mean())
-        return total
+        return sum(float(((m - mt) ** 2).mean()) + float(((s - st) ** 2).mean())
+                   for (m, s), (mt, st) in zip(self._layer_stats(image, "image"), target))
+
+    def _layer_stats(self, img, what):
+        feats = self.encoder.features(self.encode_input([img], what, pad=False), STYLE_LAYERS)
+        return [channel_stats(feats[n], self.eps) for n in STYLE_LAYERS]
 
     def stylize(self, content, styles, weights=None, alpha: float = 1.0, tile_size: int | None = None):
         """Stylised content as float32 RGB HxWx3 in [0, 1] (clipped), on the host.

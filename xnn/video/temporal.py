@@ -16,6 +16,7 @@ cuts), nothing from the previous frame is used.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy
 
@@ -64,8 +65,11 @@ class Flow:
         return backward, consistent(backward, forward)
 
 
+@functools.lru_cache(maxsize=4)
 def _grid(h, w):
+    """Pixel coordinates (xs, ys), float32 (h, w): made once per frame size (read-only)."""
     ys, xs = numpy.mgrid[0:h, 0:w].astype(numpy.float32)
+    xs.flags.writeable = ys.flags.writeable = False
     return xs, ys
 
 
