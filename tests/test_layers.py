@@ -244,3 +244,36 @@ def test_layer_to_keeps_or_casts_the_parameter_dtype():
     assert layer.to("cpu").params["W"].dtype == numpy.float32                  # no dtype: kept
     assert layer.to("cpu", numpy.float64).params["W"].dtype == numpy.float64
     assert layer.to(None, numpy.float32).params["b"].dtype == numpy.float32
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_relu_and_max_pool_in_bands_of_rows_equal_the_whole_array(rng, monkeypatch, channels_last):
+    """The CPU backend cuts large element-wise work into dev.workers bands of rows run side by
+    side (layout.row_parts); forcing bands on small arrays must not change a single number."""
+    from xnn.backends.numpy_backend import NumpyDevice
+    from xnn.layers import MaxPool2d, layout
+
+    dev = NumpyDevice()
+    dev.workers = 3
+    x = rng.standard_normal((2, 5, 15, 11)).astype(numpy.float32)   # odd: a row and a column left over
+    if channels_last:
+        x = numpy.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    dy = rng.standard_normal((2, 5, 7, 5)).astype(numpy.float32)
+    flat_x = rng.standard_normal((7, 6)).astype(numpy.float32)
+    results = {}
+    for split in (10 ** 9, 0):
+        monkeypatch.setattr(layout, "SPLIT_ELEMENTS", split)
+        relu, pool, relu2 = ReLU(device=dev), MaxPool2d(2, device=dev), ReLU(device=dev)
+        y = pool.forward(relu.forward(x))
+        dx = relu.backward(pool.backward(dy))
+        results[split] = (y, dx, relu2.forward(flat_x), relu2.backward(flat_x * 2),
+                          len(layout.row_parts(dev, y)), len(layout.row_parts(dev, flat_x)))
+    whole, bands = results[10 ** 9], results[0]
+    assert whole[4:] == (1, 1) and bands[4:] == (3, 3)
+    for a, b in zip(whole[:4], bands[:4]):
+        numpy.testing.assert_array_equal(a, b)
+    # and the whole-array result is the plain definition
+    relu_x = numpy.maximum(x, 0)
+    numpy.testing.assert_array_equal(whole[0], relu_x[:, :, :14, :10].reshape(2, 5, 7, 2, 5, 2).max(axis=(3, 5)))
+    assert not whole[1][:, :, 14:].any() and not whole[1][:, :, :, 10:].any()   # rows no window reads
+    assert channels_last == (bands[0].transpose(0, 2, 3, 1).flags.c_contiguous)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .base import Layer
-from .layout import in_layout_of, like
+from .layout import in_layout_of, like, row_parts
 
 
 class ReLU(Layer):
@@ -11,6 +11,7 @@ class ReLU(Layer):
     Only the boolean mask (1 byte per element) is kept for backward.  A dy whose
     memory order differs from x's (an NCHW gradient injected into a channels-last conv
     output) is first copied into x's order, so dx stays channels-last for the conv below.
+    Large arrays are done in bands of rows side by side (``row_parts``).
     """
 
     def __init__(self, device=None):
@@ -19,13 +20,21 @@ class ReLU(Layer):
 
     def forward(self, x):
         xp = self.xp
-        self._mask = xp.greater(x, 0, out=like(xp, x, bool))
-        return xp.maximum(x, 0, out=like(xp, x))
+        mask, y = like(xp, x, bool), like(xp, x)
+
+        def band(s):
+            xp.greater(x[s], 0, out=mask[s])
+            xp.maximum(x[s], 0, out=y[s])
+        self.device.parallel_map(band, row_parts(self.device, x))
+        self._mask = mask
+        return y
 
     def backward(self, dy):
-        xp = self.xp
-        dy = in_layout_of(xp, dy, self._mask)
-        return xp.multiply(dy, self._mask, out=like(xp, self._mask, dy.dtype))
+        xp, mask = self.xp, self._mask
+        dy = in_layout_of(xp, dy, mask)
+        dx = like(xp, mask, dy.dtype)
+        self.device.parallel_map(lambda s: xp.multiply(dy[s], mask[s], out=dx[s]), row_parts(self.device, dx))
+        return dx
 
     def _clear_cache(self):
         self._mask = None

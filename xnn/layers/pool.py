@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from .layout import in_layout_of, like
+from .layout import in_layout_of, like, row_parts
 from .base import Layer, pair, same_padding
 
 
@@ -60,31 +60,38 @@ class MaxPool2d(_Pool2d):
     General path: a running maximum over the kh*kw strided slices that records which
     offset won (the first one on ties, a NaN over any number); backward routes dy to that offset,
     dx += dy * [winner == offset] for each offset (overlapping windows add up).
-    Fast path, for non-overlapping windows that tile the input exactly (kernel ==
-    stride, no padding, sizes divisible: VGG's 2x2 pools): y is the element-wise
+    Fast path, for non-overlapping windows without padding (kernel == stride, and sizes
+    divisible in ceil mode: VGG's 2x2 pools, also on odd sizes): y is the element-wise
     maximum of the kh*kw slices, the input is kept (a reference, no copy), and the
     winners are found only in backward: offset (a, b) gets dy where
     x[a::kh, b::kw] == y and no earlier offset has taken it (dy is first copied into
-    y's memory order when they differ: mixed-layout element-wise ops are slow).
+    y's memory order when they differ: mixed-layout element-wise ops are slow).  The fast
+    path works in bands of output rows side by side (``row_parts``).
     """
 
-    def _tiles_exactly(self, h, w):
+    def _side_by_side(self, h, w):
+        """Windows that neither overlap nor reach outside the input (a floor-mode remainder
+        of rows or columns is simply not read)."""
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        return (kh, kw) == (sh, sw) and self.padding == 0 and h % kh == 0 and w % kw == 0
+        whole = h % kh == 0 and w % kw == 0
+        return (kh, kw) == (sh, sw) and self.padding == 0 and (whole or not self.ceil_mode)
 
     def forward(self, x):
         xp = self.xp
         n, c, h, w = x.shape
         ho, wo, hp, wp = self._geometry(h, w)
-        if self._tiles_exactly(h, w):
+        if self._side_by_side(h, w):
             views = [x[:, :, sa, sb] for _, _, sa, sb in self._offsets(ho, wo)]
             y = like(xp, views[0])          # the inputs' memory order: NHWC stays NHWC
-            if len(views) > 1:
-                xp.maximum(views[0], views[1], out=y)
-            else:
-                y[...] = views[0]
-            for v in views[2:]:
-                xp.maximum(y, v, out=y)
+
+            def band(s):
+                if len(views) > 1:
+                    xp.maximum(views[0][s], views[1][s], out=y[s])
+                else:
+                    y[s] = views[0][s]
+                for v in views[2:]:
+                    xp.maximum(y[s], v[s], out=y[s])
+            self.device.parallel_map(band, row_parts(self.device, y))
             self._x, self._y, self._winner = x, y, None
             return y
         xpad = self._padded(x, hp, wp, -xp.inf)
@@ -106,18 +113,25 @@ class MaxPool2d(_Pool2d):
         if self._x is not None:
             x, y = self._x, self._y
             dy = in_layout_of(xp, dy, y)   # e.g. an NCHW dy from Flatten for a channels-last y
-            dx = xp.empty_like(x)          # the offsets' slices tile x: every element is written
-            offsets = list(self._offsets(*dy.shape[2:]))
-            taken = None
-            for k, (_, _, sa, sb) in enumerate(offsets):
-                hit = xp.equal(x[:, :, sa, sb], y, out=like(xp, y, bool))
-                if taken is None:
-                    taken = hit
-                else:
-                    xp.greater(hit, taken, out=hit)    # hit and not taken, in one pass
-                    if k + 1 < len(offsets):
-                        taken |= hit
-                xp.multiply(dy, hit, out=dx[:, :, sa, sb])
+            dx = xp.empty_like(x)          # the offsets' slices cover x but for a remainder
+            ho, wo = dy.shape[2:]
+            (kh, kw), rest = self.kernel_size, (slice(None), slice(None))
+            dx[rest + (slice(ho * kh, None),)] = 0
+            dx[rest + (slice(None), slice(wo * kw, None))] = 0
+            offsets = list(self._offsets(ho, wo))
+
+            def band(s):
+                taken = None
+                for k, (_, _, sa, sb) in enumerate(offsets):
+                    hit = xp.equal(x[:, :, sa, sb][s], y[s], out=like(xp, y[s], bool))
+                    if taken is None:
+                        taken = hit
+                    else:
+                        xp.greater(hit, taken, out=hit)    # hit and not taken, in one pass
+                        if k + 1 < len(offsets):
+                            taken |= hit
+                    xp.multiply(dy[s], hit, out=dx[:, :, sa, sb][s])
+            self.device.parallel_map(band, row_parts(self.device, y))
             return dx
         (n, c, h, w), hp, wp = self._shape
         p = self.padding
