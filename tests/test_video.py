@@ -54,6 +54,30 @@ def test_probe_and_seek_read_the_same_frames(clip, pan):
     assert [f.shape for f in vio.read_frames(src, 0, 2, size=(32, 48))] == [(32, 48, 3)] * 2
 
 
+def test_a_rotated_video_is_read_upright(tmp_path, pan):
+    """Phones store portrait video sideways with a display matrix; frames come out as shown."""
+    import av
+    path = tmp_path / "phone.mp4"
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=12)
+        s.width, s.height, s.pix_fmt = 96, 64, "yuv420p"
+        if not hasattr(s, "set_display_rotation"):
+            pytest.skip("this PyAV cannot write a display matrix")
+        s.set_display_rotation(90)          # counter-clockwise, as FFmpeg's av_display_rotation_get
+        for f in pan[:3]:
+            for pkt in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                out.mux(pkt)
+        for pkt in s.encode():
+            out.mux(pkt)
+    src = vio.probe(path)
+    assert src.size == (96, 64)
+    frames = list(vio.read_frames(src))
+    assert [f.shape for f in frames] == [(96, 64, 3)] * 3
+    want = numpy.rot90(pan[1], 1).astype(int)     # stored top row -> shown left column, bottom up
+    assert numpy.abs(frames[1].astype(int) - want).mean() < 6
+    assert numpy.abs(frames[1].astype(int) - numpy.rot90(pan[1], -1)).mean() > 20   # not the other way
+
+
 def test_gif_input(tmp_path, pan):
     from PIL import Image
     ims = [Image.fromarray(f) for f in pan[:6]]

@@ -96,7 +96,7 @@ def probe(path, fps=24) -> VideoSource:
             if first is None:
                 raise XnnError(f"{p} has a video stream without frames")
             rate = s.average_rate or s.guessed_rate or fractions.Fraction(fps)
-            info = VideoSource(p, "video", counted, fractions.Fraction(rate), (first.height, first.width),
+            info = VideoSource(p, "video", counted, fractions.Fraction(rate), _upright(first).shape[:2],
                                has_audio=bool(c.streams.audio))
     except XnnError:
         raise
@@ -131,6 +131,14 @@ def _probe_folder(p: pathlib.Path, fps) -> VideoSource:
     return VideoSource(p, "folder", len(files), fractions.Fraction(fps), next(iter(sizes)), files=files)
 
 
+def _upright(frame) -> numpy.ndarray:
+    """A decoded frame as uint8 (h, w, 3) RGB, turned as its display matrix says (a phone video
+    stored sideways plays upright).  ``frame.rotation`` is counter-clockwise, as numpy.rot90."""
+    a = frame.to_ndarray(format="rgb24")
+    turns = round(getattr(frame, "rotation", 0) / 90) % 4
+    return numpy.ascontiguousarray(numpy.rot90(a, turns)) if turns else a
+
+
 def _resized(frame: numpy.ndarray, size) -> numpy.ndarray:
     if size is None or tuple(frame.shape[:2]) == tuple(size):
         return frame
@@ -139,7 +147,8 @@ def _resized(frame: numpy.ndarray, size) -> numpy.ndarray:
 
 
 def read_frames(src: VideoSource, start: int = 0, stop: int | None = None, size=None):
-    """Frames ``start`` .. ``stop - 1`` of ``src`` as uint8 (h, w, 3) RGB, resized to ``size`` (h, w).
+    """Frames ``start`` .. ``stop - 1`` of ``src`` as uint8 (h, w, 3) RGB, upright (display
+    rotation applied), resized to ``size`` (h, w).
 
     A video is entered at the key frame before ``start`` (a seek), so reading a chunk in the
     middle of a long film does not decode everything before it.  Frame numbers count decoded
@@ -172,7 +181,7 @@ def read_frames(src: VideoSource, start: int = 0, stop: int | None = None, size=
                 if i >= stop:
                     return
                 if i >= start:
-                    yield _resized(frame.to_ndarray(format="rgb24"), size)
+                    yield _resized(_upright(frame), size)
                 i += 1
     except (av.FFmpegError, OSError, ValueError) as e:
         raise _av_error(src.path, e) from None
@@ -183,7 +192,7 @@ def _decode_from_zero(c, s, start, stop, size):
         if i >= stop:
             return
         if i >= start:
-            yield _resized(frame.to_ndarray(format="rgb24"), size)
+            yield _resized(_upright(frame), size)
 
 
 def _frame_index(s):
