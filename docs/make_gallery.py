@@ -1,23 +1,29 @@
 """Render the style-transfer gallery and its contact sheet: 3 photos x 4 paintings x 2 presets.
 
     python docs/make_gallery.py                          # configs/style.yaml and style_jcjohnson.yaml as they are
+    python docs/make_gallery.py --jobs 2                 # two renders at once, one core each (faster on 2+ cores)
     python docs/make_gallery.py --device gpu             # the same on a GPU (minutes instead of hours)
+    python docs/make_gallery.py --preset style           # one preset's rows only
     python docs/make_gallery.py --set image_size=256 --sheet /tmp/quick.jpg    # a quick look, not the gallery
 
 Each image is a normal run (`run.py PRESET --set content_image=... --set style_image=... --seed 0`)
-in `runs/gallery/<preset>/<photo>-<painting>/`; finished runs are skipped, so an interrupted
-gallery goes on where it stopped.  The sheet has one row per photo and preset and one column
-per painting, each cell the run's output.png downscaled to ``--cell`` px, and a caption with
-the settings (any --set is part of it).  Same seeds, same sheet: the runs are deterministic on a
-CPU.  Costs on 2 CPU cores: style.yaml about 10 minutes per image, style_jcjohnson.yaml about
-40 (docs/benchmarks.md).
+in `runs/gallery/<preset>/<photo>-<painting>/`; finished runs are skipped and unfinished ones
+resumed, so an interrupted gallery goes on where it stopped.  The sheet has one row per photo
+and preset, the photo first and then one column per painting, each cell the run's output.png
+downscaled to ``--cell`` px; cells not rendered yet are grey and say so, and rows with
+nothing rendered yet are left out (the caption counts what is missing).  Same seeds, same
+sheet: the runs are deterministic for a given machine and thread count.  Costs on 2 CPU
+cores with ``--jobs 2``: about 12 minutes per style.yaml image and 40 per style_jcjohnson.yaml
+image, two at a time (docs/style.md).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PHOTOS = ["chelsea.png", "coffee.png", "astronaut.png"]
@@ -29,68 +35,112 @@ def run_dir(out, preset, photo, painting):
     return out / preset / f"{pathlib.Path(photo).stem}-{pathlib.Path(painting).stem}"
 
 
-def render(args):
-    total = len(PRESETS) * len(PHOTOS) * len(PAINTINGS)
-    n = 0
-    for preset in PRESETS:
+def finished(folder):
+    return (folder / "output.png").is_file() and (folder / "summary.json").is_file()
+
+
+def commands(args):
+    """(label, folder, command) for every cell of the chosen presets that is not finished."""
+    todo = []
+    for preset in args.preset:
         for photo in PHOTOS:
             for painting in PAINTINGS:
-                n += 1
                 folder = run_dir(args.out, preset, photo, painting)
-                if (folder / "output.png").is_file() and (folder / "summary.json").is_file():
+                if finished(folder):
                     continue
-                cmd = [sys.executable, str(ROOT / "run.py"), str(ROOT / "configs" / f"{preset}.yaml"),
-                       "--set", f"content_image=examples/{photo}", "--set", f"style_image=examples/{painting}",
-                       "--seed", "0", "--device", args.device, "--quiet"]
-                for s in args.set:
-                    cmd += ["--set", s]
                 if folder.exists():   # an unfinished run: continue it
                     cmd = [sys.executable, str(ROOT / "run.py"), "--resume", str(folder), "--quiet"]
                 else:
-                    cmd += ["--out", str(folder)]
-                print(f"[{n}/{total}] {preset}: {photo} x {painting}", flush=True)
-                subprocess.run(cmd, check=True, cwd=ROOT)
+                    cmd = [sys.executable, str(ROOT / "run.py"), str(ROOT / "configs" / f"{preset}.yaml"),
+                           "--set", f"content_image=examples/{photo}", "--set", f"style_image=examples/{painting}",
+                           "--seed", "0", "--device", args.device, "--quiet", "--out", str(folder)]
+                    for s in args.set:
+                        cmd += ["--set", s]
+                todo.append((f"{preset}: {photo} x {painting}", folder, cmd))
+    return todo
+
+
+def render(args):
+    todo = commands(args)
+    env = dict(os.environ)
+    if args.jobs > 1:             # N runs side by side, each with its share of the cores
+        share = str(max(1, (os.cpu_count() or 1) // args.jobs))
+        env.update(XNN_THREADS=share, XNN_BLAS_THREADS=share, OMP_NUM_THREADS=share)
+
+    def one(n_item):
+        n, (label, folder, cmd) = n_item
+        print(f"[{n}/{len(todo)}] {label}", flush=True)
+        done = subprocess.run(cmd, cwd=ROOT, env=env)
+        return label, done.returncode
+
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        failed = [label for label, rc in pool.map(one, enumerate(todo, 1)) if rc != 0]
+    if failed:
+        sys.exit(f"{len(failed)} run(s) failed: {', '.join(failed)}; run the same command again to resume them")
 
 
 def contact_sheet(args):
     from PIL import Image, ImageDraw
-    cell, pad, label_w = args.cell, 6, 150
+    cell, pad, label_w = args.cell, 6, 110
     head = cell // 2 + 24             # the paintings, half size, above their columns
-    rows = [(preset, photo) for photo in PHOTOS for preset in PRESETS]
-    sheet = Image.new("RGB", (label_w + len(PAINTINGS) * (cell + pad), head + len(rows) * (cell + pad) + 24), "white")
+    rows = [(preset, photo) for photo in PHOTOS for preset in args.preset
+            if any(finished(run_dir(args.out, preset, photo, p)) for p in PAINTINGS)]   # rows with nothing yet: left out
+    width = label_w + (1 + len(PAINTINGS)) * (cell + pad)
+    sheet = Image.new("RGB", (width, head + len(rows) * (cell + pad) + 24), "white")
     draw = ImageDraw.Draw(sheet)
-    for j, painting in enumerate(PAINTINGS):
-        thumb = Image.open(ROOT / "examples" / painting).convert("RGB")
-        thumb.thumbnail((cell, cell // 2), Image.Resampling.LANCZOS)
-        sheet.paste(thumb, (label_w + j * (cell + pad), 4))
-        draw.text((label_w + j * (cell + pad), cell // 2 + 6), pathlib.Path(painting).stem.replace("_", " "),
-                  fill="black")
+
+    def x_of(column):                 # column 0 is the photo, 1.. the paintings
+        return label_w + column * (cell + pad)
+
+    def paste(path, x, y, box):
+        thumb = Image.open(path).convert("RGB")
+        thumb.thumbnail(box, Image.Resampling.LANCZOS)
+        sheet.paste(thumb, (x, y))
+
+    draw.text((x_of(0), cell // 2 + 6), "photo", fill="black")
+    for j, painting in enumerate(PAINTINGS, 1):
+        paste(ROOT / "examples" / painting, x_of(j), 4, (cell, cell // 2))
+        draw.text((x_of(j), cell // 2 + 6), pathlib.Path(painting).stem.replace("_", " "), fill="black")
+    missing = len(args.preset) * len(PHOTOS) * len(PAINTINGS)
     for i, (preset, photo) in enumerate(rows):
         y = head + i * (cell + pad)
-        draw.text((6, y + cell // 2 - 12), f"{pathlib.Path(photo).stem}\n{preset}.yaml", fill="black")
-        for j, painting in enumerate(PAINTINGS):
-            out = run_dir(args.out, preset, photo, painting) / "output.png"
-            if not out.is_file():
-                continue
-            thumb = Image.open(out).convert("RGB")
-            thumb.thumbnail((cell, cell), Image.Resampling.LANCZOS)
-            sheet.paste(thumb, (label_w + j * (cell + pad), y))
-    caption = "seed 0" + ("; " + ", ".join(args.set) if args.set else "; presets as committed")
+        draw.text((6, y + cell // 2 - 12), f"{preset}.yaml", fill="black")
+        paste(ROOT / "examples" / photo, x_of(0), y, (cell, cell))
+        for j, painting in enumerate(PAINTINGS, 1):
+            folder = run_dir(args.out, preset, photo, painting)
+            if finished(folder):
+                missing -= 1
+                paste(folder / "output.png", x_of(j), y, (cell, cell))
+            else:
+                draw.rectangle([x_of(j), y, x_of(j) + cell - 1, y + cell * 2 // 3 - 1], fill=(200, 200, 200))
+                draw.text((x_of(j) + 8, y + cell // 3 - 6), "not rendered yet", fill="black")
+    caption = "seed 0; " + (", ".join(args.set) if args.set else "presets as committed")
+    if missing:
+        caption += f"; {missing} of {len(args.preset) * len(PHOTOS) * len(PAINTINGS)} images not rendered yet"
     draw.text((6, sheet.height - 20), f"xnn style transfer gallery ({caption})", fill="black")
     args.sheet.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(args.sheet, quality=88)
     print(f"wrote {args.sheet}")
+    return sheet
 
 
-def main(argv=None):
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to every run")
+    p.add_argument("--preset", action="append", choices=PRESETS, help="render only this preset's rows (repeatable)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to every new run")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once, the CPU cores shared between them")
     p.add_argument("--out", type=pathlib.Path, default=ROOT / "runs" / "gallery")
     p.add_argument("--sheet", type=pathlib.Path, default=ROOT / "docs" / "gallery.jpg")
     p.add_argument("--cell", type=int, default=220, help="thumbnail side in the sheet")
     p.add_argument("--sheet-only", action="store_true", help="only rebuild the sheet from finished runs")
     args = p.parse_args(argv)
+    args.preset = args.preset or PRESETS
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if not args.sheet_only:
         render(args)
     contact_sheet(args)

@@ -1,0 +1,65 @@
+"""docs/make_gallery.py: which runs it starts, and where each output lands on the contact sheet."""
+import importlib.util
+import json
+import pathlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def gallery():
+    spec = importlib.util.spec_from_file_location("make_gallery", ROOT / "docs" / "make_gallery.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_run(folder, colour, done=True):
+    folder.mkdir(parents=True)
+    Image.new("RGB", (300, 200), colour).save(folder / "output.png")
+    if done:
+        (folder / "summary.json").write_text(json.dumps({"iterations": 1}))
+
+
+def test_commands_skip_finished_resume_unfinished_and_start_the_rest(gallery, tmp_path):
+    args = gallery.parse_args(["--out", str(tmp_path), "--preset", "style", "--set", "image_size=64"])
+    fake_run(gallery.run_dir(tmp_path, "style", "chelsea.png", "starry_night.jpg"), "red")
+    fake_run(gallery.run_dir(tmp_path, "style", "coffee.png", "the_scream.jpg"), "red", done=False)
+    todo = gallery.commands(args)
+    assert len(todo) == len(gallery.PHOTOS) * len(gallery.PAINTINGS) - 1
+    by_label = {label: cmd for label, _, cmd in todo}
+    resumed = by_label["style: coffee.png x the_scream.jpg"]
+    assert "--resume" in resumed and "image_size=64" not in resumed
+    new = by_label["style: astronaut.png x shipwreck.jpg"]
+    assert new[2].endswith("configs/style.yaml")
+    for flag in ("content_image=examples/astronaut.png", "style_image=examples/shipwreck.jpg", "image_size=64"):
+        assert new[new.index(flag) - 1] == "--set"
+    assert new[new.index("--seed") + 1] == "0"
+    assert new[new.index("--out") + 1] == str(gallery.run_dir(tmp_path, "style", "astronaut.png", "shipwreck.jpg"))
+
+
+def test_sheet_puts_each_output_in_its_cell_and_greys_the_missing(gallery, tmp_path):
+    cell = 60
+    args = gallery.parse_args(["--out", str(tmp_path / "runs"), "--sheet", str(tmp_path / "sheet.jpg"),
+                               "--cell", str(cell), "--sheet-only"])
+    fake_run(gallery.run_dir(args.out, "style", "coffee.png", "shipwreck.jpg"), (255, 0, 0))
+    fake_run(gallery.run_dir(args.out, "style_jcjohnson", "astronaut.png", "starry_night.jpg"), (0, 0, 255))
+    gallery.contact_sheet(args)
+    sheet = np.asarray(Image.open(args.sheet).convert("RGB")).astype(int)
+    rows = [("style", "coffee.png"), ("style_jcjohnson", "astronaut.png")]   # the others have nothing yet
+    pad, label_w, head = 6, 110, cell // 2 + 24
+
+    def centre(preset, photo, painting):   # inside the thumbnail of that cell, clear of any text
+        i = rows.index((preset, photo))
+        j = 1 + gallery.PAINTINGS.index(painting)
+        return sheet[head + i * (cell + pad) + 4, label_w + j * (cell + pad) + 4]
+
+    assert np.abs(centre("style", "coffee.png", "shipwreck.jpg") - [255, 0, 0]).max() < 40
+    assert np.abs(centre("style_jcjohnson", "astronaut.png", "starry_night.jpg") - [0, 0, 255]).max() < 40
+    assert np.abs(centre("style", "coffee.png", "starry_night.jpg") - 200).max() < 20   # not rendered: grey
+    assert sheet.shape[0] == head + len(rows) * (cell + pad) + 24
+    assert sheet.shape[1] == label_w + (1 + len(gallery.PAINTINGS)) * (cell + pad)
