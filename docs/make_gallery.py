@@ -73,8 +73,14 @@ def render(args):
         done = subprocess.run(cmd, cwd=ROOT, env=env)
         return label, done.returncode
 
-    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+    pool = ThreadPoolExecutor(max(1, args.jobs))
+    try:
         failed = [label for label, rc in pool.map(one, enumerate(todo, 1)) if rc != 0]
+    except KeyboardInterrupt:     # Ctrl-C reached the runs too: they save a checkpoint and stop
+        pool.shutdown(wait=True, cancel_futures=True)
+        print("stopped; the same command goes on from where each run stopped", file=sys.stderr)
+        raise SystemExit(130) from None
+    pool.shutdown()
     if failed:
         sys.exit(f"{len(failed)} run(s) failed: {', '.join(failed)}; run the same command again to resume them")
 

@@ -63,3 +63,17 @@ def test_sheet_puts_each_output_in_its_cell_and_greys_the_missing(gallery, tmp_p
     assert np.abs(centre("style", "coffee.png", "starry_night.jpg") - 200).max() < 20   # not rendered: grey
     assert sheet.shape[0] == head + len(rows) * (cell + pad) + 24
     assert sheet.shape[1] == label_w + (1 + len(gallery.PAINTINGS)) * (cell + pad)
+
+
+def test_ctrl_c_starts_no_further_runs(gallery, tmp_path, monkeypatch):
+    args = gallery.parse_args(["--out", str(tmp_path), "--preset", "style"])
+    started = []
+
+    def fake_run(cmd, **kw):
+        started.append(cmd)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(gallery.subprocess, "run", fake_run)
+    with pytest.raises(SystemExit) as stop:
+        gallery.render(args)
+    assert stop.value.code == 130
+    assert 1 <= len(started) <= 2 < len(gallery.PHOTOS) * len(gallery.PAINTINGS)
