@@ -2,7 +2,7 @@
 
     python docs/make_gallery.py                          # configs/style.yaml and style_jcjohnson.yaml as they are
     python docs/make_gallery.py --jobs 2                 # two renders at once, one core each (faster on 2+ cores)
-    python docs/make_gallery.py --device gpu             # the same on a GPU (minutes instead of hours)
+    python docs/make_gallery.py --device gpu             # the same on a GPU (not measured yet)
     python docs/make_gallery.py --preset style           # one preset's rows only
     python docs/make_gallery.py --set image_size=256 --sheet /tmp/quick.jpg    # a quick look, not the gallery
 
@@ -13,8 +13,8 @@ and preset, the photo first and then one column per painting, each cell the run'
 downscaled to ``--cell`` px; cells not rendered yet are grey and say so, and rows with
 nothing rendered yet are left out (the caption counts what is missing).  Same seeds, same
 sheet: the runs are deterministic for a given machine and thread count.  Costs on 2 CPU
-cores with ``--jobs 2``: about 12 minutes per style.yaml image and 40 per style_jcjohnson.yaml
-image, two at a time (docs/style.md).
+cores with ``--jobs 2``, measured: 12-18 minutes per 512x341 style.yaml image (23 for a
+square one) and about 50 per style_jcjohnson.yaml image, two at a time (docs/style.md).
 """
 from __future__ import annotations
 
