@@ -23,6 +23,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -67,20 +68,30 @@ def render(args):
         share = str(max(1, (os.cpu_count() or 1) // args.jobs))
         env.update(XNN_THREADS=share, XNN_BLAS_THREADS=share, OMP_NUM_THREADS=share)
 
+    stop = threading.Event()      # set by Ctrl-C: queued runs are not started
+
     def one(n_item):
         n, (label, folder, cmd) = n_item
+        if stop.is_set():
+            return label, None
         print(f"[{n}/{len(todo)}] {label}", flush=True)
-        done = subprocess.run(cmd, cwd=ROOT, env=env)
-        return label, done.returncode
+        try:
+            rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
+        except KeyboardInterrupt:
+            rc = 130
+        if rc == 130:             # the run was interrupted; it saved a checkpoint
+            stop.set()
+        return label, rc
 
-    pool = ThreadPoolExecutor(max(1, args.jobs))
-    try:
-        failed = [label for label, rc in pool.map(one, enumerate(todo, 1)) if rc != 0]
-    except KeyboardInterrupt:     # Ctrl-C reached the runs too: they save a checkpoint and stop
-        pool.shutdown(wait=True, cancel_futures=True)
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        try:
+            results = list(pool.map(one, enumerate(todo, 1)))
+        except KeyboardInterrupt:     # Ctrl-C reached the runs too: they save a checkpoint and stop
+            stop.set()
+    if stop.is_set():
         print("stopped; the same command goes on from where each run stopped", file=sys.stderr)
-        raise SystemExit(130) from None
-    pool.shutdown()
+        raise SystemExit(130)
+    failed = [label for label, rc in results if rc]
     if failed:
         sys.exit(f"{len(failed)} run(s) failed: {', '.join(failed)}; run the same command again to resume them")
 
