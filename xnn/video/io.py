@@ -135,7 +135,7 @@ def _upright(frame) -> numpy.ndarray:
     """A decoded frame as uint8 (h, w, 3) RGB, turned as its display matrix says (a phone video
     stored sideways plays upright).  ``frame.rotation`` is counter-clockwise, as numpy.rot90."""
     a = frame.to_ndarray(format="rgb24")
-    turns = round(getattr(frame, "rotation", 0) / 90) % 4
+    turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4
     return numpy.ascontiguousarray(numpy.rot90(a, turns)) if turns else a
 
 
