@@ -61,11 +61,18 @@ def commands(args):
     return todo
 
 
+def usable_cores():
+    """The cores this process may run on (its affinity set, e.g. under taskset or a container's cpuset)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def render(args):
     todo = commands(args)
     env = dict(os.environ)
     if args.jobs > 1:             # N runs side by side, each with its share of the cores
-        share = str(max(1, (os.cpu_count() or 1) // args.jobs))
+        share = str(max(1, usable_cores() // args.jobs))
         env.update(XNN_THREADS=share, XNN_BLAS_THREADS=share, OMP_NUM_THREADS=share)
 
     stop = threading.Event()      # set by Ctrl-C: queued runs are not started
@@ -96,14 +103,23 @@ def render(args):
         sys.exit(f"{len(failed)} run(s) failed: {', '.join(failed)}; run the same command again to resume them")
 
 
+def row_height(photo, cell):
+    """A row's height: the photo's thumbnail height in a cell x cell box (the outputs have its shape)."""
+    from PIL import Image
+    with Image.open(photo) as im:
+        w, h = im.size
+    return cell if h >= w else max(1, round(cell * h / w))
+
+
 def contact_sheet(args):
     from PIL import Image, ImageDraw
     cell, pad, label_w = args.cell, 6, 110
     head = cell // 2 + 24             # the paintings, half size, above their columns
     rows = [(preset, photo) for photo in PHOTOS for preset in args.preset
             if any(finished(run_dir(args.out, preset, photo, p)) for p in PAINTINGS)]   # rows with nothing yet: left out
+    heights = [row_height(ROOT / "examples" / photo, cell) for _, photo in rows]   # landscape rows are lower
     width = label_w + (1 + len(PAINTINGS)) * (cell + pad)
-    sheet = Image.new("RGB", (width, head + len(rows) * (cell + pad) + 24), "white")
+    sheet = Image.new("RGB", (width, head + sum(h + pad for h in heights) + 24), "white")
     draw = ImageDraw.Draw(sheet)
 
     def x_of(column):                 # column 0 is the photo, 1.. the paintings
@@ -119,18 +135,19 @@ def contact_sheet(args):
         paste(ROOT / "examples" / painting, x_of(j), 4, (cell, cell // 2))
         draw.text((x_of(j), cell // 2 + 6), pathlib.Path(painting).stem.replace("_", " "), fill="black")
     missing = len(args.preset) * len(PHOTOS) * len(PAINTINGS)
-    for i, (preset, photo) in enumerate(rows):
-        y = head + i * (cell + pad)
-        draw.text((6, y + cell // 2 - 12), f"{preset}.yaml", fill="black")
-        paste(ROOT / "examples" / photo, x_of(0), y, (cell, cell))
+    y = head
+    for (preset, photo), h in zip(rows, heights):
+        draw.text((6, y + h // 2 - 6), f"{preset}.yaml", fill="black")
+        paste(ROOT / "examples" / photo, x_of(0), y, (cell, h))
         for j, painting in enumerate(PAINTINGS, 1):
             folder = run_dir(args.out, preset, photo, painting)
             if finished(folder):
                 missing -= 1
-                paste(folder / "output.png", x_of(j), y, (cell, cell))
+                paste(folder / "output.png", x_of(j), y, (cell, h))
             else:
-                draw.rectangle([x_of(j), y, x_of(j) + cell - 1, y + cell * 2 // 3 - 1], fill=(200, 200, 200))
-                draw.text((x_of(j) + 8, y + cell // 3 - 6), "not rendered yet", fill="black")
+                draw.rectangle([x_of(j), y, x_of(j) + cell - 1, y + h - 1], fill=(200, 200, 200))
+                draw.text((x_of(j) + 8, y + h // 2 - 6), "not rendered yet", fill="black")
+        y += h + pad
     caption = "seed 0; " + (", ".join(args.set) if args.set else "presets as committed")
     if missing:
         caption += f"; {missing} of {len(args.preset) * len(PHOTOS) * len(PAINTINGS)} images not rendered yet"

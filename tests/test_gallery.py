@@ -51,18 +51,32 @@ def test_sheet_puts_each_output_in_its_cell_and_greys_the_missing(gallery, tmp_p
     gallery.contact_sheet(args)
     sheet = np.asarray(Image.open(args.sheet).convert("RGB")).astype(int)
     rows = [("style", "coffee.png"), ("style_jcjohnson", "astronaut.png")]   # the others have nothing yet
+    heights = [40, 60]                # coffee.png is 600x400, so its row is 2/3 of a cell; astronaut.png is square
     pad, label_w, head = 6, 110, cell // 2 + 24
 
-    def centre(preset, photo, painting):   # inside the thumbnail of that cell, clear of any text
+    def corner(preset, photo, painting, dy=4):   # inside the thumbnail of that cell, clear of any text
         i = rows.index((preset, photo))
         j = 1 + gallery.PAINTINGS.index(painting)
-        return sheet[head + i * (cell + pad) + 4, label_w + j * (cell + pad) + 4]
+        return sheet[head + sum(heights[:i]) + i * pad + dy, label_w + j * (cell + pad) + 4]
 
-    assert np.abs(centre("style", "coffee.png", "shipwreck.jpg") - [255, 0, 0]).max() < 40
-    assert np.abs(centre("style_jcjohnson", "astronaut.png", "starry_night.jpg") - [0, 0, 255]).max() < 40
-    assert np.abs(centre("style", "coffee.png", "starry_night.jpg") - 200).max() < 20   # not rendered: grey
-    assert sheet.shape[0] == head + len(rows) * (cell + pad) + 24
+    assert np.abs(corner("style", "coffee.png", "shipwreck.jpg") - [255, 0, 0]).max() < 40
+    assert np.abs(corner("style", "coffee.png", "shipwreck.jpg", dy=heights[0] + 2) - 255).max() < 20   # the gap
+    assert np.abs(corner("style_jcjohnson", "astronaut.png", "starry_night.jpg") - [0, 0, 255]).max() < 40
+    assert np.abs(corner("style", "coffee.png", "starry_night.jpg") - 200).max() < 20   # not rendered: grey
+    assert np.abs(corner("style", "coffee.png", "starry_night.jpg", dy=heights[0] - 3) - 200).max() < 20
+    assert sheet.shape[0] == head + sum(heights) + len(rows) * pad + 24
     assert sheet.shape[1] == label_w + (1 + len(gallery.PAINTINGS)) * (cell + pad)
+
+
+def test_jobs_share_the_cores_this_process_may_use(gallery, tmp_path, monkeypatch):
+    args = gallery.parse_args(["--out", str(tmp_path), "--preset", "style", "--jobs", "2"])
+    envs = []
+    monkeypatch.setattr(gallery, "usable_cores", lambda: 6)
+    done = type("Done", (), {"returncode": 0})
+    monkeypatch.setattr(gallery.subprocess, "run", lambda cmd, env, **kw: envs.append(env) or done)
+    gallery.render(args)
+    assert len(envs) == len(gallery.PHOTOS) * len(gallery.PAINTINGS)
+    assert {e["XNN_THREADS"] for e in envs} == {"3"}
 
 
 def test_ctrl_c_starts_no_further_runs(gallery, tmp_path, monkeypatch):
