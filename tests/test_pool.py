@@ -221,3 +221,22 @@ def test_maxpool_fast_path_tie_between_the_last_two_offsets_goes_to_the_first_of
     pool.forward(dev.asarray(numpy.array([[[[1.0, 2.0], [3.0, 3.0]]]])))
     dx = xnn.to_numpy(pool.backward(dev.asarray(numpy.array([[[[5.0]]]]))))
     numpy.testing.assert_array_equal(dx, [[[[0.0, 0.0], [5.0, 0.0]]]])
+
+
+def test_floor_mode_remainder_gets_zero_gradient_whatever_fresh_memory_holds(monkeypatch, rng):
+    """The fast path allocates dx uninitialised and zeroes only the rows and columns no window
+    reads; poison fresh memory with NaN so a skipped zeroing cannot pass by luck."""
+    real_empty_like = numpy.empty_like
+
+    def poisoned(a, *args, **kw):
+        out = real_empty_like(a, *args, **kw)
+        out[...] = numpy.nan if out.dtype.kind == "f" else 1
+        return out
+    monkeypatch.setattr(numpy, "empty_like", poisoned)
+    x = rng.standard_normal((2, 3, 7, 5)).astype(numpy.float32)
+    pool = MaxPool2d(2)
+    pool.forward(x)
+    assert pool._x is not None                           # the fast path was taken
+    dx = pool.backward(numpy.ones((2, 3, 3, 2), numpy.float32))
+    assert not dx[:, :, 6:].any() and not dx[:, :, :, 4:].any()
+    assert numpy.isfinite(dx).all() and dx.sum() == 2 * 3 * 3 * 2
