@@ -152,6 +152,10 @@ def test_maxpool_propagates_nan_like_pytorch(dev, kw):
                 assert numpy.isnan(y[0, 0, i, j]), (i, j)
             else:
                 assert y[0, 0, i, j] == win.max(), (i, j)
+    # backward: a NaN window's gradient goes to its NaN (PyTorch's rule), the others to their maximum
+    dx = xnn.to_numpy(pool.backward(dev.asarray(numpy.ones_like(y))))
+    assert dx[0, 0, 1, 2] >= 1
+    assert dx.sum() == y.size
 
 
 @pytest.mark.parametrize("cls", [MaxPool2d, AvgPool2d])

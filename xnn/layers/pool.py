@@ -64,7 +64,7 @@ class MaxPool2d(_Pool2d):
     divisible in ceil mode: VGG's 2x2 pools, also on odd sizes): y is the element-wise
     maximum of the kh*kw slices, the input is kept (a reference, no copy), and the
     winners are found only in backward: offset (a, b) gets dy where
-    x[a::kh, b::kw] == y and no earlier offset has taken it (dy is first copied into
+    x[a::kh, b::kw] == y (or is NaN) and no earlier offset has taken it (dy is first copied into
     y's memory order when they differ: mixed-layout element-wise ops are slow).  The fast
     path works in bands of output rows side by side (``row_parts``).
     """
@@ -121,9 +121,11 @@ class MaxPool2d(_Pool2d):
             offsets = list(self._offsets(ho, wo))
 
             def band(s):
-                taken = None
+                taken, nan = None, like(xp, y[s], bool)
                 for k, (_, _, sa, sb) in enumerate(offsets):
-                    hit = xp.equal(x[:, :, sa, sb][s], y[s], out=like(xp, y[s], bool))
+                    xs = x[:, :, sa, sb][s]
+                    hit = xp.equal(xs, y[s], out=like(xp, y[s], bool))
+                    hit |= xp.isnan(xs, out=nan)          # NaN != NaN: a NaN window's dy goes to a NaN in it
                     if taken is None:
                         taken = hit
                     else:
