@@ -50,7 +50,8 @@ def commands(args):
                 if finished(folder):
                     continue
                 if folder.exists():   # an unfinished run: continue it
-                    cmd = [sys.executable, str(ROOT / "run.py"), "--resume", str(folder), "--quiet"]
+                    cmd = [sys.executable, str(ROOT / "run.py"), "--resume", str(folder), "--quiet",
+                           "--device", args.device]
                 else:
                     cmd = [sys.executable, str(ROOT / "run.py"), str(ROOT / "configs" / f"{preset}.yaml"),
                            "--set", f"content_image=examples/{photo}", "--set", f"style_image=examples/{painting}",
@@ -170,6 +171,7 @@ def parse_args(argv=None):
     p.add_argument("--sheet-only", action="store_true", help="only rebuild the sheet from finished runs")
     args = p.parse_args(argv)
     args.preset = args.preset or PRESETS
+    args.out, args.sheet = args.out.resolve(), args.sheet.resolve()   # the runs start in ROOT, not here
     return args
 
 

@@ -34,6 +34,7 @@ def test_commands_skip_finished_resume_unfinished_and_start_the_rest(gallery, tm
     by_label = {label: cmd for label, _, cmd in todo}
     resumed = by_label["style: coffee.png x the_scream.jpg"]
     assert "--resume" in resumed and "image_size=64" not in resumed
+    assert resumed[resumed.index("--device") + 1] == "auto"     # a GPU, if there is one now, takes over
     new = by_label["style: astronaut.png x shipwreck.jpg"]
     assert new[2].endswith("configs/style.yaml")
     for flag in ("content_image=examples/astronaut.png", "style_image=examples/shipwreck.jpg", "image_size=64"):
@@ -91,3 +92,14 @@ def test_ctrl_c_starts_no_further_runs(gallery, tmp_path, monkeypatch):
         gallery.render(args)
     assert stop.value.code == 130
     assert 1 <= len(started) <= 2 < len(gallery.PHOTOS) * len(gallery.PAINTINGS)
+
+
+def test_a_relative_out_folder_means_the_same_to_the_runs_and_the_sheet(gallery, tmp_path, monkeypatch):
+    """The runs start in the repository root; a relative --out given elsewhere must not split."""
+    monkeypatch.chdir(tmp_path)
+    args = gallery.parse_args(["--out", "relout", "--sheet", "sheet.jpg", "--preset", "style"])
+    assert args.out == tmp_path / "relout" and args.sheet == tmp_path / "sheet.jpg"
+    fake_run(gallery.run_dir(args.out, "style", "chelsea.png", "starry_night.jpg"), "red")
+    todo = gallery.commands(args)
+    assert len(todo) == len(gallery.PHOTOS) * len(gallery.PAINTINGS) - 1
+    assert all(cmd[cmd.index("--out") + 1].startswith(str(tmp_path / "relout")) for _, _, cmd in todo)
