@@ -54,8 +54,12 @@ def test_probe_and_seek_read_the_same_frames(clip, pan):
     assert [f.shape for f in vio.read_frames(src, 0, 2, size=(32, 48))] == [(32, 48, 3)] * 2
 
 
-def test_a_rotated_video_is_read_upright(tmp_path, pan):
-    """Phones store portrait video sideways with a display matrix; frames come out as shown."""
+@pytest.mark.parametrize("degrees,hflip", [(90, False), (0, True), (90, True), (180, False),
+                                            (180, True), (270, True)])
+def test_a_rotated_or_mirrored_video_is_read_as_shown(tmp_path, pan, degrees, hflip):
+    """Phones store portrait video sideways with a display matrix, front cameras sometimes
+    mirrored; frames come out as shown: turned counter-clockwise, then mirrored (PyAV's and
+    FFmpeg's order).  ``frame.rotation`` alone reads a plain mirror as a half turn."""
     import av
     path = tmp_path / "phone.mp4"
     with av.open(str(path), "w") as out:
@@ -63,19 +67,24 @@ def test_a_rotated_video_is_read_upright(tmp_path, pan):
         s.width, s.height, s.pix_fmt = 96, 64, "yuv420p"
         if not hasattr(s, "set_display_rotation"):
             pytest.skip("this PyAV cannot write a display matrix")
-        s.set_display_rotation(90)          # counter-clockwise, as FFmpeg's av_display_rotation_get
+        s.set_display_rotation(degrees, hflip=hflip)
         for f in pan[:3]:
             for pkt in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
                 out.mux(pkt)
         for pkt in s.encode():
             out.mux(pkt)
+    shown = (96, 64) if degrees % 180 else (64, 96)
     src = vio.probe(path)
-    assert src.size == (96, 64)
+    assert src.size == shown
     frames = list(vio.read_frames(src))
-    assert [f.shape for f in frames] == [(96, 64, 3)] * 3
-    want = numpy.rot90(pan[1], 1).astype(int)     # stored top row -> shown left column, bottom up
-    assert numpy.abs(frames[1].astype(int) - want).mean() < 6
-    assert numpy.abs(frames[1].astype(int) - numpy.rot90(pan[1], -1)).mean() > 20   # not the other way
+    assert [f.shape for f in frames] == [shown + (3,)] * 3
+    # the eight ways to show the stored frame; only the right one is close
+    ways = {(k, m): numpy.rot90(pan[1], k)[:, ::-1] if m else numpy.rot90(pan[1], k)
+            for k in range(4) for m in (False, True)}
+    errors = {way: numpy.abs(frames[1].astype(int) - a).mean() for way, a in ways.items() if a.shape == frames[1].shape}
+    want = (degrees // 90, hflip)
+    assert errors[want] < 6
+    assert min(e for way, e in errors.items() if way != want) > 20
 
 
 def test_gif_input(tmp_path, pan):

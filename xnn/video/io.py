@@ -131,12 +131,38 @@ def _probe_folder(p: pathlib.Path, fps) -> VideoSource:
     return VideoSource(p, "folder", len(files), fractions.Fraction(fps), next(iter(sizes)), files=files)
 
 
+#: signs of a display matrix's (a, b, c, d) = entries 0, 1, 3, 4 (FFmpeg's layout, as PyAV's
+#: ``set_display_rotation(degrees, hflip)`` writes them) -> (quarter turns counter-clockwise,
+#: then mirror left-right).  The eight orientations of EXIF; vflip is hflip turned by 180.
+ORIENTATIONS = {(1, 0, 0, 1): (0, False), (-1, 0, 0, 1): (0, True),
+                (0, -1, 1, 0): (1, False), (0, -1, -1, 0): (1, True),
+                (-1, 0, 0, -1): (2, False), (1, 0, 0, -1): (2, True),
+                (0, 1, -1, 0): (3, False), (0, 1, 1, 0): (3, True)}
+
+
+def _orientation(frame) -> tuple:
+    """(quarter turns counter-clockwise, mirrored) as the frame's display matrix says.
+    ``frame.rotation`` alone folds a mirror into a false half turn, so the matrix is read;
+    an angle that is not a multiple of 90 degrees is rounded to one."""
+    for sd in getattr(frame, "side_data", ()):
+        if getattr(sd.type, "name", "") == "DISPLAYMATRIX":
+            m = numpy.frombuffer(bytes(sd), dtype=numpy.int32)
+            key = tuple(int(v) for v in numpy.sign(m[[0, 1, 3, 4]]))
+            if key in ORIENTATIONS:
+                return ORIENTATIONS[key]
+    return round((getattr(frame, "rotation", 0) or 0) / 90) % 4, False
+
+
 def _upright(frame) -> numpy.ndarray:
-    """A decoded frame as uint8 (h, w, 3) RGB, turned as its display matrix says (a phone video
-    stored sideways plays upright).  ``frame.rotation`` is counter-clockwise, as numpy.rot90."""
+    """A decoded frame as uint8 (h, w, 3) RGB, as it is shown: turned and mirrored as its display
+    matrix says (a phone video stored sideways plays upright, a mirrored selfie stays mirrored)."""
     a = frame.to_ndarray(format="rgb24")
-    turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4
-    return numpy.ascontiguousarray(numpy.rot90(a, turns)) if turns else a
+    turns, mirrored = _orientation(frame)
+    if turns:
+        a = numpy.rot90(a, turns)
+    if mirrored:
+        a = a[:, ::-1]
+    return numpy.ascontiguousarray(a) if turns or mirrored else a
 
 
 def _resized(frame: numpy.ndarray, size) -> numpy.ndarray:
