@@ -64,7 +64,8 @@ class MaxPool2d(_Pool2d):
     divisible in ceil mode: VGG's 2x2 pools, also on odd sizes): y is the element-wise
     maximum of the kh*kw slices, the input is kept (a reference, no copy), and the
     winners are found only in backward: offset (a, b) gets dy where
-    x[a::kh, b::kw] == y (or is NaN) and no earlier offset has taken it (dy is first copied into
+    x[a::kh, b::kw] == y (or is NaN: a NaN window's dy goes to its first NaN, where the general
+    path and PyTorch pick its last) and no earlier offset has taken it (dy is first copied into
     y's memory order when they differ: mixed-layout element-wise ops are slow).  The fast
     path works in bands of output rows side by side (``row_parts``).
     """
