@@ -19,8 +19,10 @@ square one) and 33 per 512x341 style_jcjohnson.yaml image, two at a time (docs/s
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import threading
@@ -37,7 +39,14 @@ def run_dir(out, preset, photo, painting):
 
 
 def finished(folder):
-    return (folder / "output.png").is_file() and (folder / "summary.json").is_file()
+    """The run ended on its own (a stopped run also writes output.png and summary.json)."""
+    summary = folder / "summary.json"
+    if not ((folder / "output.png").is_file() and summary.is_file()):
+        return False
+    try:
+        return not json.loads(summary.read_text()).get("stopped", False)
+    except ValueError:          # a summary cut short: not finished
+        return False
 
 
 def commands(args):
@@ -76,26 +85,49 @@ def render(args):
         share = str(max(1, usable_cores() // args.jobs))
         env.update(XNN_THREADS=share, XNN_BLAS_THREADS=share, OMP_NUM_THREADS=share)
 
-    stop = threading.Event()      # set by Ctrl-C: queued runs are not started
+    stop = threading.Event()      # set by Ctrl-C or SIGTERM: queued runs are not started
+    running, lock = set(), threading.Lock()
 
     def one(n_item):
         n, (label, folder, cmd) = n_item
         if stop.is_set():
             return label, None
-        print(f"[{n}/{len(todo)}] {label}", flush=True)
-        try:
-            rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
-        except KeyboardInterrupt:
-            rc = 130
+        print(f"[{n}/{len(todo)}] {label}\n", end="", flush=True)     # one write: lines stay whole
+        # its own session: a terminal's Ctrl-C reaches only this script, which passes it on once
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
+        with lock:
+            running.add(proc)
+            if stop.is_set():     # stopped while it was starting
+                proc.send_signal(signal.SIGINT)
+        rc = proc.wait()
+        with lock:
+            running.discard(proc)
         if rc == 130:             # the run was interrupted; it saved a checkpoint
             stop.set()
         return label, rc
 
-    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        try:
-            results = list(pool.map(one, enumerate(todo, 1)))
-        except KeyboardInterrupt:     # Ctrl-C reached the runs too: they save a checkpoint and stop
-            stop.set()
+    def interrupt_runs():         # each run saves a checkpoint and stops; a second time stops it at once
+        stop.set()
+        with lock:
+            for proc in running:
+                proc.send_signal(signal.SIGINT)
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, on_term)
+    pool, items, futures = ThreadPoolExecutor(max(1, args.jobs)), list(enumerate(todo, 1)), []
+    try:
+        while True:               # a signal may come at any point; once stopped, queued runs return at once
+            try:
+                while len(futures) < len(items):
+                    futures.append(pool.submit(one, items[len(futures)]))
+                results = [f.result() for f in futures]
+                break
+            except KeyboardInterrupt:
+                interrupt_runs()
+    finally:
+        pool.shutdown(wait=False)
+        signal.signal(signal.SIGTERM, previous)
     if stop.is_set():
         print("stopped; the same command goes on from where each run stopped", file=sys.stderr)
         raise SystemExit(130)

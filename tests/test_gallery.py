@@ -1,7 +1,10 @@
 """docs/make_gallery.py: which runs it starts, and where each output lands on the contact sheet."""
 import importlib.util
 import json
+import os
 import pathlib
+import signal
+import threading
 
 import numpy as np
 import pytest
@@ -18,19 +21,21 @@ def gallery():
     return module
 
 
-def fake_run(folder, colour, done=True):
+def fake_run(folder, colour, done=True, stopped=False):
     folder.mkdir(parents=True)
     Image.new("RGB", (300, 200), colour).save(folder / "output.png")
-    if done:
-        (folder / "summary.json").write_text(json.dumps({"iterations": 1}))
+    if done or stopped:          # a stopped run writes its output and summary too
+        (folder / "summary.json").write_text(json.dumps({"iterations": 1, "stopped": stopped}))
 
 
 def test_commands_skip_finished_resume_unfinished_and_start_the_rest(gallery, tmp_path):
     args = gallery.parse_args(["--out", str(tmp_path), "--preset", "style", "--set", "image_size=64"])
     fake_run(gallery.run_dir(tmp_path, "style", "chelsea.png", "starry_night.jpg"), "red")
     fake_run(gallery.run_dir(tmp_path, "style", "coffee.png", "the_scream.jpg"), "red", done=False)
+    fake_run(gallery.run_dir(tmp_path, "style", "chelsea.png", "shipwreck.jpg"), "red", stopped=True)
     todo = gallery.commands(args)
     assert len(todo) == len(gallery.PHOTOS) * len(gallery.PAINTINGS) - 1
+    assert "--resume" in {label: cmd for label, _, cmd in todo}["style: chelsea.png x shipwreck.jpg"]
     by_label = {label: cmd for label, _, cmd in todo}
     resumed = by_label["style: coffee.png x the_scream.jpg"]
     assert "--resume" in resumed and "image_size=64" not in resumed
@@ -73,25 +78,52 @@ def test_jobs_share_the_cores_this_process_may_use(gallery, tmp_path, monkeypatc
     args = gallery.parse_args(["--out", str(tmp_path), "--preset", "style", "--jobs", "2"])
     envs = []
     monkeypatch.setattr(gallery, "usable_cores", lambda: 6)
-    done = type("Done", (), {"returncode": 0})
-    monkeypatch.setattr(gallery.subprocess, "run", lambda cmd, env, **kw: envs.append(env) or done)
+    done = type("Done", (), {"wait": lambda self: 0})()
+    monkeypatch.setattr(gallery.subprocess, "Popen", lambda cmd, env, **kw: envs.append(env) or done)
     gallery.render(args)
     assert len(envs) == len(gallery.PHOTOS) * len(gallery.PAINTINGS)
     assert {e["XNN_THREADS"] for e in envs} == {"3"}
 
 
-def test_ctrl_c_starts_no_further_runs(gallery, tmp_path, monkeypatch):
-    args = gallery.parse_args(["--out", str(tmp_path), "--preset", "style"])
+class FakeRun:
+    """A run that goes on until it is sent SIGINT, then exits 130 as xnn does after its checkpoint."""
     started = []
 
-    def fake_run(cmd, **kw):
-        started.append(cmd)
-        raise KeyboardInterrupt
-    monkeypatch.setattr(gallery.subprocess, "run", fake_run)
+    def __init__(self, cmd, env=None, start_new_session=False, **kw):
+        self.env, self.own_session, self.signals = env, start_new_session, []
+        self.stopped = threading.Event()
+        FakeRun.started.append(self)
+
+    def send_signal(self, signum):
+        self.signals.append(signum)
+        self.stopped.set()
+
+    def wait(self):
+        assert self.stopped.wait(10), "the run was never stopped"
+        return 130
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_stops_each_run_once_and_starts_no_more(gallery, tmp_path, monkeypatch, signum):
+    """The runs have their own session (a terminal's Ctrl-C reaches only the gallery); the
+    gallery passes one SIGINT to each running run, so each saves a checkpoint, and starts no
+    queued run.  The same when the signal is sent to the gallery alone (kill -INT / -TERM PID)."""
+    args = gallery.parse_args(["--out", str(tmp_path), "--preset", "style", "--jobs", "2"])
+    FakeRun.started = []
+
+    def first_run_then_signal(*a, **kw):
+        run = FakeRun(*a, **kw)
+        if len(FakeRun.started) == 1:
+            os.kill(os.getpid(), signum)      # delivered to the main thread, as from a terminal
+        return run
+    monkeypatch.setattr(gallery.subprocess, "Popen", first_run_then_signal)
+    before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as stop:
         gallery.render(args)
     assert stop.value.code == 130
-    assert 1 <= len(started) <= 2 < len(gallery.PHOTOS) * len(gallery.PAINTINGS)
+    assert 1 <= len(FakeRun.started) <= 2 < len(gallery.PHOTOS) * len(gallery.PAINTINGS)
+    assert all(run.own_session and run.signals == [signal.SIGINT] for run in FakeRun.started)
+    assert signal.getsignal(signal.SIGTERM) is before      # the gallery's handler is gone again
 
 
 def test_a_relative_out_folder_means_the_same_to_the_runs_and_the_sheet(gallery, tmp_path, monkeypatch):
