@@ -30,6 +30,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))     # xnn from this checkout, installed or not
+from xnn.backends.numpy_backend import usable_cores  # noqa: E402
 PHOTOS = ["chelsea.png", "coffee.png", "astronaut.png"]
 PAINTINGS = ["starry_night.jpg", "the_scream.jpg", "shipwreck.jpg", "kandinsky_composition_vii.jpg"]
 PRESETS = ["style", "style_jcjohnson"]
@@ -70,13 +72,6 @@ def commands(args):
                         cmd += ["--set", s]
                 todo.append((f"{preset}: {photo} x {painting}", folder, cmd))
     return todo
-
-
-def usable_cores():
-    """The cores this process may run on (its affinity set, e.g. under taskset or a container's cpuset)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def render(args):

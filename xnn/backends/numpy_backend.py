@@ -28,7 +28,8 @@ from ..errors import DeviceMismatchError
 from .base import Device
 
 
-def _cpu_count() -> int:
+def usable_cores() -> int:
+    """The cores this process may run on: its affinity set (taskset, a container's cpuset)."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -43,9 +44,9 @@ class NumpyDevice(Device):
 
     def __init__(self):
         try:
-            self.workers = max(1, int(os.environ.get("XNN_THREADS", "0")) or _cpu_count())
+            self.workers = max(1, int(os.environ.get("XNN_THREADS", "0")) or usable_cores())
         except ValueError:
-            self.workers = _cpu_count()
+            self.workers = usable_cores()
         self._executor = None
         self._blas = None          # threadpoolctl controller, False when unavailable
         self._lock = threading.Lock()
