@@ -201,3 +201,98 @@ def test_lbfgs_history_moves_to_the_host_when_the_gpu_is_short():
     assert _lbfgs_backend(cfg, STANDIN, 4096 * 2731, 2 * 2**30) == "scipy"    # 2.9 GB of history on a 2 GB GPU
     assert _lbfgs_backend(cfg, xnn.device("cpu"), 512 * 341, 8 * 2**30) == "scipy"
     assert _lbfgs_backend({"lbfgs_backend": "device"}, STANDIN, 4096 * 2731, 2 * 2**30) == "device"
+
+
+def _stop_when_saving(monkeypatch, name):
+    """Set the run's stop flag when it saves ``name`` (a Ctrl-C that lands at that moment)."""
+    from xnn.experiments.base import RunContext
+    save = RunContext.save_image
+
+    def save_and_stop(self, file, image):
+        save(self, file, image)
+        if file == name:
+            self.stop.set("test")
+    monkeypatch.setattr(RunContext, "save_image", save_and_stop)
+
+
+def test_a_stop_after_the_last_step_is_no_stop(tmp_path, monkeypatch):
+    _stop_when_saving(monkeypatch, "summary.png")
+    out = run(tmp_path, "r", "num_iterations=2")          # run() asserts exit code 0, not 130
+    s = json.loads((out / "summary.json").read_text())
+    assert s["stopped"] is False and s["iterations"] == 2
+
+
+def test_a_stop_between_stages_resumes_with_the_next_stage(tmp_path, monkeypatch):
+    common = ["--set", "image_size=[32, 48]", "--set", "num_iterations=[2, 3]", "--set", "optimizer=adam",
+              "--set", "learning_rate=5", "--set", "save_iter=0"]
+    full = run(tmp_path, "full", *[a for a in common if a != "--set"])
+    _stop_when_saving(monkeypatch, "stage1_32px.png")
+    out = tmp_path / "part"
+    assert main([CFG, *TINY, *common, "--out", str(out)]) == 130
+    assert not (out / "output.png").exists()              # stage 2 did not start
+    with numpy.load(out / "checkpoint.npz") as ck:
+        assert (int(ck["stage"]), int(ck["iteration"])) == (0, 2)
+    monkeypatch.undo()
+    assert main(["--resume", str(out), "--quiet"]) == 0
+    rows = metrics(out)
+    assert [(r["stage"], r["iter"]) for r in rows] == [(1, i) for i in range(3)] + [(2, i) for i in range(4)]
+    assert json.loads((out / "summary.json").read_text())["iterations"] == 5
+    # stage 2 started from the same stage-1 image as in the uninterrupted run: the same result
+    numpy.testing.assert_array_equal(load_image(out / "output.png"), load_image(full / "output.png"))
+    assert [r["total_loss"] for r in rows] == [r["total_loss"] for r in metrics(full)]
+
+
+def test_resume_after_an_abort_drops_the_rows_past_the_checkpoint(tmp_path, monkeypatch):
+    """An abort (second Ctrl-C, a kill) after iteration 5 with checkpoints every 3: the resumed
+    run repeats iterations 4 and 5, and metrics.jsonl holds each iteration once."""
+    from xnn.experiments.base import RunContext
+    log = RunContext.log
+
+    def log_then_abort(self, **row):
+        log(self, **row)
+        if row.get("iter") == 5:
+            raise KeyboardInterrupt
+    common = ["optimizer=adam", "num_iterations=8", "save_iter=3"]
+    full = run(tmp_path, "full", *common)
+    monkeypatch.setattr(RunContext, "log", log_then_abort)
+    out = tmp_path / "part"
+    argv = [CFG, *TINY, "--out", str(out)]
+    for o in common:
+        argv += ["--set", o]
+    assert main(argv) == 130
+    assert [r["iter"] for r in metrics(out)] == list(range(6))
+    monkeypatch.undo()
+    assert main(["--resume", str(out), "--quiet"]) == 0
+    assert [r["iter"] for r in metrics(out)] == list(range(9))
+    assert [r["total_loss"] for r in metrics(out)] == [r["total_loss"] for r in metrics(full)]
+
+
+def test_lbfgs_that_ends_early_logs_its_last_row_and_counts_what_ran(tmp_path):
+    """Content loss only, starting at the content: the gradient is zero and L-BFGS-B ends at
+    iteration 0 of 5. The stage counts as done (a resume adds nothing) and 0 iterations ran."""
+    common = ["num_iterations=5", "style_weight=0", "tv_weight=0", "init=image", "print_iter=0"]
+    out = run(tmp_path, "r", *common)
+    s = json.loads((out / "summary.json").read_text())
+    assert s["iterations"] == 0 and s["stopped"] is False
+    with numpy.load(out / "checkpoint.npz") as ck:
+        assert int(ck["iteration"]) == 5 and int(ck["done"]) == 0
+    assert [r["iter"] for r in metrics(out)] == [0]
+    assert main(["--resume", str(out), "--quiet"]) == 0    # nothing left to do: no new rows
+    assert [r["iter"] for r in metrics(out)] == [0]
+    assert json.loads((out / "summary.json").read_text())["iterations"] == 0
+
+
+def test_lbfgs_that_ends_early_in_a_middle_stage_logs_the_stage_end(tmp_path, monkeypatch):
+    """A stage whose L-BFGS returns after 2 of 4 iterations: its last row is logged with
+    print_iter 0 (first and last), the bar and the next stage go on, 2 + 2 iterations ran."""
+    import xnn.style
+    real = xnn.style.lbfgs_minimize
+
+    def two_at_most(fun, x, *, max_iter, **kw):
+        res = real(fun, x, max_iter=min(max_iter, 2), **kw)
+        res.message = "test: ended early"
+        return res
+    monkeypatch.setattr(xnn.style, "lbfgs_minimize", two_at_most)
+    out = run(tmp_path, "r", "image_size=[32, 48]", "num_iterations=[4, 2]", "print_iter=0", "save_iter=0")
+    assert [(r["stage"], r["iter"]) for r in metrics(out)] == [(1, 0), (1, 2), (2, 0), (2, 2)]
+    assert json.loads((out / "summary.json").read_text())["iterations"] == 4

@@ -309,6 +309,26 @@ def test_adam_stop_and_resume_give_the_same_image(rng):
     assert not numpy.array_equal(host(image), host(full))
 
 
+def test_adam_stopped_during_a_step_reports_the_image_it_stops_at(rng):
+    """A stop that lands inside opt.step: the result's iteration count, its losses and the
+    callbacks agree (the callback of the image it stops at has run, as for L-BFGS)."""
+    dev = xnn.device("cpu")
+    obj, x, bounds = optim_problem(dev, rng)
+    flag = StopFlag()
+
+    class StopInStep(xnn.optim.Adam):
+        def step(self, grads):
+            super().step(grads)
+            if self.t == 2:
+                flag.set()
+    seen = []
+    res = adam_minimize(obj.loss_and_grad, x, lr=2.0, max_iter=6, bounds=bounds, should_stop=flag,
+                        optimizer=StopInStep({"image": x}, lr=2.0),
+                        callback=lambda it, z, losses: seen.append((it, losses["total"])))
+    assert res.stopped and res.iterations == 2 and [it for it, _ in seen] == [0, 1, 2]
+    assert res.losses["total"] == seen[-1][1] == obj.losses(x)["total"]
+
+
 def test_stop_flag_turns_the_first_signal_into_a_stop_request():
     flag = StopFlag()
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)

@@ -167,7 +167,7 @@ def run(args) -> int:
             # NumPy's overflow / invalid-value warnings on every step
             warnings.filterwarnings("ignore", r"(overflow|invalid value|divide by zero) encountered",
                                     RuntimeWarning)
-            module.run(state, ctx)
+            result = module.run(state, ctx)
     except XnnError as e:
         if ctx is not None:
             ctx.close()
@@ -179,7 +179,9 @@ def run(args) -> int:
         _clean_up(run_dir, before, created)  # it finished nothing: leave nothing behind
         raise
     ctx.close()
-    if stop:
+    # the runner says whether work was left undone: a stop that came after its last step is no stop
+    stopped = bool(result.get("stopped")) if isinstance(result, dict) else bool(stop)
+    if stopped:
         print(f"xnn: stopped; outputs so far are in {run_dir} (continue with --resume {run_dir})", file=sys.stderr)
         return 130
     ctx.info(f"xnn: done; results in {run_dir}")

@@ -166,6 +166,7 @@ def _local_results(state, ctx, target):
     cfg, st = state["cfg"], state["stylizer"]
     for f in state["files"]:
         if ctx.stop_requested:
+            state["stopped"] = True     # images left undone
             return
         try:
             content = _load_content(f, cfg)
@@ -184,6 +185,7 @@ def _ray_results(state, ctx):
         for path, data, error, seconds, _ in stylise_images(state["cfg"], ctx.device, state["files"],
                                                              state["weights"], state["styles"], state["blend"]):
             if ctx.stop_requested:
+                state["stopped"] = True
                 return
             if error:
                 ctx.info(f"skipping {pathlib.Path(path).name}: {error}")
@@ -237,7 +239,7 @@ def run(state, ctx):
                "seconds_first_image": times[0], "style_encoding_s": style_s, "alpha": cfg["alpha"],
                "output_size": list(out.shape[:2]), "device": dev.name, "engine": "ray" if on_ray else "local",
                "wall_s": wall_s, "images_per_s": len(times) / wall_s if wall_s > 0 else None,
-               "stopped": bool(ctx.stop_requested)}
+               "stopped": state.get("stopped", False)}
     ctx.save_json("summary.json", summary)
     ctx.info(f"stylised {len(times)} image(s), median {summary['seconds_per_image_median']:.2f} s per image "
              f"(first {times[0]:.2f} s, includes warm-up); style encoding {style_s:.2f} s")

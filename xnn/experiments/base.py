@@ -162,6 +162,18 @@ class RunContext:
             self._metrics.flush()
         return read_jsonl(self.path("metrics.jsonl"))
 
+    def keep_metrics(self, keep) -> int:
+        """Rewrite metrics.jsonl (atomically) with only the rows ``keep(row)`` accepts, e.g. on
+        a resume the rows up to the checkpoint: an aborted run may have logged past it, and
+        those steps run again.  Returns how many rows were dropped."""
+        rows = self.read_metrics()
+        kept = [r for r in rows if keep(r)]
+        if len(kept) < len(rows):
+            self._metrics.close()
+            write_bytes(self.path("metrics.jsonl"), "".join(to_json(r) + "\n" for r in kept).encode())
+            self._metrics = open(self.path("metrics.jsonl"), "a", encoding="utf-8")
+        return len(rows) - len(kept)
+
     def save_json(self, name: str, obj):
         write_bytes(self.path(name), (to_json(obj, indent=2) + "\n").encode())
 

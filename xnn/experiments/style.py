@@ -171,10 +171,16 @@ def run(state, ctx):
     cfg, vgg, dev = state["cfg"], state["vgg"], ctx.device
     plan, ck = state["stages"], state["checkpoint"]
     first_stage = ck["stage"] if ck is not None else 0
-    done_before = sum(n for _, n in plan[:first_stage]) + (int(ck["iteration"]) if ck is not None else 0)
+    # the bar counts places in the plan (a stage L-BFGS ends early jumps to its end); ``done``
+    # counts the iterations that ran (the checkpoint keeps it; older checkpoints: their place)
+    place = sum(n for _, n in plan[:first_stage]) + (int(ck["iteration"]) if ck is not None else 0)
+    done_before = int(ck["done"]) if ck is not None and "done" in ck else place
     elapsed_before = float(ck["elapsed_s"]) if ck is not None else 0.0
+    if ck is not None:   # rows an aborted run logged after its checkpoint are logged again now
+        ctx.keep_metrics(lambda r: (r.get("stage", 1) - 1, r.get("iter", -1)) <= (first_stage, int(ck["iteration"])))
     total = sum(n for _, n in plan)
-    bar = ctx.progress(total, "style", unit="it", initial=done_before)
+    bar = ctx.progress(total, "style", unit="it", initial=place)
+    done = done_before
     t0 = time.perf_counter()
     lo = dev.asarray((0.0 - vgg.mean_rgb).reshape(1, 3, 1, 1).astype(numpy.float32))
     hi = dev.asarray((255.0 - vgg.mean_rgb).reshape(1, 3, 1, 1).astype(numpy.float32))
@@ -193,7 +199,7 @@ def run(state, ctx):
             rgb = transfer_luminance(content / 255.0, rgb)
         return rgb
 
-    stage_outputs, previous, res, evaluations, stopped = [], None, None, 0, False
+    stage_outputs, previous, evaluations, stopped, final_losses = [], None, 0, False, None
     for si in range(first_stage, len(plan)):
         size, iters = plan[si]
         h, w = state["shapes"][si]
@@ -232,27 +238,41 @@ def run(state, ctx):
 
         def checkpoint(img, it):
             arrays = {"image": dev.to_numpy(img), "iteration": numpy.asarray(it), "stage": numpy.asarray(si),
-                      "elapsed_s": numpy.asarray(elapsed())}
+                      "elapsed_s": numpy.asarray(elapsed()), "done": numpy.asarray(done)}
             if adam is not None:
                 arrays.update({f"adam/{k}": v for k, v in adam.state_dict().items()})
             save_npz(ctx.path("checkpoint.npz"), arrays)
 
+        logged = [None]                # the iteration of the last metrics row
+
+        def log_row(it, host):
+            ctx.log(**stage_tag, iter=it, content_loss=host["content"], style_loss=host["style"],
+                    tv_loss=host["tv"], total_loss=host["total"], elapsed_s=elapsed())
+            logged[0] = it
+
         def callback(i, img, losses):
+            nonlocal done
             it = start_iter + i
-            host = losses_to_host(losses) if isinstance(losses, dict) else {"total": float(losses)}
+            host = losses_to_host(losses)
             if not all(math.isfinite(v) for v in host.values()):
                 raise XnnError("the losses became NaN/inf; lower learning_rate or the loss weights")
             if i > 0:   # the bar shows this iteration's loss: one number from the device per iteration
-                bar.update(1, loss=host["total"], s_it=(elapsed() - elapsed_before) / max(bar.n - done_before, 1))
+                done += 1
+                bar.update(1, loss=host["total"], s_it=(elapsed() - elapsed_before) / (done - done_before))
             last = it == iters
             if (i == 0 and not resumed_here) or last or (cfg["print_iter"] and it % cfg["print_iter"] == 0 and i > 0):
-                ctx.log(**stage_tag, iter=it, content_loss=host["content"], style_loss=host["style"],
-                        tv_loss=host["tv"], total_loss=host["total"], elapsed_s=elapsed())
+                log_row(it, host)
             if cfg["save_iter"] and i > 0 and it % cfg["save_iter"] == 0 and not last:
                 ctx.save_image(f"iter_{it:05d}.png" if not multi else f"stage{si + 1}_iter_{it:05d}.png",
                                to_rgb(img, content))
                 checkpoint(img, it)
             return False
+
+        if resumed_here and start_iter >= iters:   # resumed where this stage had ended: on to the next
+            x_final, final_losses = x, None
+            previous = vgg.deprocess(x)
+            stage_outputs.append((si, size, to_rgb(x, content, previous)))
+            continue
 
         fun = lambda z: obj.loss_and_grad(z, to_host=False)  # noqa: E731
         remaining = iters - start_iter
@@ -267,26 +287,37 @@ def run(state, ctx):
             res = lbfgs_minimize(obj.loss_and_grad, x, bounds=(lo, hi), max_iter=remaining,
                                  callback=callback, should_stop=ctx.stop)
         evaluations += res.evaluations
+        x_final, final_losses, end = res.x, res.losses, start_iter + res.iterations
+        stage_name = f" of stage {si + 1}" if multi else ""
         previous = vgg.deprocess(res.x)
         shown = to_rgb(res.x, content, previous)
         ctx.save_image(out_name, shown)
-        written = out_name
-        stage_outputs.append((size, shown))
-        checkpoint(res.x, start_iter + res.iterations)
-        if res.stopped and ctx.stop_requested:
+        stage_outputs.append((si, size, shown))
+        if res.stopped:                # stopped by the user (a second Ctrl-C does not come back here)
+            checkpoint(res.x, end)
             stopped = True
-            ctx.info(f"stopped at iteration {start_iter + res.iterations}" + (f" of stage {si + 1}" if multi else "")
-                     + "; image and checkpoint saved (continue with --resume)")
+            ctx.info(f"stopped at iteration {end}{stage_name}; image and checkpoint saved (continue with --resume)")
+            break
+        if end < iters:                # L-BFGS ended early: converged, or no decrease left to find
+            ctx.info(f"L-BFGS ended at iteration {end}{stage_name}: {res.message}")
+            bar.update(iters - end)
+            if res.losses is not None and logged[0] != end:
+                log_row(end, losses_to_host(res.losses))
+        checkpoint(res.x, iters)       # this stage is over: a resume starts the next one
+        if ctx.stop_requested and si + 1 < len(plan):
+            stopped = True
+            ctx.info(f"stopped after stage {si + 1}; its image and a checkpoint are saved (continue with --resume)")
             break
     bar.close()
     dev.synchronize()
     run_s = elapsed()
-    done = bar.n
-    final = losses_to_host(obj.losses(res.x, to_host=False))
-    result = stage_outputs[-1][1]
-    panels = [content] + styles + [(img * 255).round().astype(numpy.uint8) for _, img in stage_outputs]
+    # the optimisers return the losses of the image they return; a skipped stage has none
+    final = losses_to_host(final_losses if final_losses is not None else obj.losses(x_final, to_host=False))
+    written = out_name
+    result = stage_outputs[-1][2]
+    panels = [content] + styles + [(img * 255).round().astype(numpy.uint8) for _, _, img in stage_outputs]
     titles = (["content"] + [f"style {i + 1}" if len(styles) > 1 else "style" for i in range(len(styles))]
-              + [f"stage {first_stage + i + 1}: {s} px" if multi else "result" for i, (s, _) in enumerate(stage_outputs)])
+              + [f"stage {i + 1}: {s} px" if multi else "result" for i, s, _ in stage_outputs])
     ctx.save_image("summary.png", side_by_side(panels, titles=titles, height=min(384, result.shape[0])))
     if len(ctx.read_metrics()) > 1:
         ctx.plot("losses.png", "iter", {"total (log)": ["total_loss"],

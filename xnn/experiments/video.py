@@ -251,7 +251,7 @@ def _summary(state, ctx, frames_done, frames_now, seconds, complete):
                "temporal_error_mean": statistics.fmean(errors) if errors else None,
                "temporal_error_median": statistics.median(errors) if errors else None,
                "scene_cuts": sum(1 for r in last.values() if r.get("scene_cut")),
-               "stopped": bool(ctx.stop_requested)}
+               "stopped": bool(ctx.stop_requested) and not complete}
     summary["samples"] = _summary_strip(state, ctx, frames_done)
     return summary
 

@@ -272,9 +272,7 @@ def adam_minimize(fun_and_grad, x, *, lr, max_iter, bounds=None, callback=None, 
     clip_to_range(x, lo, hi)
     nfev, it, losses, stopped, message = 0, start_iter, None, False, f"{max_iter} iterations done"
     try:
-        while True:
-            if should_stop is not None and should_stop():
-                raise _Stop("stopped on request")
+        while True:               # a stop is taken in _report: after the callback of the image it stops at
             if it >= max_iter:
                 losses = losses_fn(x) if losses_fn is not None else fun_and_grad(x)[0]
                 nfev += losses_fn is None
