@@ -343,6 +343,18 @@ def test_stop_flag_turns_the_first_signal_into_a_stop_request():
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
+def test_stop_flag_message_goes_to_the_stderr_file_descriptor(capfd, monkeypatch):
+    """The handler writes with os.write: print() inside a signal handler can re-enter a
+    stderr write (a progress bar's) that the signal interrupted and raise."""
+    def reentrant(*args, **kwargs):
+        raise RuntimeError("reentrant call inside <_io.BufferedWriter name='<stderr>'>")
+    monkeypatch.setattr("builtins.print", reentrant)
+    flag = StopFlag("stopping after this step")
+    with flag.installed():
+        signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+    assert flag() and "stopping after this step" in capfd.readouterr().err
+
+
 def test_lbfgs_reduces_the_loss_and_keeps_the_range(dev, rng):
     obj, x0, (lo, hi) = optim_problem(dev, rng)
     x0_host = host(x0)

@@ -40,7 +40,8 @@ def _reason(e: BaseException) -> str:
 
 @contextlib.contextmanager
 def atomic_write(path):
-    """Yield a binary file object; on a clean exit it replaces ``path`` in one rename.
+    """Yield a binary file object; on a clean exit it replaces ``path`` in one rename,
+    after an fsync, so that not even a power cut leaves a half-written ``path``.
 
     The parent folder is created.  Whatever happens, the temporary file is removed;
     an ``OSError`` (in the body or in the rename) is raised as a one-line XnnError.
@@ -52,6 +53,8 @@ def atomic_write(path):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             yield f
+            f.flush()
+            os.fsync(f.fileno())          # the data reach the disk before the rename can
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
         os.replace(tmp, path)
         tmp = None

@@ -12,6 +12,7 @@ The CLI installs one around an experiment's ``run``; runners read it as
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 
@@ -36,8 +37,11 @@ class StopFlag:
         if self.reason is not None:  # second request: stop now
             raise KeyboardInterrupt
         self.set(f"received {signal.Signals(signum).name}")
-        if self.message:
-            print(f"\n{self.message}", file=sys.stderr, flush=True)
+        if self.message:   # os.write: print() here could re-enter a stderr write it interrupted
+            try:
+                os.write(sys.stderr.fileno(), f"\n{self.message}\n".encode())
+            except (OSError, ValueError, AttributeError):   # no usable stderr (closed, or not a file)
+                pass
 
     @contextlib.contextmanager
     def installed(self, signals=(signal.SIGINT, signal.SIGTERM)):
