@@ -354,6 +354,25 @@ def test_stop_keeps_what_is_done_and_resume_finishes(tmp_path, clip, need_weight
     assert json.loads((out / "summary.json").read_text())["complete"]
 
 
+def test_a_stop_at_the_last_frame_is_no_stop(tmp_path, clip, need_weights, monkeypatch):
+    from xnn.video import stylize
+    process = stylize.VideoStylizer.process
+    made = []
+
+    def interrupted(self, frames):
+        for item in process(self, frames):
+            made.append(1)
+            if len(made) == 16:         # Ctrl-C as the last frame comes out
+                os.kill(os.getpid(), signal.SIGINT)
+            yield item
+
+    monkeypatch.setattr(stylize.VideoStylizer, "process", interrupted)
+    code, out = run_video(tmp_path, "run", f"input={clip}", "image_size=64", "temporal=none", "batch_size=4")
+    assert code == 0 and vio.probe(out / "output.mp4").frames == 16
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] and not summary["stopped"]
+
+
 def test_resume_refuses_changed_keys_and_finished_runs(tmp_path, clip, capsys, need_weights):
     code, out = run_video(tmp_path, "run", f"input={clip}", "image_size=64", "temporal=none")
     assert code == 0
