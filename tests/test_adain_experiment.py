@@ -52,6 +52,29 @@ def test_batch_mode_keeps_names_and_sizes(tmp_path):
     assert json.loads((out / "summary.json").read_text())["images"] == 3
 
 
+@pytest.mark.parametrize("stop_after, code, left", [(1, 130, 1), (2, 0, 0)])
+def test_batch_stop_leaves_the_rest_and_a_late_stop_is_none(tmp_path, monkeypatch, stop_after, code, left):
+    """Ctrl-C after the first of two images: the second is not done, exit 130, stopped; after
+    the last one: nothing was left undone, exit 0."""
+    from xnn.experiments.base import RunContext
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(numpy.full((32, 40, 3), 90, numpy.uint8)).save(frames / name)
+    log = RunContext.log
+
+    def log_then_stop(self, **row):
+        log(self, **row)
+        if row.get("image") == ("a.png", "b.png")[stop_after - 1]:
+            self.stop.set("test")
+    monkeypatch.setattr(RunContext, "log", log_then_stop)
+    out = tmp_path / "run"
+    assert main([CFG, "--set", f"content_image={frames}", "--set", "image_size=null", "--set", "style_size=48",
+                 "--device", "cpu", "--quiet", "--out", str(out)]) == code
+    s = json.loads((out / "summary.json").read_text())
+    assert s["images"] == 2 - left and s["stopped"] is bool(left)
+
+
 def test_two_styles_and_original_colors(tmp_path):
     out = tmp_path / "run"
     assert main([CFG, "--set", "image_size=48", "--set", "style_size=48",
