@@ -150,6 +150,27 @@ def test_same_seed_same_numbers_and_resume_matches(tmp_path):
             numpy.testing.assert_array_equal(fa[k], fc[k])
 
 
+def test_resume_after_an_abort_between_log_and_checkpoint_logs_each_epoch_once(tmp_path, monkeypatch):
+    from xnn.experiments.base import RunContext
+    const = ["--set", "train.schedule=constant", "--set", "train.epochs=2"]
+    a = run_mlp(tmp_path, "a", *const)
+    log = RunContext.log
+
+    def log_then_abort(self, **row):
+        log(self, **row)
+        if row.get("epoch") == 2:
+            raise KeyboardInterrupt     # killed before epoch 2's checkpoint
+    monkeypatch.setattr(RunContext, "log", log_then_abort)
+    c = tmp_path / "c"
+    assert main([str(REPO / "configs" / "mnist_mlp.yaml"), *QUICK, *const, "--out", str(c)]) == 130
+    monkeypatch.undo()
+    assert main(["--resume", str(c), "--quiet"]) == 0
+    rows = [json.loads(line) for line in (c / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert [r["train_loss"] for r in rows] == [json.loads(line)["train_loss"]
+                                               for line in (a / "metrics.jsonl").read_text().splitlines()]
+
+
 def test_evaluate_mode_reports_checkpoint_accuracy(tmp_path):
     out = run_mlp(tmp_path, "run", "--set", "train.epochs=1")
     summary = json.loads((out / "summary.json").read_text())

@@ -128,6 +128,7 @@ def train(state, ctx):
             raise XnnError(f"--resume: the optimiser state in train_state.npz does not fit train.optimizer = "
                            f"{t['optimizer']!r} and this model ({type(e).__name__}: {e}); keep them as they were") from None
         ctx.info(f"resuming after epoch {start_epoch}")
+        ctx.keep_metrics(lambda r: r.get("epoch", 0) <= start_epoch)   # a later epoch's row: it runs again
     for epoch in range(start_epoch, t["epochs"]):
         t0 = time.perf_counter()
         order = list(batches(n, t["batch_size"], numpy.random.default_rng([cfg["seed"], epoch]), drop_last=True))
