@@ -124,3 +124,16 @@ def test_mnist_cnn_training_step_within_budget():
     # (no relayout budget here: trained weights are re-arranged each step, and the
     # channels-first Flatten hands pool2 an NCHW gradient, on every backend)
     assert_budget(rec, 3, 1, 0, "MNIST CNN training step")
+
+
+def test_mnist_evaluation_syncs_once_per_pass_not_per_batch():
+    from xnn.experiments.mnist import evaluate
+    net = cnn(channels=(4, 8), fc=16, device=STANDIN)
+    rng = numpy.random.default_rng(0)
+    xs = STANDIN.asarray(rng.standard_normal((64, 1, 28, 28)).astype(numpy.float32))
+    ys = STANDIN.asarray(rng.integers(0, 10, 64))
+    evaluate(net, (xs, ys), 16)               # first call: constants may be copied once
+    with recording() as rec:
+        loss, acc = evaluate(net, (xs, ys), 8)
+    assert 0 <= acc <= 1 and loss > 0
+    assert_budget(rec, 8, 2 / 8, 0, "MNIST evaluation (8 batches)")

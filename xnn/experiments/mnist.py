@@ -84,13 +84,14 @@ def evaluate(model, data, batch_size):
     """(mean loss, accuracy) of ``model`` on (x, y) device arrays."""
     x, y = data
     crit = SoftmaxCrossEntropy(device=model.device, check_labels=False)  # labels were checked when loaded
-    loss_sum, correct = 0.0, 0
+    xp = model.device.xp
+    loss_sum, correct = xp.zeros((), xp.float64), xp.zeros((), xp.int64)   # on the device: one sync at the end
     for i in range(0, len(x), batch_size):
         logits = model.forward(x[i:i + batch_size])
         yb = y[i:i + batch_size]
-        loss_sum += float(crit.forward(logits, yb)) * len(yb)
-        correct += int((logits.argmax(axis=1) == yb).sum())
-    return loss_sum / len(x), correct / len(x)
+        loss_sum += crit.forward(logits, yb) * len(yb)
+        correct += (logits.argmax(axis=1) == yb).sum()
+    return float(loss_sum) / len(x), int(correct) / len(x)
 
 
 def run(state, ctx):
