@@ -354,6 +354,29 @@ def test_stop_keeps_what_is_done_and_resume_finishes(tmp_path, clip, need_weight
     assert json.loads((out / "summary.json").read_text())["complete"]
 
 
+def test_resume_after_an_abort_logs_each_frame_once(tmp_path, clip, need_weights, monkeypatch):
+    """A second Ctrl-C (an abort) in the middle of the only segment: its frames are lost and
+    stylised again on resume, and metrics.jsonl holds each frame once, in order."""
+    from xnn.video import stylize
+    process = stylize.VideoStylizer.process
+    made = []
+
+    def aborted(self, frames):
+        for item in process(self, frames):
+            made.append(1)
+            if len(made) == 6:
+                raise KeyboardInterrupt
+            yield item
+
+    monkeypatch.setattr(stylize.VideoStylizer, "process", aborted)
+    code, out = run_video(tmp_path, "run", f"input={clip}", "image_size=64", "temporal=none", "batch_size=4")
+    assert code == 130 and len((out / "metrics.jsonl").read_text().splitlines()) == 5
+    monkeypatch.setattr(stylize.VideoStylizer, "process", process)
+    assert main(["--resume", str(out), "--quiet"]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["frame"] for r in rows] == list(range(16))
+
+
 def test_a_stop_at_the_last_frame_is_no_stop(tmp_path, clip, need_weights, monkeypatch):
     from xnn.video import stylize
     process = stylize.VideoStylizer.process

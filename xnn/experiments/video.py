@@ -183,6 +183,7 @@ def run(state, ctx):
         tmp.unlink()
     done = [(a, n) for a, n, _ in state["done"]]
     first = sum(n for _, n in done)
+    ctx.keep_metrics(lambda r: r.get("frame", -1) < first)   # rows of frames whose segment was lost
     ctx.info(f"{src.describe()} -> {size[1]}x{size[0]}, temporal {cfg['temporal']}, engine {cfg['engine']}"
              + (f"; resuming at frame {first}" if first else ""))
     suffix = pathlib.PurePath(cfg["output"]).suffix
