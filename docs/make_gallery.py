@@ -14,7 +14,7 @@ downscaled to ``--cell`` px; cells not rendered yet are grey and say so, and row
 nothing rendered yet are left out (the caption counts what is missing).  Same seeds, same
 sheet: the runs are deterministic for a given machine and thread count.  Costs on 2 CPU
 cores with ``--jobs 2``, measured: 12-18 minutes per 512x341 style.yaml image (23 for a
-square one) and 30-34 per 512x341 style_jcjohnson.yaml image (53-54 for the square one), two at
+square one) and 30-34 per 512x341 style_jcjohnson.yaml image (53-68 for the square one), two at
 a time (docs/style.md).
 """
 from __future__ import annotations
