@@ -277,3 +277,27 @@ def test_relu_and_max_pool_in_bands_of_rows_equal_the_whole_array(rng, monkeypat
     numpy.testing.assert_array_equal(whole[0], relu_x[:, :, :14, :10].reshape(2, 5, 7, 2, 5, 2).max(axis=(3, 5)))
     assert not whole[1][:, :, 14:].any() and not whole[1][:, :, :, 10:].any()   # rows no window reads
     assert channels_last == (bands[0].transpose(0, 2, 3, 1).flags.c_contiguous)
+
+
+def test_row_parts_cuts_rows_into_one_band_per_worker():
+    """layout.row_parts: H of a 4-d array (else axis 0) in dev.workers disjoint bands that cover
+    it, from SPLIT_ELEMENTS elements up; one part, the whole array, below it or with one worker."""
+    from types import SimpleNamespace
+
+    from xnn.layers import layout
+    big = layout.SPLIT_ELEMENTS
+    for workers in (2, 3):
+        dev = SimpleNamespace(workers=workers)
+        for shape, axis in [((1, 4, 8, big // 32), 2), ((big // 64, 64), 0)]:
+            a = numpy.empty(shape, numpy.uint8)
+            assert a.size == big
+            parts = layout.row_parts(dev, a)
+            assert len(parts) == workers
+            covered = numpy.zeros(shape[axis], int)
+            for part in parts:
+                assert part[:axis] == (slice(None),) * axis and len(part) == axis + 1
+                covered[part[axis]] += 1
+            assert (covered == 1).all()
+    assert layout.row_parts(SimpleNamespace(workers=1), numpy.empty((big // 64, 64))) == [(Ellipsis,)]
+    assert layout.row_parts(SimpleNamespace(workers=2), numpy.empty((big // 64 - 1, 64))) == [(Ellipsis,)]
+    assert layout.row_parts(SimpleNamespace(workers=2), numpy.empty(())) == [(Ellipsis,)]

@@ -51,7 +51,9 @@ def test_pool_gradients(dev, rng, cls, k, s, p, ceil, h, w):
                                             (3, 2, 1, True, 9, 8), (3, 2, 0, False, 7, 6),
                                             (3, 3, 0, True, 10, 8),
                                             (3, 1, 1, False, 5, 4),      # padded, stride 1, floor
-                                            (3, 3, 1, False, 9, 9)])     # the windows never reach the last row/column
+                                            (3, 3, 1, False, 9, 9),      # the windows never reach the last row/column
+                                            (2, 2, 0, True, 7, 6),       # ceil: odd rows, even columns
+                                            (2, 2, 0, True, 6, 7)])      # ceil: even rows, odd columns
 def test_pools_match_direct_loops(dev, rng, kind, cls, k, s, p, ceil, h, w):
     x = randn(rng, 2, 3, h, w)
     y = xnn.to_numpy(cls(k, s, padding=p, ceil_mode=ceil).to(dev).forward(dev.asarray(x)))
@@ -244,3 +246,12 @@ def test_floor_mode_remainder_gets_zero_gradient_whatever_fresh_memory_holds(mon
     dx = pool.backward(numpy.ones((2, 3, 3, 2), numpy.float32))
     assert not dx[:, :, 6:].any() and not dx[:, :, :, 4:].any()
     assert numpy.isfinite(dx).all() and dx.sum() == 2 * 3 * 3 * 2
+
+
+@pytest.mark.parametrize("h,w,fast", [(8, 6, True), (7, 6, False), (8, 5, False), (7, 5, False)])
+def test_ceil_mode_takes_the_fast_path_only_when_the_windows_divide_the_input(h, w, fast):
+    """kernel == stride in ceil mode: whole windows (sizes divisible) are the side-by-side fast
+    path (no winner array kept); a partial last window needs the general path."""
+    pool = MaxPool2d(2, ceil_mode=True, device=xnn.device("cpu"))
+    pool.forward(numpy.zeros((1, 1, h, w), numpy.float32))
+    assert (pool._winner is None) == fast
