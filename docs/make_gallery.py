@@ -27,7 +27,7 @@ import signal
 import subprocess
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))     # xnn from this checkout, installed or not
@@ -117,6 +117,10 @@ def render(args):
             try:
                 while len(futures) < len(items):
                     futures.append(pool.submit(one, items[len(futures)]))
+                # Python runs signal handlers in the main thread only, and a Ctrl-C the kernel hands
+                # to a worker thread does not wake a main thread blocked on a result: wake up often
+                while not wait(futures, timeout=0.2).done == set(futures):
+                    pass
                 results = [f.result() for f in futures]
                 break
             except KeyboardInterrupt:

@@ -1,7 +1,6 @@
 """docs/make_gallery.py: which runs it starts, and where each output lands on the contact sheet."""
 import importlib.util
 import json
-import os
 import pathlib
 import signal
 import threading
@@ -114,7 +113,9 @@ def test_ctrl_c_or_sigterm_stops_each_run_once_and_starts_no_more(gallery, tmp_p
     def first_run_then_signal(*a, **kw):
         run = FakeRun(*a, **kw)
         if len(FakeRun.started) == 1:
-            os.kill(os.getpid(), signum)      # delivered to the main thread, as from a terminal
+            # to another thread, once the gallery waits: the kernel may hand a terminal's Ctrl-C
+            # to any thread, and Python runs the handler in the main thread only when it wakes up
+            threading.Timer(0.5, lambda: signal.pthread_kill(threading.get_ident(), signum)).start()
         return run
     monkeypatch.setattr(gallery.subprocess, "Popen", first_run_then_signal)
     before = signal.getsignal(signal.SIGTERM)
