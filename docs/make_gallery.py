@@ -126,7 +126,7 @@ def render(args):
             except KeyboardInterrupt:
                 interrupt_runs()
     finally:
-        pool.shutdown(wait=False)
+        pool.shutdown(wait=False, cancel_futures=True)   # however it ends, no queued run starts later
         signal.signal(signal.SIGTERM, previous)
     if stop.is_set():
         print("stopped; the same command goes on from where each run stopped", file=sys.stderr)
