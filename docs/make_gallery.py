@@ -108,9 +108,10 @@ def render(args):
             for proc in running:
                 proc.send_signal(signal.SIGINT)
 
-    def on_term(signum, frame):
+    def on_signal(signum, frame):
         raise KeyboardInterrupt
-    previous = signal.signal(signal.SIGTERM, on_term)
+    # SIGINT too: a gallery started in the background (nohup ... &) inherits SIGINT ignored
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     pool, items, futures = ThreadPoolExecutor(max(1, args.jobs)), list(enumerate(todo, 1)), []
     try:
         while True:               # a signal may come at any point; once stopped, queued runs return at once
@@ -127,7 +128,8 @@ def render(args):
                 interrupt_runs()
     finally:
         pool.shutdown(wait=False, cancel_futures=True)   # however it ends, no queued run starts later
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     if stop.is_set():
         print("stopped; the same command goes on from where each run stopped", file=sys.stderr)
         raise SystemExit(130)

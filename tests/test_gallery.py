@@ -102,8 +102,10 @@ class FakeRun:
         return 130
 
 
+@pytest.mark.parametrize("sigint_ignored", [False, True])
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_or_sigterm_stops_each_run_once_and_starts_no_more(gallery, tmp_path, monkeypatch, signum):
+def test_ctrl_c_or_sigterm_stops_each_run_once_and_starts_no_more(gallery, tmp_path, monkeypatch, signum,
+                                                                   sigint_ignored):
     """The runs have their own session (a terminal's Ctrl-C reaches only the gallery); the
     gallery passes one SIGINT to each running run, so each saves a checkpoint, and starts no
     queued run.  The same when the signal is sent to the gallery alone (kill -INT / -TERM PID)."""
@@ -118,13 +120,18 @@ def test_ctrl_c_or_sigterm_stops_each_run_once_and_starts_no_more(gallery, tmp_p
             threading.Timer(0.5, lambda: signal.pthread_kill(threading.get_ident(), signum)).start()
         return run
     monkeypatch.setattr(gallery.subprocess, "Popen", first_run_then_signal)
-    before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(SystemExit) as stop:
-        gallery.render(args)
+    original = signal.signal(signal.SIGINT, signal.SIG_IGN if sigint_ignored else signal.default_int_handler)
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)   # SIG_IGN: as under nohup ... &
+    try:
+        with pytest.raises(SystemExit) as stop:
+            gallery.render(args)
+        after = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, original)
     assert stop.value.code == 130
     assert 1 <= len(FakeRun.started) <= 2 < len(gallery.PHOTOS) * len(gallery.PAINTINGS)
     assert all(run.own_session and run.signals == [signal.SIGINT] for run in FakeRun.started)
-    assert signal.getsignal(signal.SIGTERM) is before      # the gallery's handler is gone again
+    assert after == before                 # the gallery's handlers are gone again
 
 
 def test_a_relative_out_folder_means_the_same_to_the_runs_and_the_sheet(gallery, tmp_path, monkeypatch):
