@@ -120,7 +120,7 @@ def render(args):
                     futures.append(pool.submit(one, items[len(futures)]))
                 # Python runs signal handlers in the main thread only, and a Ctrl-C the kernel hands
                 # to a worker thread does not wake a main thread blocked on a result: wake up often
-                while not wait(futures, timeout=0.2).done == set(futures):
+                while wait(futures, timeout=0.2).not_done:
                     pass
                 results = [f.result() for f in futures]
                 break

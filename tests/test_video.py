@@ -327,19 +327,34 @@ def test_folder_of_frames_plays_at_fps(tmp_path, pan, need_weights):
     assert (src.frames, src.fps, src.size, src.has_audio) == (5, 8, (64, 96), False)
 
 
-def test_stop_keeps_what_is_done_and_resume_finishes(tmp_path, clip, need_weights, monkeypatch):
+def _on_frame(monkeypatch, n, action):
+    """Run ``action()`` as the n-th stylised frame comes out of VideoStylizer.process;
+    returns the original process, to put back for a resume."""
     from xnn.video import stylize
-    process = stylize.VideoStylizer.process
-    made = []
+    process, made = stylize.VideoStylizer.process, []
 
-    def interrupted(self, frames):
+    def wrapped(self, frames):
         for item in process(self, frames):
             made.append(1)
-            if len(made) == 6:          # Ctrl-C during the second batch
-                os.kill(os.getpid(), signal.SIGINT)
+            if len(made) == n:
+                action()
             yield item
 
-    monkeypatch.setattr(stylize.VideoStylizer, "process", interrupted)
+    monkeypatch.setattr(stylize.VideoStylizer, "process", wrapped)
+    return process
+
+
+def _ctrl_c():
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def _abort():
+    raise KeyboardInterrupt
+
+
+def test_stop_keeps_what_is_done_and_resume_finishes(tmp_path, clip, need_weights, monkeypatch):
+    from xnn.video import stylize
+    process = _on_frame(monkeypatch, 6, _ctrl_c)     # Ctrl-C during the second batch
     code, out = run_video(tmp_path, "run", f"input={clip}", "image_size=80", "batch_size=4")
     assert code == 130
     partial = vio.probe(out / "output.mp4")
@@ -358,17 +373,7 @@ def test_resume_after_an_abort_logs_each_frame_once(tmp_path, clip, need_weights
     """A second Ctrl-C (an abort) in the middle of the only segment: its frames are lost and
     stylised again on resume, and metrics.jsonl holds each frame once, in order."""
     from xnn.video import stylize
-    process = stylize.VideoStylizer.process
-    made = []
-
-    def aborted(self, frames):
-        for item in process(self, frames):
-            made.append(1)
-            if len(made) == 6:
-                raise KeyboardInterrupt
-            yield item
-
-    monkeypatch.setattr(stylize.VideoStylizer, "process", aborted)
+    process = _on_frame(monkeypatch, 6, _abort)
     code, out = run_video(tmp_path, "run", f"input={clip}", "image_size=64", "temporal=none", "batch_size=4")
     assert code == 130 and len((out / "metrics.jsonl").read_text().splitlines()) == 5
     monkeypatch.setattr(stylize.VideoStylizer, "process", process)
@@ -378,18 +383,7 @@ def test_resume_after_an_abort_logs_each_frame_once(tmp_path, clip, need_weights
 
 
 def test_a_stop_at_the_last_frame_is_no_stop(tmp_path, clip, need_weights, monkeypatch):
-    from xnn.video import stylize
-    process = stylize.VideoStylizer.process
-    made = []
-
-    def interrupted(self, frames):
-        for item in process(self, frames):
-            made.append(1)
-            if len(made) == 16:         # Ctrl-C as the last frame comes out
-                os.kill(os.getpid(), signal.SIGINT)
-            yield item
-
-    monkeypatch.setattr(stylize.VideoStylizer, "process", interrupted)
+    _on_frame(monkeypatch, 16, _ctrl_c)              # Ctrl-C as the last frame comes out
     code, out = run_video(tmp_path, "run", f"input={clip}", "image_size=64", "temporal=none", "batch_size=4")
     assert code == 0 and vio.probe(out / "output.mp4").frames == 16
     summary = json.loads((out / "summary.json").read_text())

@@ -243,12 +243,13 @@ def run(state, ctx):
                 arrays.update({f"adam/{k}": v for k, v in adam.state_dict().items()})
             save_npz(ctx.path("checkpoint.npz"), arrays)
 
-        logged = [None]                # the iteration of the last metrics row
+        logged = None                  # this stage's last metrics row, by iteration
 
         def log_row(it, host):
+            nonlocal logged
             ctx.log(**stage_tag, iter=it, content_loss=host["content"], style_loss=host["style"],
                     tv_loss=host["tv"], total_loss=host["total"], elapsed_s=elapsed())
-            logged[0] = it
+            logged = it
 
         def callback(i, img, losses):
             nonlocal done
@@ -301,7 +302,7 @@ def run(state, ctx):
         if end < iters:                # L-BFGS ended early: converged, or no decrease left to find
             ctx.info(f"L-BFGS ended at iteration {end}{stage_name}: {res.message}")
             bar.update(iters - end)
-            if res.losses is not None and logged[0] != end:
+            if res.losses is not None and logged != end:
                 log_row(end, losses_to_host(res.losses))
         checkpoint(res.x, iters)       # this stage is over: a resume starts the next one
         if ctx.stop_requested and si + 1 < len(plan):
