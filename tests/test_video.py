@@ -283,6 +283,48 @@ def test_video_run_keeps_count_rate_size_and_audio(tmp_path, clip, need_weights)
     assert load_image(out / "summary.png").shape[0] > 100
 
 
+def test_a_run_checks_its_frames_against_its_input(tmp_path, clip, need_weights, monkeypatch, capsys):
+    """summary.json says whether each output frame shows its input frame; a run whose frames do not
+    (here: the stylizer made to put out another picture from frame 9 on) says so in one line and
+    exits 2 instead of claiming success."""
+    code, out = run_video(tmp_path, "good", f"input={clip}", "image_size=80")
+    check = json.loads((out / "summary.json").read_text())["frame_check"]
+    assert code == 0 and check["passed"] and check["sampled"] == 16 and check["frames_in_output"] == 16
+    assert check["structure_correlation_min"] >= check["threshold"] and not check["failing_frames"]
+    from xnn.video.stylize import VideoStylizer
+    real = VideoStylizer.process
+    other = load_image(REPO / "examples" / "chelsea.png")
+
+    seen = []
+
+    def wrong(self, frames):
+        for out_frame, row in real(self, frames):
+            seen.append(1)
+            if len(seen) > 9:
+                from xnn.data.images import resize_to
+                out_frame = resize_to(other, out_frame.shape[:2])
+            yield out_frame, row
+    monkeypatch.setattr(VideoStylizer, "process", wrong)
+    capsys.readouterr()
+    code, out = run_video(tmp_path, "bad", f"input={clip}", "image_size=80")
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("xnn: error:") == 1 and "does not show its input" in err
+    check = json.loads((out / "summary.json").read_text())["frame_check"]
+    assert not check["passed"] and check["failing_frames"] and min(check["failing_frames"]) >= 9
+
+
+def test_a_local_run_enters_the_video_once(tmp_path, clip, need_weights, monkeypatch):
+    """engine: local reads its frames in one pass, not one seek per segment."""
+    calls = []
+    real = vio.read_frames
+    monkeypatch.setattr(vio, "read_frames", lambda src, start=0, stop=None, size=None:
+                        calls.append((start, stop)) or real(src, start, stop, size))
+    code, out = run_video(tmp_path, "run", f"input={clip}", "image_size=80", "chunk_frames=4")
+    assert code == 0 and json.loads((out / "summary.json").read_text())["complete"]
+    assert calls[0] == (0, 16)                                   # the run's own pass
+    assert [c for c in calls[1:] if c[1] is not None and c[1] - c[0] == 4] == []   # no read per segment
+
+
 def test_flow_cuts_the_temporal_error_and_stays_stylised(tmp_path, need_weights):
     frames = pan_frames(load_image(REPO / "examples" / "coffee.png"), 20, (96, 144))
     clip = write_clip(frames, tmp_path / "pan.mp4", fps=24)

@@ -47,6 +47,39 @@ def require_av():
     return av
 
 
+#: FFmpeg demuxers of still-image files: such a file is a picture, not a video (PyAV opens it as one frame)
+IMAGE_DEMUXERS = ("image2", "image2pipe")
+#: decoders that may attach an ICC profile to their frames; PyAV (up to 18 at least) frees such side data twice
+#: once ``frame.side_data`` has been read, so for these only the rotation (read in C) is used, not the mirror
+ICC_DECODERS = {"png", "apng", "mjpeg", "jpegls", "webp", "tiff", "jpegxl", "exr", "bmp", "qoi"}
+#: the most pixels a frame may declare (8K is 33 M): a header that declares more is not decoded
+MAX_FRAME_PIXELS = 2 ** 27
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameIndex:
+    """Where a video's frames are, from its packets: the presentation time stamp of frame ``i`` is
+    ``pts[i]`` (sorted), and ``keys`` are the frames whose packet the container marks as a key frame.
+
+    A frame's number is the rank of its time stamp, so it is exact under a variable frame rate too;
+    packets that an edit list leaves out (FFmpeg marks them ``is_discard``) are not frames.
+    """
+    pts: numpy.ndarray    # int64 (frames,)
+    keys: numpy.ndarray   # int64 (k,), frame numbers, sorted
+
+    def frame_of(self, pts) -> int | None:
+        """The number of the frame shown at ``pts``, or None if no frame is."""
+        if pts is None:
+            return None
+        i = int(numpy.searchsorted(self.pts, pts))
+        return i if i < len(self.pts) and self.pts[i] == pts else None
+
+    def key_at_or_before(self, frame: int) -> int | None:
+        """The last frame marked as a key frame at or before ``frame``, or None."""
+        k = int(numpy.searchsorted(self.keys, frame, side="right")) - 1
+        return int(self.keys[k]) if k >= 0 else None
+
+
 @dataclasses.dataclass
 class VideoSource:
     """What :func:`probe` found: ``frames`` frames of ``size`` (h, w) at ``fps`` frames per second."""
@@ -57,6 +90,7 @@ class VideoSource:
     size: tuple
     has_audio: bool = False
     files: list = dataclasses.field(default_factory=list)   # the frame files of a folder, in order
+    index: FrameIndex | None = None  # a video's frame time stamps and key frames; None: read it from the start
 
     def describe(self) -> str:
         h, w = self.size
@@ -69,12 +103,25 @@ def _av_error(path, e) -> XnnError:
     return XnnError(f"cannot read video {path}: {text.strip()} (the file is corrupt, truncated or not a video)")
 
 
+@contextlib.contextmanager
+def _decoding(c, s):
+    """``c.decode(s)``, closed when the block ends: a decode generator left to the garbage collector
+    after its container closed is how PyAV crashes."""
+    frames = c.decode(s)
+    try:
+        yield frames
+    finally:
+        frames.close()
+
+
 def probe(path, fps=24) -> VideoSource:
     """Check a video file or a folder of frames and describe it; a one-line XnnError if it is unusable.
 
     A video is read packet by packet (no decoding, so this is fast): it must have a video stream,
-    and its packets must be all there (a file cut short has fewer than its header says).  A folder
-    must hold frames (``FRAME_SUFFIXES``) of one size, played at ``fps``.
+    and its packets must be all there (a file cut short has fewer than its header says); their time
+    stamps and key-frame marks become the :class:`FrameIndex` that :func:`read_frames` seeks with.
+    Then its first frame is decoded.  A folder must hold frames (``FRAME_SUFFIXES``) of one size,
+    played at ``fps``.
     """
     p = pathlib.Path(path)
     if not p.exists():
@@ -86,25 +133,61 @@ def probe(path, fps=24) -> VideoSource:
     av = require_av()
     try:
         with av.open(str(p)) as c:
-            if not c.streams.video:
-                raise XnnError(f"{p} has no video stream" + (" (only audio)" if c.streams.audio else ""))
+            _check_container(c, p)
             s = c.streams.video[0]
             declared = s.frames
-            counted = sum(1 for pkt in c.demux(s) if pkt.size)
-            c.seek(0)
-            first = next(c.decode(s), None)
+            index, counted, packets = _index(c, s)
+            has_audio = bool(c.streams.audio)
+            rate = s.average_rate or s.guessed_rate or fractions.Fraction(fps)
+        with av.open(str(p)) as c, _decoding(c, c.streams.video[0]) as frames:   # opened anew: no seek needed
+            first = next(frames, None)
             if first is None:
                 raise XnnError(f"{p} has a video stream without frames")
-            rate = s.average_rate or s.guessed_rate or fractions.Fraction(fps)
-            info = VideoSource(p, "video", counted, fractions.Fraction(rate), _upright(first).shape[:2],
-                               has_audio=bool(c.streams.audio))
+            size = _upright(first, _icc_safe(c.streams.video[0])).shape[:2]
     except XnnError:
         raise
-    except (av.FFmpegError, OSError, ValueError, StopIteration) as e:
+    except (av.FFmpegError, OSError, ValueError, StopIteration, MemoryError) as e:
         raise _av_error(p, e) from None
-    if declared and counted < declared:
-        raise XnnError(f"{p} is truncated: its header announces {declared} frames, the file holds {counted}")
-    return info
+    if declared and packets < declared:
+        raise XnnError(f"{p} is truncated: its header announces {declared} frames, the file holds {packets}")
+    return VideoSource(p, "video", counted, fractions.Fraction(rate), size, has_audio=has_audio, index=index)
+
+
+def _check_container(c, p):
+    """One-line errors for a container that is no usable video: a still image, no video stream, a
+    frame size no machine could hold."""
+    if c.format.name in IMAGE_DEMUXERS or c.format.name.endswith("_pipe"):
+        kind = c.format.name.removesuffix("_pipe").upper()
+        raise XnnError(f"{p} is a {kind} image, not a video (whatever its name says); stylise a picture with "
+                       "configs/adain.yaml, or give a video file")
+    if not c.streams.video:
+        raise XnnError(f"{p} has no video stream" + (" (only audio)" if c.streams.audio else ""))
+    cc = c.streams.video[0].codec_context
+    if cc.width * cc.height > MAX_FRAME_PIXELS:
+        raise XnnError(f"{p} declares frames of {cc.width}x{cc.height}, more than the {MAX_FRAME_PIXELS} pixels "
+                       "xnn reads (the header is corrupt, or the video too large)")
+
+
+def _index(c, s):
+    """(FrameIndex or None, frames, packets) from the packets of stream ``s``: packets with data are
+    counted, and those not discarded by an edit list are frames.  No index when time stamps are
+    missing or repeated."""
+    pts, keys, packets = [], [], 0
+    for pkt in c.demux(s):
+        if not pkt.size:
+            continue
+        packets += 1
+        if not pkt.is_discard:
+            pts.append(pkt.pts)
+            keys.append(pkt.is_keyframe)
+    if not pts or any(t is None for t in pts):
+        return None, len(pts), packets
+    pts, keys = numpy.array(pts, dtype=numpy.int64), numpy.array(keys, dtype=bool)
+    order = numpy.argsort(pts, kind="stable")
+    pts, keys = pts[order], keys[order]
+    if numpy.any(numpy.diff(pts) <= 0):
+        return None, len(pts), packets
+    return FrameIndex(pts, numpy.flatnonzero(keys).astype(numpy.int64)), len(pts), packets
 
 
 def _probe_folder(p: pathlib.Path, fps) -> VideoSource:
@@ -140,12 +223,14 @@ ORIENTATIONS = {(1, 0, 0, 1): (0, False), (-1, 0, 0, 1): (0, True),
                 (0, 1, -1, 0): (3, False), (0, 1, 1, 0): (3, True)}
 
 
-def _orientation(frame) -> tuple:
+def _orientation(frame, icc_safe: bool = True) -> tuple:
     """(quarter turns counter-clockwise, mirrored) as the frame's display matrix says.
     ``frame.rotation`` alone folds a mirror into a false half turn, so the matrix is read;
-    an angle that is not a multiple of 90 degrees is rounded to one."""
-    for sd in getattr(frame, "side_data", ()):
-        if getattr(sd.type, "name", "") == "DISPLAYMATRIX":
+    an angle that is not a multiple of 90 degrees is rounded to one.  Where reading the side data is
+    not safe (``icc_safe`` false: see ICC_DECODERS) only the rotation is used."""
+    if icc_safe:
+        sd = frame.side_data.get("DISPLAYMATRIX")
+        if sd is not None:
             m = numpy.frombuffer(bytes(sd), dtype=numpy.int32)
             key = tuple(int(v) for v in numpy.sign(m[[0, 1, 3, 4]]))
             if key in ORIENTATIONS:
@@ -153,16 +238,21 @@ def _orientation(frame) -> tuple:
     return round((getattr(frame, "rotation", 0) or 0) / 90) % 4, False
 
 
-def _upright(frame) -> numpy.ndarray:
+def _upright(frame, icc_safe: bool = True) -> numpy.ndarray:
     """A decoded frame as uint8 (h, w, 3) RGB, as it is shown: turned and mirrored as its display
     matrix says (a phone video stored sideways plays upright, a mirrored selfie stays mirrored)."""
     a = frame.to_ndarray(format="rgb24")
-    turns, mirrored = _orientation(frame)
+    turns, mirrored = _orientation(frame, icc_safe)
     if turns:
         a = numpy.rot90(a, turns)
     if mirrored:
         a = a[:, ::-1]
     return numpy.ascontiguousarray(a) if turns or mirrored else a
+
+
+def _icc_safe(s) -> bool:
+    """Whether the frames of stream ``s`` can have their side data read (see ICC_DECODERS)."""
+    return s.codec_context.name not in ICC_DECODERS
 
 
 def _resized(frame: numpy.ndarray, size) -> numpy.ndarray:
@@ -174,11 +264,15 @@ def _resized(frame: numpy.ndarray, size) -> numpy.ndarray:
 
 def read_frames(src: VideoSource, start: int = 0, stop: int | None = None, size=None):
     """Frames ``start`` .. ``stop - 1`` of ``src`` as uint8 (h, w, 3) RGB, upright (display
-    rotation applied), resized to ``size`` (h, w).
+    rotation applied), resized to ``size`` (h, w): exactly the frames that decoding the whole video
+    from its start gives at those places.
 
-    A video is entered at the key frame before ``start`` (a seek), so reading a chunk in the
-    middle of a long film does not decode everything before it.  Frame numbers count decoded
-    frames from the start of the stream.
+    Frame ``i`` of a video is the ``i``-th frame its decoder puts out.  To start in the middle without
+    decoding everything before, the video is entered at the last frame its container marks as a key
+    frame at or before ``start`` (:class:`FrameIndex`), and the entry is checked: the decoder must say
+    that frame is a key frame, and every frame after it must carry the next time stamp of the index.
+    Where a check fails (a mark on a frame that needs earlier ones, time stamps that do not match the
+    index) the frames still missing are decoded from the start of the video instead.
     """
     stop = src.frames if stop is None else min(stop, src.frames)
     if start >= stop:
@@ -190,44 +284,66 @@ def read_frames(src: VideoSource, start: int = 0, stop: int | None = None, size=
         return
     av = require_av()
     try:
-        with av.open(str(src.path)) as c:
-            s = c.streams.video[0]
-            s.thread_type = "AUTO"
-            index_of = _frame_index(s)
-            if start > 0 and index_of is not None:
-                c.seek(int(start / (src.fps * s.time_base)) + (s.start_time or 0), stream=s, backward=True)
-            i = None
-            for frame in c.decode(s):
-                if i is None:   # the first frame after the (optional) seek: where are we?
-                    i = index_of(frame) if start > 0 and index_of is not None else 0
-                    if i > start:   # the seek overshot: read from the beginning instead
-                        c.seek(0)
-                        yield from _decode_from_zero(c, s, start, stop, size)
-                        return
-                if i >= stop:
-                    return
-                if i >= start:
-                    yield _resized(_upright(frame), size)
-                i += 1
+        nxt = start
+        if start > 0 and src.index is not None:
+            for i, frame in _from_key_frame(src, start, stop):
+                yield _resized(frame, size)
+                nxt = i + 1
+        if nxt < stop:
+            for frame in _from_the_start(src, nxt, stop):
+                yield _resized(frame, size)
     except (av.FFmpegError, OSError, ValueError) as e:
         raise _av_error(src.path, e) from None
 
 
-def _decode_from_zero(c, s, start, stop, size):
-    for i, frame in enumerate(c.decode(s)):
-        if i >= stop:
-            return
-        if i >= start:
-            yield _resized(_upright(frame), size)
+def _from_key_frame(src: VideoSource, start: int, stop: int):
+    """(i, upright frame) for i = start .. at most stop - 1, entered at the key frame before ``start``;
+    ends early, without a wrong frame, where the entry or the time stamps cannot be trusted."""
+    import av
+    index = src.index
+    key = index.key_at_or_before(start)
+    if key is None or key == 0:
+        return   # nothing to skip: decoding from the start is no slower
+    with av.open(str(src.path)) as c:
+        s = c.streams.video[0]
+        s.thread_type = "AUTO"
+        safe = _icc_safe(s)
+        try:
+            c.seek(int(index.pts[key]), stream=s, backward=True)   # lands on that key frame (or an earlier one)
+        except av.FFmpegError:
+            return                                 # a file without a seek index (an unfinished recording)
+        with _decoding(c, s) as frames:
+            expected = None
+            for frame in frames:
+                i = index.frame_of(frame.pts)
+                if expected is None:              # not entered yet
+                    if i is not None and i < key and not frame.key_frame:
+                        continue                   # a picture shown before the key frame (open GOP): not needed
+                    if i is None or i > start or not frame.key_frame:
+                        return                     # not where the index says, or not decodable on its own
+                    expected = i
+                if i != expected:
+                    return                         # a frame missing, repeated or out of the index
+                if i >= start:
+                    yield i, _upright(frame, safe)
+                expected = i + 1
+                if expected >= stop:
+                    return
 
 
-def _frame_index(s):
-    """frame -> its index from the stream's time stamps (constant frame rate), or None if unusable."""
-    rate, tb = s.average_rate, s.time_base
-    if not rate or not tb:
-        return None
-    t0 = s.start_time or 0
-    return lambda frame: None if frame.pts is None else round((frame.pts - t0) * tb * rate)
+def _from_the_start(src: VideoSource, start: int, stop: int):
+    """Upright frames ``start`` .. ``stop - 1``, counting every decoded frame from the first."""
+    import av
+    with av.open(str(src.path)) as c:
+        s = c.streams.video[0]
+        s.thread_type = "AUTO"
+        safe = _icc_safe(s)
+        with _decoding(c, s) as frames:
+            for i, frame in enumerate(frames):
+                if i >= stop:
+                    return
+                if i >= start:
+                    yield _upright(frame, safe)
 
 
 class SegmentWriter:
