@@ -106,3 +106,28 @@ def test_auto_tiles_only_when_the_image_does_not_fit():
     assert tile_for(4096, 4096, 256, 4 * 2**30) == 256
     with pytest.raises(Exception, match="whole-image arrays alone"):
         tile_for(16384, 16384, "auto", 2 * 2**30)
+
+
+def test_a_ray_result_that_arrived_before_a_stop_is_kept(monkeypatch):
+    """engine: ray: a stop that comes in while a result is on its way still keeps that result; the run is
+    stopped only if images are left (the Ray session and pool are replaced by a list of results here)."""
+    import contextlib
+    import types
+
+    from xnn import ray_engine
+    from xnn.experiments import adain
+    files = ["a.png", "b.png", "c.png"]
+    ctx = types.SimpleNamespace(stop_requested=False, device=None, info=lambda *a: None)
+
+    def results(*args):
+        for name in files:
+            yield name, b"bytes of " + name.encode(), None, 0.5, None
+            ctx.stop_requested = name == "a.png" or ctx.stop_requested   # Ctrl-C while b is on its way
+    monkeypatch.setattr(ray_engine, "ray_session", lambda cfg, dev: contextlib.nullcontext())
+    monkeypatch.setattr(ray_engine, "stylise_images", results)
+    state = {"cfg": {}, "files": files, "weights": None, "styles": None, "blend": None}
+    got = [(str(p), data) for p, data, _, _ in adain._ray_results(state, ctx)]
+    assert got == [("a.png", b"bytes of a.png"), ("b.png", b"bytes of b.png")] and state["stopped"]
+    ctx.stop_requested, files[:] = False, ["a.png"]
+    state = {"cfg": {}, "files": files, "weights": None, "styles": None, "blend": None}
+    assert len(list(adain._ray_results(state, ctx))) == 1 and not state.get("stopped")

@@ -24,7 +24,8 @@ def test_decoder_and_encoder_halos():
     assert dec.jump == tiling.Fraction(1, 8) and 3 <= dec.halo <= 5
 
 
-@pytest.mark.parametrize("size,tile", [((72, 56), 24), ((41, 66), 16)])
+# the last two: a tile as large as the image, and larger (one tile, no seams: the whole image)
+@pytest.mark.parametrize("size,tile", [((72, 56), 24), ((41, 66), 16), ((48, 64), 64), ((48, 64), 4096)])
 def test_tiled_equals_untiled_in_float64(dev, size, tile):
     st = _stylizer(dev, numpy.float64)
     rng = numpy.random.default_rng(0)

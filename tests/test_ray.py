@@ -76,3 +76,56 @@ def test_video_on_ray_in_chunks(tmp_path):
     assert all(r["temporal_error"] is not None for r in rows[1:])
     s = json.loads((runs["ray"] / "summary.json").read_text())
     assert s["engine"] == "ray" and s["complete"]
+
+
+def _listening(procs):
+    """{(process name, ip, port)} of the TCP sockets the processes listen on (LISTEN; UDP is not used)."""
+    import psutil   # Ray ships it (ray/thirdparty_files), importable once ray is
+    out = set()
+    for p in procs:
+        try:
+            out |= {(p.name(), c.laddr.ip, c.laddr.port) for c in p.net_connections(kind="tcp")
+                    if c.status == psutil.CONN_LISTEN}
+        except psutil.NoSuchProcess:   # a worker that ended meanwhile
+            pass
+    return out
+
+
+def _loopback(ip):
+    import ipaddress
+    a = ipaddress.ip_address(ip.split("%")[0])
+    return a.is_loopback or (a.version == 6 and a.ipv4_mapped is not None and a.ipv4_mapped.is_loopback)
+
+
+def test_local_ray_listens_on_loopback_only_with_token_auth(tmp_path, monkeypatch):
+    """During a run on a local Ray (no ray_address), every socket its processes (GCS, raylet, workers, actors,
+    runtime-env agent, this driver) listen on is a loopback one, and Ray's token authentication is on."""
+    import ray
+    import psutil
+    from ray._raylet import AuthenticationMode, get_authentication_mode
+    from xnn import ray_engine
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    seen = {}
+    stylise = ray_engine.stylise_images
+
+    def watched(*args, **kwargs):
+        for row in stylise(*args, **kwargs):
+            if not seen:        # the actors are up: the whole Ray is running
+                me = psutil.Process()
+                seen["sockets"] = _listening([me] + me.children(recursive=True))
+                seen["auth"] = get_authentication_mode()
+                seen["node_ip"] = ray.util.get_node_ip_address()
+            yield row
+    monkeypatch.setattr(ray_engine, "stylise_images", watched)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    from PIL import Image
+    Image.open(REPO / "examples" / "chelsea.png").resize((48, 32)).save(folder / "chelsea.png")
+    assert main([str(REPO / "configs" / "adain.yaml"), "--set", f"content_image={folder}", "--set", "image_size=32",
+                 "--set", "style_size=32", "--set", "engine=ray", "--device", "cpu", "--quiet",
+                 "--out", str(tmp_path / "out")]) == 0
+    names = {name for name, _, _ in seen["sockets"]}
+    assert {"gcs_server", "raylet"} <= names and any(n.startswith("ray::") for n in names), seen["sockets"]
+    assert [s for s in seen["sockets"] if not _loopback(s[1])] == [], seen["sockets"]
+    assert seen["auth"] == AuthenticationMode.TOKEN
+    assert seen["node_ip"] in ("127.0.0.1", "::1")

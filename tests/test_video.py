@@ -325,6 +325,31 @@ def test_a_local_run_enters_the_video_once(tmp_path, clip, need_weights, monkeyp
     assert [c for c in calls[1:] if c[1] is not None and c[1] - c[0] == 4] == []   # no read per segment
 
 
+def test_a_corrupt_frame_in_a_folder_stops_the_run_and_keeps_what_is_done(tmp_path, pan, need_weights, capsys):
+    """A JPEG whose header reads but whose data is cut off passes the probe and fails when the run
+    reaches it: the run stops with that file named, joins the finished segments into the output, and
+    --resume goes on once the frame is mended."""
+    from PIL import Image
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, f in enumerate(pan[:12]):
+        Image.fromarray(f).save(folder / f"{i:03d}.jpg", quality=90)
+    good = (folder / "006.jpg").read_bytes()
+    (folder / "006.jpg").write_bytes(good[:len(good) // 2])
+    assert vio.probe(folder).frames == 12
+    capsys.readouterr()
+    code, out = run_video(tmp_path, "run", f"input={folder}", "image_size=96", "chunk_frames=4")
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("xnn: error:") == 1 and "006.jpg" in err and "frames 0-3 are in output.mp4" in err
+    s = json.loads((out / "summary.json").read_text())
+    assert s["frames"] == 4 and not s["complete"] and "006.jpg" in s["error"] and s["frame_check"]["passed"]
+    assert vio.probe(out / "output.mp4").frames == 4
+    (folder / "006.jpg").write_bytes(good)
+    assert main(["--resume", str(out), "--quiet"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["frames"] == 12 and s["complete"] and "error" not in s
+
+
 def test_flow_cuts_the_temporal_error_and_stays_stylised(tmp_path, need_weights):
     frames = pan_frames(load_image(REPO / "examples" / "coffee.png"), 20, (96, 144))
     clip = write_clip(frames, tmp_path / "pan.mp4", fps=24)

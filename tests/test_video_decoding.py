@@ -254,6 +254,71 @@ def test_tiny_and_one_frame_videos(tmp_path):
     assert list(vio.read_frames(src, 1, 5)) == []
 
 
+def test_probe_names_what_is_wrong(tmp_path, footage):
+    from PIL import Image
+    with pytest.raises(XnnError, match="input not found"):
+        vio.probe(tmp_path / "missing.mp4")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(XnnError, match=r"is not a video \(.mp4"):
+        vio.probe(tmp_path / "notes.txt")
+    (tmp_path / "noise.mp4").write_bytes(numpy.random.default_rng(1).integers(0, 256, 3000, dtype=numpy.uint8).tobytes())
+    with pytest.raises(XnnError, match=r"^cannot read video .*noise.mp4: .+ \(the file is corrupt, truncated or not a video\)$"):
+        vio.probe(tmp_path / "noise.mp4")
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    with pytest.raises(XnnError, match="has no frames"):
+        vio.probe(folder)
+    for i in (2, 0, 1):
+        Image.fromarray(footage[i]).save(folder / f"{i:02d}.png")
+    (folder / "notes.txt").write_text("not a frame")
+    src = vio.probe(folder, fps=30)
+    assert (src.kind, src.frames, src.fps, src.size, src.index) == ("folder", 3, 30, (H, W), None)
+    assert [f.name for f in src.files] == ["00.png", "01.png", "02.png"]
+    assert src.describe() == f"frames: 3 frames, {W}x{H}, 30 fps"
+    got = list(vio.read_frames(src, 1, 3, size=(36, 64)))
+    assert [g.shape for g in got] == [(36, 64, 3)] * 2
+    assert numpy.array_equal(list(vio.read_frames(src, 2))[0], footage[2])
+    Image.fromarray(footage[0]).transpose(Image.Transpose.ROTATE_90).save(folder / "03.png")
+    with pytest.raises(XnnError, match=f"differ in size: 00.png is {W}x{H}, 03.png is {H}x{W}"):
+        vio.probe(folder)
+    (folder / "03.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(XnnError, match="cannot read frame .*03.png"):
+        vio.probe(folder)
+    clip = encode(footage[:6], tmp_path / "clip.mp4", audio=True)
+    assert vio.probe(clip).describe() == f"clip.mp4: 6 frames, {W}x{H}, 12 fps, with audio"
+
+
+def test_huge_declared_frames_are_refused_before_decoding():
+    class Ctx:
+        def __init__(self, w, h):
+            self.width, self.height = w, h
+
+    class Stream:
+        def __init__(self, w, h):
+            self.codec_context = Ctx(w, h)
+
+    class Streams:
+        def __init__(self, w, h):
+            self.video, self.audio = [Stream(w, h)], []
+
+    class Format:
+        name = "mov,mp4,m4a,3gp,3g2,mj2"
+
+    class Container:
+        def __init__(self, w, h):
+            self.format, self.streams = Format(), Streams(w, h)
+
+    vio._check_container(Container(8192, 8192), "big.mp4")            # 8K by 8K: 67 M pixels, allowed
+    with pytest.raises(XnnError, match="declares frames of 65536x65536"):
+        vio._check_container(Container(65536, 65536), "huge.mp4")
+    with pytest.raises(XnnError, match="declares frames of 16385x8193"):
+        vio._check_container(Container(16385, 8193), "huge.mp4")
+    vio._check_container(Container(16384, 8192), "edge.mp4")          # exactly the limit
+    Format.name = "png_pipe"
+    with pytest.raises(XnnError, match="is a PNG image, not a video"):
+        vio._check_container(Container(64, 64), "photo.mp4")
+
+
 def test_image_files_named_as_videos_are_refused(tmp_path):
     from PIL import Image
     photo = Image.open(REPO / "examples" / "chelsea.png")
@@ -314,7 +379,7 @@ def test_spoilt_and_disguised_files_never_crash_the_cli(tmp_path, footage):
     for p in must_refuse:
         assert codes[str(p)] == 2, f"{p.name}: exit {codes[str(p)]}"
         assert not pathlib.Path(str(p) + ".run").exists()
-    for p in may_run:   # a file damaged inside may still decode (FFmpeg conceals errors): run, or refuse
+    for p in may_run:   # a file damaged inside may still decode (FFmpeg conceals errors): it runs, is refused,
+        # or stops where it breaks (or fails the frame check) with what was done kept and said so
         assert codes[str(p)] in (0, 2), f"{p.name}: exit {codes[str(p)]}"
-        assert codes[str(p)] == 0 or not pathlib.Path(str(p) + ".run").exists()
     assert done.stderr.count("xnn: error:") == sum(1 for c in codes.values() if c == 2)

@@ -107,12 +107,16 @@ def _resolve(args):
 
 def _finished(run_dir: pathlib.Path, before: set) -> list:
     """Names of what this run has written beyond its config and an empty metrics file."""
-    now = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
+    now = {p.name for p in run_dir.iterdir() if not _empty_dir(p)} if run_dir.is_dir() else set()
     done = sorted(now - before - {"config.yaml", "metrics.jsonl"})
     metrics = run_dir / "metrics.jsonl"
     if metrics.is_file() and metrics.stat().st_size and "metrics.jsonl" not in before:
         done.insert(0, "metrics.jsonl")
     return done
+
+
+def _empty_dir(p: pathlib.Path) -> bool:
+    return p.is_dir() and not any(p.iterdir())
 
 
 def _clean_up(run_dir: pathlib.Path, before: set, created: bool) -> None:
@@ -121,6 +125,10 @@ def _clean_up(run_dir: pathlib.Path, before: set, created: bool) -> None:
         if name not in before:
             with contextlib.suppress(OSError):
                 (run_dir / name).unlink()
+    for p in run_dir.iterdir() if run_dir.is_dir() else ():
+        if p.name not in before and _empty_dir(p):   # e.g. the segments/ or outputs/ folder it never filled
+            with contextlib.suppress(OSError):
+                p.rmdir()
     if created:
         with contextlib.suppress(OSError):
             run_dir.rmdir()

@@ -33,6 +33,17 @@ from .errors import XnnError
 INSTALL = "pip install 'xnn[ray]'"
 #: seconds to wait for a Ray address to answer before giving up
 CONNECT_TIMEOUT_S = 10
+#: CPUs one Ray Data read task asks for; every node keeps this much of its CPUs out of the actors' plan
+READ_CPUS = 0.25
+#: the least CPU share a CPU actor is planned with; more actors than that allows is an error
+MIN_ACTOR_CPUS = 0.25
+#: CPUs a GPU actor asks for beside its GPU (it decodes, encodes and computes optical flow on the CPU)
+GPU_ACTOR_CPUS = 1
+#: seconds to wait for the actor pool to start when the config has no ray_wait_s
+WAIT_S = 300
+#: the environment variable that makes Ray take the loopback address as a node's address (Ray reads it once,
+#: as ray._private.ray_constants.ENABLE_RAY_CLUSTER; it was made for single-machine Ray on macOS and Windows)
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def require_ray():
@@ -50,18 +61,23 @@ def ray_address(cfg) -> str | None:
     return cfg.get("ray_address") or os.environ.get("RAY_ADDRESS") or None
 
 
+def host_port(address: str) -> tuple:
+    """(host, port) of host:port or scheme://host:port[/]; a one-line XnnError for anything else."""
+    host, _, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if not host or not port.isdigit():
+        raise XnnError(f"ray_address {address!r} is not host:port (e.g. 10.0.0.5:6379 or ray://10.0.0.5:10001)")
+    return host.strip("[]"), int(port)
+
+
 def check_address(address: str | None, timeout: float | None = None) -> None:
     """A one-line XnnError when ``address`` (host:port, ray://host:port) does not answer within ``timeout``
     seconds (default CONNECT_TIMEOUT_S)."""
     if address in (None, "", "auto", "local"):
         return
     timeout = CONNECT_TIMEOUT_S if timeout is None else timeout
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise XnnError(f"ray_address {address!r} is not host:port (e.g. 10.0.0.5:6379 or ray://10.0.0.5:10001)")
+    host, port = host_port(address)
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout) as conn:
+        with socket.create_connection((host, port), timeout=timeout) as conn:
             # Ray's GCS (and Ray Client) speak gRPC: an HTTP/2 server answers the client preface with
             # a SETTINGS frame (type 4) at once; a silent server would leave ray.init waiting forever
             conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
@@ -75,9 +91,41 @@ def check_address(address: str | None, timeout: float | None = None) -> None:
                        "a local Ray") from None
 
 
+def starts_local_ray(address: str | None) -> bool:
+    """True when ray.init with this address starts a new Ray on this machine (rather than joining one)."""
+    return address in (None, "", "local")
+
+
+def on_loopback(address: str | None) -> bool:
+    """True when this driver must take the loopback address as its node's: when it starts Ray (which then
+    listens on 127.0.0.1 only), or joins a cluster at a loopback address (127.0.0.1:port) that does not
+    answer at this machine's outward address, i.e. a cluster whose nodes are on 127.0.0.1.  (Ray would
+    turn 127.0.0.1 into the outward address and wait for a GCS there, without end.)"""
+    if starts_local_ray(address):
+        return True
+    if "://" in address:        # Ray Client: no node here
+        return False
+    import ipaddress
+    import ray
+    host, port = host_port(address)
+    try:
+        if host != "localhost" and not ipaddress.ip_address(host).is_loopback:
+            return False
+    except ValueError:          # a host name
+        return False
+    try:
+        socket.create_connection((ray.util.get_node_ip_address(), port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError:
+        return True
+    return False
+
+
 @contextlib.contextmanager
 def ray_session(cfg, device):
-    """Ray, joined or started for the run; shut down (this driver's connection) afterwards."""
+    """Ray, joined or started for the run; shut down (this driver's connection) afterwards.
+
+    A Ray started here listens on the loopback address only (see :func:`_loopback_node`) and keeps
+    Ray's token authentication as Ray sets it up (on, unless $RAY_AUTH_MODE says otherwise)."""
     ray = require_ray()
     address = ray_address(cfg)
     check_address(address)
@@ -85,15 +133,15 @@ def ray_session(cfg, device):
     import logging
     kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                   runtime_env={"env_vars": env})
-    if address:
+    if not starts_local_ray(address):
         kwargs["address"] = address
     else:
         # a Ray we start runs its workers at nice 15 by default; the work is this command's, at its priority
         # (as with engine: local), unless RAY_worker_niceness says otherwise
         os.environ.setdefault("RAY_worker_niceness", "0")
     try:
-        with _stderr_muted():   # Ray's C++ core logs every retry there; the error below says it once
-            ray.init(**kwargs)
+        with _stderr_muted(), (_loopback_node() if on_loopback(address) else contextlib.nullcontext()):
+            ray.init(**kwargs)   # Ray's C++ core logs every retry on stderr; the error below says it once
     except Exception as e:   # Ray raises ConnectionError, RuntimeError, ValueError... on a bad cluster
         raise XnnError(f"cannot start or join Ray at {address or 'this machine'}: {str(e).splitlines()[0][:200]}"
                        + ("; is it a Ray cluster's address (ray start --head prints it)?" if address else "")) \
@@ -103,11 +151,39 @@ def ray_session(cfg, device):
         ctx.execution_options.preserve_order = True
         ctx.enable_progress_bars = False      # xnn's own bar counts frames and images
         ctx.print_on_execution_start = False
+        ctx.wait_for_min_actors_s = wait_s(cfg)   # a pool that cannot start is an error, not a silent wait
         for name in ("ray", "ray.data"):      # Ray's INFO lines would bury xnn's output
             logging.getLogger(name).setLevel(logging.ERROR)
         yield ray
     finally:
         ray.shutdown()
+
+
+def wait_s(cfg) -> float:
+    """Seconds to wait for the actor pool to start: the config's ``ray_wait_s``, else WAIT_S."""
+    return float(cfg.get("ray_wait_s") or WAIT_S)
+
+
+@contextlib.contextmanager
+def _loopback_node():
+    """Inside the block, a Ray started by this process takes 127.0.0.1 (or ::1) as its node address, and
+    its GCS, raylet, object manager, workers and runtime-env agent listen there only.
+
+    Ray binds its servers to the node address; by default that is the address of the interface that
+    routes outwards, and ray.init(_node_ip_address="127.0.0.1") is turned back into it.  $LOOPBACK_ENV=0
+    makes Ray use the loopback address; Ray reads it at import, so its module constant is set too."""
+    from ray._private import ray_constants
+    saved_env, saved = os.environ.get(LOOPBACK_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOOPBACK_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+        if saved_env is None:
+            os.environ.pop(LOOPBACK_ENV, None)
+        else:
+            os.environ[LOOPBACK_ENV] = saved_env
 
 
 @contextlib.contextmanager
@@ -126,31 +202,110 @@ def _stderr_muted():
             os.close(saved)
 
 
-def _pool(cfg, device):
-    """map_batches resources: {concurrency, num_gpus, num_cpus, runtime_env} of the actor pool.
+def node_resources(nodes) -> tuple:
+    """(CPUs, GPUs): two float arrays, one entry per live node of a ``ray.nodes()`` list."""
+    alive = [n.get("Resources") or {} for n in nodes if n.get("Alive")]
+    return (numpy.array([r.get("CPU", 0) for r in alive], dtype=float),
+            numpy.array([r.get("GPU", 0) for r in alive], dtype=float))
 
-    GPU: one actor per GPU (or ``ray_actors``), one GPU each.  CPU: one actor per node (or
-    ``ray_actors``, spread evenly), each asking for its node's share of the cores of the
-    smallest node, less a quarter CPU that Ray Data's read tasks need (without it they wait for
-    the actors forever); its OpenBLAS and xnn threads are set to that share (Ray would give a
-    worker OMP_NUM_THREADS=1 for a fractional request).
-    """
-    import math
+
+def describe_cluster(cpus, gpus) -> str:
+    """The resources of a cluster for an error line: '3 nodes with 0, 1, 1 CPUs and no GPUs'."""
+    def counts(a):
+        return ", ".join(f"{x:g}" for x in a)
+    nodes = f"{len(cpus)} node" + ("s" if len(cpus) != 1 else "")
+    gpu = f"{counts(gpus)} GPUs" if gpus.sum() > 0 else "no GPUs"
+    return f"{nodes} with {counts(cpus)} CPUs and {gpu}"
+
+
+def plan_pool(nodes, kind: str = "cpu", actors: int | None = None) -> dict:
+    """The actor pool for a cluster: {concurrency, num_cpus, num_gpus, threads}, or a one-line XnnError
+    naming what the pool needs and what the cluster has.  ``nodes`` is ``ray.nodes()``; ``kind`` the
+    device kind ("cpu" or a GPU kind); ``actors`` the config's ``ray_actors`` (None: as many as fit).
+
+    Every node keeps READ_CPUS of its CPUs out of the plan, so a Ray Data read task always finds room
+    beside the actors, wherever Ray puts them (a node holding no more actors than planned has that room)."""
+    cpus, gpus = node_resources(nodes)
+    if kind == "cpu":
+        return _cpu_plan(cpus, gpus, actors)
+    return _gpu_plan(cpus, gpus, actors)
+
+
+def _cpu_plan(cpus, gpus, actors):
+    """CPU actors spread evenly over the nodes that can hold one (a 0-CPU head holds none), each asking for
+    its share of the smallest such node, less READ_CPUS; threads: that share of its cores."""
+    have = describe_cluster(cpus, gpus)
+    if cpus.sum() <= 0:
+        raise XnnError(f"engine: ray needs CPUs for its actors, and the Ray cluster has none ({have}); "
+                       "start its worker nodes with CPUs (ray start --num-cpus N)")
+    free = cpus[cpus >= READ_CPUS + MIN_ACTOR_CPUS] - READ_CPUS
+    if free.size == 0:
+        raise XnnError(f"engine: ray: an actor needs {READ_CPUS + MIN_ACTOR_CPUS:g} CPUs on one node "
+                       f"({MIN_ACTOR_CPUS:g} for itself, {READ_CPUS:g} kept for reading), and no node of the "
+                       f"Ray cluster has them ({have})")
+    actors = actors or free.size
+    per_node = -(-actors // free.size)
+    share = numpy.floor(free.min() / per_node * 1e4) / 1e4    # Ray counts resources in 1e-4: never round up
+    if share < MIN_ACTOR_CPUS:
+        most = free.size * int(free.min() // MIN_ACTOR_CPUS)
+        raise XnnError(f"ray_actors: {actors} actors do not fit the Ray cluster ({have}): spread over its "
+                       f"{free.size} nodes with CPUs, each gets less than {MIN_ACTOR_CPUS:g} CPU "
+                       f"({READ_CPUS:g} CPU per node kept for reading); at most {most}")
+    threads = max(1, int((free.min() + READ_CPUS) // per_node))
+    return dict(concurrency=int(actors), num_cpus=float(share), num_gpus=0, threads=threads)
+
+
+def _gpu_plan(cpus, gpus, actors):
+    """One GPU and GPU_ACTOR_CPUS CPUs per actor; as many actors as the nodes hold, or ``actors``."""
+    have = describe_cluster(cpus, gpus)
+    if gpus.sum() < 1:
+        raise XnnError(f"device gpu with engine: ray needs GPUs in the Ray cluster, and it has none ({have}); "
+                       "use --device cpu or a cluster with GPU nodes")
+    fits = numpy.minimum(numpy.floor(gpus), numpy.floor(numpy.maximum(cpus - READ_CPUS, 0) / GPU_ACTOR_CPUS))
+    most = int(fits.sum())
+    if (actors or 1) > most:
+        raise XnnError(f"{'ray_actors: ' + str(actors) if actors else 'engine: ray:'} GPU actors need 1 GPU "
+                       f"and {GPU_ACTOR_CPUS:g} CPU each on one node ({READ_CPUS:g} CPU per node kept for "
+                       f"reading); the Ray cluster ({have}) holds {most}")
+    return dict(concurrency=int(actors or most), num_cpus=GPU_ACTOR_CPUS, num_gpus=1, threads=None)
+
+
+def _pool(cfg, device, items: int):
+    """map_batches resources of the actor pool for the joined cluster and ``items`` inputs: {concurrency,
+    num_gpus, num_cpus, runtime_env}; no more actors than inputs (an idle actor would only load the model).
+    CPU actors are told their thread count (Ray would give a fractional request OMP_NUM_THREADS=1)."""
     ray = require_ray()
-    if device.kind != "cpu":
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        if gpus < 1:
-            raise XnnError("device gpu with engine: ray needs GPUs in the Ray cluster, and it reports none; "
-                           "use --device cpu or a cluster with GPU nodes")
-        return dict(concurrency=cfg.get("ray_actors") or gpus, num_gpus=1, num_cpus=1)
-    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU")]
-    node_cpus = min(n["Resources"]["CPU"] for n in nodes) if nodes else 1.0
-    actors = cfg.get("ray_actors") or max(1, len(nodes))
-    per_node = math.ceil(actors / max(1, len(nodes)))
-    share = node_cpus / per_node
-    threads = str(max(1, int(share)))
-    return dict(concurrency=actors, num_gpus=0, num_cpus=max(0.5, share - 0.25),
-                runtime_env={"env_vars": {"OMP_NUM_THREADS": threads, "XNN_THREADS": threads}})
+    plan = plan_pool(ray.nodes(), device.kind, cfg.get("ray_actors"))
+    plan["concurrency"] = max(1, min(plan["concurrency"], items))
+    threads = plan.pop("threads")
+    if threads:
+        plan["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": str(threads), "XNN_THREADS": str(threads)}}
+    return plan
+
+
+def waited_for(pool, wait, cpus, gpus, free) -> str:
+    """The error line when the actor pool did not start within ``wait`` seconds: what it asked for, what
+    the cluster has and what of it was free."""
+    each = f"{pool['num_cpus']:g} CPU" + (f" and {pool['num_gpus']:g} GPU" if pool["num_gpus"] else "")
+    return (f"engine: ray: the actor pool did not start within {wait:g} s (ray_wait_s): it waited for "
+            f"{pool['concurrency']} actor{'s' if pool['concurrency'] != 1 else ''} of {each} each, and "
+            f"{READ_CPUS:g} CPU for reading; the Ray cluster has "
+            f"{describe_cluster(cpus, gpus)}, of which {free.get('CPU', 0):g} CPUs and {free.get('GPU', 0):g} "
+            "GPUs are free (other jobs may hold the rest; or an actor could not start: its node's log says why)")
+
+
+def _batches(ray, ds, pool, cfg, **kwargs):
+    """ds.iter_batches, with Ray Data's timeout for the actor pool turned into a one-line XnnError."""
+    it = iter(ds.iter_batches(**kwargs))
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except ray.exceptions.GetTimeoutError:
+            cpus, gpus = node_resources(ray.nodes())
+            raise XnnError(waited_for(pool, wait_s(cfg), cpus, gpus, ray.available_resources())) from None
+        yield batch
 
 
 def _worker_stylizer(weights, device_name, style_images, blend):
@@ -203,15 +358,15 @@ def _map_batches(ds, worker, **kwargs):
 def stylise_images(cfg, device, paths, weights, style_images, blend):
     """Yield (path, output file bytes or None, error or None, seconds) per image, in input order."""
     ray = require_ray()
-    ds = ray.data.read_binary_files([str(p) for p in paths], include_paths=True, num_cpus=0.25)
-    ds = _map_batches(ds, _ImageWorker, batch_size=cfg.get("batch_size") or 1, batch_format="numpy",
-                      **_pool(cfg, device),
+    pool = _pool(cfg, device, len(paths))
+    ds = ray.data.read_binary_files([str(p) for p in paths], include_paths=True, num_cpus=READ_CPUS)
+    ds = _map_batches(ds, _ImageWorker, batch_size=cfg.get("batch_size") or 1, batch_format="numpy", **pool,
                       fn_constructor_kwargs=dict(weights=weights, device_name=device.name,
                                                  style_images=style_images, blend=blend, cfg=dict(cfg)))
     by_path = {}
     order = [str(p) for p in paths]
     nxt = 0
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+    for batch in _batches(ray, ds, pool, cfg, batch_size=None, batch_format="numpy"):
         for path, data, error, seconds, size in zip(batch["path"], batch["data"], batch["error"],
                                                     batch["seconds"], batch["size"]):
             by_path[_key(path, order)] = (bytes(data) or None, str(error) or None, float(seconds),
@@ -266,10 +421,11 @@ def stylise_chunks(cfg, device, chunks, weights, style_images, blend, source, si
     """Yield (start, uint8 frames (n, h, w, 3), metric rows) per chunk (warm, start, stop), in order."""
     ray = require_ray()
     ds = ray.data.from_items([{"warm": w, "start": a, "stop": b} for w, a, b in chunks])
-    ds = _map_batches(ds, _ChunkWorker, batch_size=1, batch_format="numpy", **_pool(cfg, device),
+    pool = _pool(cfg, device, len(chunks))
+    ds = _map_batches(ds, _ChunkWorker, batch_size=1, batch_format="numpy", **pool,
                       fn_constructor_kwargs=dict(weights=weights, device_name=device.name,
                                                    style_images=style_images,
                                                    blend=blend, source=source, size=size, video_kwargs=video_kwargs,
                                                    batch_size=cfg["batch_size"]))
-    for batch in ds.iter_batches(batch_size=1, batch_format="numpy"):
+    for batch in _batches(ray, ds, pool, cfg, batch_size=1, batch_format="numpy"):
         yield int(batch["start"][0]), batch["frames"][0], json.loads(str(batch["rows"][0]))

@@ -182,15 +182,16 @@ def _ray_results(state, ctx):
     """The same for a folder on Ray Data: (file, output file bytes, seconds, None), in order."""
     from ..ray_engine import ray_session, stylise_images
     with ray_session(state["cfg"], ctx.device):
-        for path, data, error, seconds, _ in stylise_images(state["cfg"], ctx.device, state["files"],
-                                                             state["weights"], state["styles"], state["blend"]):
-            if ctx.stop_requested:
-                state["stopped"] = True
-                return
+        results = stylise_images(state["cfg"], ctx.device, state["files"], state["weights"], state["styles"],
+                                 state["blend"])
+        for seen, (path, data, error, seconds, _) in enumerate(results, 1):
             if error:
                 ctx.info(f"skipping {pathlib.Path(path).name}: {error}")
-                continue
-            yield pathlib.Path(path), data, seconds, None
+            else:     # a result that has arrived is kept, also when a stop came in meanwhile
+                yield pathlib.Path(path), data, seconds, None
+            if ctx.stop_requested:
+                state["stopped"] = seen < len(state["files"])
+                return
 
 
 def run(state, ctx):

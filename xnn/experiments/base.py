@@ -69,6 +69,9 @@ def engine_fields(what: str) -> dict:
                              nullable=True),
         "ray_actors": Field("int", None, "engine: ray: how many actors, each with the model (default: one per "
                             "GPU on a GPU cluster, else one per node using its cores)", min=1, nullable=True),
+        "ray_wait_s": Field("float", 300.0, "engine: ray: seconds to wait for the actors to start (the cluster "
+                            "offering their CPUs or GPUs, each loading the model) before the run stops with an "
+                            "error naming what it waited for", gt=0),
     }
 
 

@@ -51,10 +51,16 @@ def histogram_distance(a, b) -> float:
     return float(numpy.abs(hist(a) - hist(b)).sum() / 6)
 
 
+#: an image whose edge map varies by less than this (8-bit levels per pixel) has too little structure to
+#: tell one picture of it from another (an empty road, fog, a dark frame)
+WEAK_STRUCTURE = 4.0
+
+
 def structure(frame, width: int = 64) -> numpy.ndarray:
-    """float32 edge strength of a uint8 (h, w, 3) frame at ``width`` pixels across, or half its own
-    width if that is less (area-averaged first, so a painting's brush texture counts less than the
-    outlines of the scene): the gradient magnitude of its luma, lightly blurred."""
+    """float32 edge strength, in 8-bit levels per pixel, of a uint8 (h, w, 3) frame at ``width``
+    pixels across, or half its own width if that is less (area-averaged first, so a painting's brush
+    texture counts less than the outlines of the scene): the gradient magnitude of its luma (Sobel,
+    divided by its gain of 8), lightly blurred."""
     cv2 = require_cv2()
     g = grey(frame)
     h, w = g.shape
@@ -62,15 +68,15 @@ def structure(frame, width: int = 64) -> numpy.ndarray:
     small = cv2.resize(g, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)
     small = small.astype(numpy.float32)
     gx, gy = cv2.Sobel(small, cv2.CV_32F, 1, 0), cv2.Sobel(small, cv2.CV_32F, 0, 1)
-    return cv2.GaussianBlur(numpy.sqrt(gx * gx + gy * gy), (0, 0), 1.0)
+    return cv2.GaussianBlur(numpy.sqrt(gx * gx + gy * gy) / 8, (0, 0), 1.0)
 
 
 def structure_correlation(frame, reference) -> float | None:
     """Pearson correlation of the :func:`structure` of two frames of one size: near 1 for the same
-    scene however it is painted, near 0 for another picture.  None when ``reference`` is flat
-    (nothing to compare)."""
+    scene however it is painted, near 0 for another picture.  None when ``reference`` has too little
+    structure to judge (its edge map's standard deviation is under WEAK_STRUCTURE)."""
     a, b = structure(frame).ravel().astype(numpy.float64), structure(reference).ravel().astype(numpy.float64)
-    if b.std() < 1.0:
+    if b.std() < WEAK_STRUCTURE:
         return None
     if a.std() == 0:
         return 0.0
