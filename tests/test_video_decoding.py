@@ -23,13 +23,17 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 H, W, N = 72, 128, 48
 
 
-@pytest.fixture(scope="module")
-def footage():
+def make_footage():
     """N frames: a pan with a moving patch over one photo, a cut, a pan over another (a scene change
     puts a key frame where no fixed interval would)."""
     a = pan_frames(load_image(REPO / "examples" / "coffee.png"), 29, (H, W), moving_patch=True)
     b = pan_frames(load_image(REPO / "examples" / "chelsea.png"), N - 29, (H, W), zoom=1.5)
     return a + b
+
+
+@pytest.fixture(scope="module")
+def footage():
+    return make_footage()
 
 
 def encode(frames, path, codec="libx264", pix_fmt="yuv420p", options=None, pts=None, time_base=None,
@@ -118,6 +122,10 @@ ENCODINGS = ["h264_420_bframes.mp4", "h264_444.mp4", "h264_long_gop.mp4", "h264_
              "vp9.webm", "mpeg4_bframes.avi"]
 
 
+#: files a seek cannot enter (no seek index): every chunk after the first is decoded from the start
+CANNOT_SEEK = {"h264_no_key_marks.mkv"}
+
+
 def sequential(path):
     """Every frame, decoded from the start by PyAV directly (the reference, not xnn's reader)."""
     with av.open(str(path)) as c:
@@ -134,7 +142,7 @@ def _writable(kind):
 
 
 @pytest.mark.parametrize("kind", ENCODINGS)
-def test_chunked_reading_equals_sequential_decoding(tmp_path, footage, kind):
+def test_chunked_reading_equals_sequential_decoding(tmp_path, footage, kind, monkeypatch):
     if not _writable(kind):
         pytest.skip(f"this PyAV cannot write {kind}")
     path = _clip(kind, tmp_path, footage)
@@ -143,8 +151,19 @@ def test_chunked_reading_equals_sequential_decoding(tmp_path, footage, kind):
     assert src.frames == len(reference)
     assert src.frames == (N - 17 if kind == "h264_edit_list.mp4" else N)
     assert len(list(vio.read_frames(src))) == src.frames
+    restarts = []                 # reads that decode from the start although a key frame was there to seek to
+    real = vio._from_the_start
+    monkeypatch.setattr(vio, "_from_the_start", lambda s, a, b: restarts.append(a) or real(s, a, b))
+
+    def chunk_of(a, b):
+        del restarts[:]
+        out = list(vio.read_frames(src, a, b))
+        key = src.index.key_at_or_before(a) if src.index is not None else None
+        if key and kind not in CANNOT_SEEK:
+            assert restarts == [], f"{kind}: chunk {a}-{b} was decoded from the start; key frame {key} was there"
+        return out
     for chunk in (5, 12, 13):     # chunks that start on, just after and just before key frames
-        got = [f for a in range(0, src.frames, chunk) for f in vio.read_frames(src, a, a + chunk)]
+        got = [f for a in range(0, src.frames, chunk) for f in chunk_of(a, a + chunk)]
         assert len(got) == len(reference)
         for i, (g, r) in enumerate(zip(got, reference)):
             assert numpy.array_equal(g, r), f"{kind}: frame {i} differs when read in chunks of {chunk}"

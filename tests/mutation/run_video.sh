@@ -4,7 +4,9 @@
 # Not part of CI (docs/testing.md).
 #
 #   tests/mutation/run_video.sh io        # xnn/video/io.py against the decoding and video I/O tests
-#   tests/mutation/run_video.sh ray       # xnn/ray_engine.py against the Ray tests that need no cluster
+#   tests/mutation/run_video.sh ray       # xnn/ray_engine.py's pool sizing, addresses and messages (the pure
+#                                         # functions) against the Ray tests that need no cluster; the rest of
+#                                         # the file needs a Ray cluster per mutant (about 25 s each)
 #   tests/mutation/run_video.sh io ray    # both (one after the other)
 #
 # The copy's pyproject.toml gets its own [tool.mutmut]: only that module is mutated, and only the
@@ -17,14 +19,18 @@ repo=$(pwd)
 for target in "${@:-io}"; do
     case "$target" in
         io)  module="xnn/video/io.py"
-             tests='"tests/test_video_decoding.py", "tests/test_video.py::test_probe_and_seek_read_the_same_frames",
+             tests='"tests/test_video_decoding.py", "tests/test_video_io_contract.py", "tests/test_video.py::test_probe_and_seek_read_the_same_frames",
     "tests/test_video.py::test_a_rotated_or_mirrored_video_is_read_as_shown", "tests/test_video.py::test_gif_input",
     "tests/test_video.py::test_join_segments_keeps_frames_order_and_audio",
     "tests/test_video.py::test_webm_output_reencodes_the_audio", "tests/test_video.py::test_odd_sizes_are_written_in_full_chroma"'
-             deselect="spoilt" ;;
+             deselect="spoilt"
+             names=() ;;
         ray) module="xnn/ray_engine.py"
              tests='"tests/test_ray_layouts.py", "tests/test_ray.py"'
-             deselect="cluster or on_ray or loopback" ;;
+             deselect="cluster or on_ray or loopback"
+             names=()
+             for f in plan_pool _cpu_plan _gpu_plan node_resources describe_cluster waited_for wait_s host_port \
+                      starts_local_ray on_loopback; do names+=("xnn.ray_engine.x_${f}__mutmut_*"); done ;;
         *)   echo "unknown target $target (io or ray)" >&2; exit 2 ;;
     esac
     work="${TMPDIR:-/tmp}/xnn-mutation-$target"
@@ -47,7 +53,7 @@ text = re.sub(r"\[tool\.mutmut\].*?(?=\n\[|\Z)", block, text, flags=re.S)
 open("pyproject.toml", "w").write(text)
 EOF
     echo "== mutmut over $module in $work"
-    mutmut run || true
+    mutmut run "${names[@]}" || true
     mutmut results --all true 2>/dev/null | python3 "$repo/tests/mutation/score.py"
     cd "$repo"
 done

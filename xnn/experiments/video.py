@@ -254,8 +254,9 @@ def run(state, ctx):
 
 
 #: an output frame whose edges correlate less than this with its input frame's does not show it.  Measured
-#: (docs/video.md): stylised frames of their own input 0.26-0.95 on real footage at 512 px (median 0.73),
-#: 0.3-0.5 in 80 px test clips; frames decoded into blocks from the wrong place -0.2 to 0.19.
+#: (docs/benchmarks.md): stylised frames of their own input 0.26-0.86 on two real clips at 512 px
+#: (0.78-0.9 on the example pan), 0.28-0.54 in the tests' 80 px clips; frames decoded into blocks from
+#: the wrong place -0.2 to 0.19.
 MATCH_THRESHOLD = 0.2
 #: the run fails the check when at least this share of the judged samples (and at least 2) fail: one odd
 #: frame is reported, a run of wrong frames (a segment decoded from the wrong place) is an error
