@@ -267,3 +267,114 @@ def test_read_frames_edges(tmp_path, footage):
     blind = dataclasses.replace(src, index=None)       # no index (no time stamps): decoded from the start
     got = list(vio.read_frames(blind, 30, 33))
     assert len(got) == 3 and all(numpy.array_equal(g, r) for g, r in zip(got, every[30:33]))
+
+
+def test_long_joins_interleave_audio_with_video(tmp_path, footage):
+    """Packets are handed to the muxer in time order across streams: in a clip longer than FFmpeg's
+    interleaving buffer (10 s) a file written video-first would hold its audio far from its frames."""
+    frames = (footage * 5)[:12 * 15]                       # 15 s at 12 fps
+    src = vio.probe(encode(frames, tmp_path / "long.mp4", options={"g": "24"}, audio=True))
+    parts = _segments(tmp_path, frames, ".mp4", n=(96, 84))
+    for suffix in (".mp4", ".webm"):                       # AAC copied; AAC re-encoded to Opus
+        if suffix == ".webm":
+            parts = _segments(tmp_path, frames, ".webm", n=(96, 84))
+        out = tmp_path / f"joined{suffix}"
+        assert vio.join_segments(parts, out, 12, audio_from=src) == 180
+        with av.open(str(out)) as c:
+            latest = {}
+            worst = 0.0
+            for p in c.demux():
+                if p.dts is None or not p.size:
+                    continue
+                t = float(p.dts * p.time_base)
+                latest[p.stream.type] = t
+                if len(latest) == 2:
+                    worst = max(worst, abs(latest["video"] - latest["audio"]))
+        assert worst < 2.0, (suffix, worst)
+
+
+def test_no_pyav_is_one_line(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "av", None)
+    with pytest.raises(XnnError) as e:
+        vio.require_av()
+    assert str(e.value) == "video needs PyAV and OpenCV: pip install 'xnn[video]'"
+
+
+def test_more_words_of_the_errors(tmp_path, footage):
+    empty = tmp_path / "empty.mkv"
+    with av.open(str(empty), "w") as c:                 # a video stream that never got a frame
+        v = c.add_stream("libx264", rate=12)
+        v.width, v.height, v.pix_fmt = W, H, "yuv420p"
+        c.start_encoding()
+    with pytest.raises(XnnError) as e:      # FFmpeg cannot open a Matroska file without a first cluster
+        vio.probe(empty)
+    assert str(e.value) == f"cannot read video {empty}: End of file (the file is corrupt, truncated or not a video)"
+    noise = tmp_path / "noise.mp4"
+    noise.write_bytes(numpy.random.default_rng(3).integers(0, 256, 4000, dtype=numpy.uint8).tobytes())
+    with pytest.raises(XnnError) as e:
+        vio.probe(noise)
+    assert str(e.value) == (f"cannot read video {noise}: Invalid data found when processing input (the file is "
+                            "corrupt, truncated or not a video)")
+    clip = encode(footage[:6], tmp_path / "clip.mp4")
+    src = vio.probe(clip)
+    clip.write_bytes(noise.read_bytes())                 # replaced after the probe
+    for start in (0, 3):
+        with pytest.raises(XnnError) as e:
+            list(vio.read_frames(src, start))
+        assert str(e.value) == (f"cannot read video {clip}: Invalid data found when processing input (the file is "
+                                "corrupt, truncated or not a video)")
+
+    class Big:
+        format = types.SimpleNamespace(name="matroska,webm")
+        streams = types.SimpleNamespace(video=[types.SimpleNamespace(
+            codec_context=types.SimpleNamespace(width=40000, height=40000))], audio=[])
+    with pytest.raises(XnnError) as e:
+        vio._check_container(Big(), "big.mkv")
+    assert str(e.value) == ("big.mkv declares frames of 40000x40000, more than the 134217728 pixels xnn reads (the "
+                            "header is corrupt, or the video too large)")
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "0.png").write_bytes(b"not a png at all")
+    with pytest.raises(XnnError) as e:
+        vio.probe(folder)
+    assert str(e.value) == f"cannot read frame {folder / '0.png'}: cannot identify image file '{folder / '0.png'}'"
+
+
+def test_the_frame_rate_of_a_variable_rate_video_is_its_average(tmp_path, footage):
+    gaps = [1, 1, 1, 5] * 6
+    pts = list(numpy.cumsum(gaps) - gaps[0])
+    path = encode(footage[:24], tmp_path / "vfr.mp4", pts=pts, time_base=fractions.Fraction(1, 24))
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        average, guessed = s.average_rate, s.guessed_rate
+    src = vio.probe(path)
+    assert src.fps == average and abs(float(src.fps) - 12) < 1 and src.frames == 24
+    assert guessed != average       # what the probe must not take
+
+
+def test_mirror_needs_the_side_data_and_rounding_is_to_the_nearest_quarter():
+    one = 1 << 16
+    mirror = [-one, 0, 0, 0, one, 0, 0, 0, 1 << 30]
+    turned = vio._upright(_Frame(rotation=-180, matrix=mirror), icc_safe=False)
+    assert numpy.array_equal(turned, numpy.rot90(_Frame().array, 2))
+    assert [vio._orientation(_Frame(rotation=r))[0] for r in (45.3, 44.7, 134.8, 135.4)] == [1, 0, 1, 2]
+
+
+def test_a_mirrored_video_entered_by_a_seek_is_still_mirrored(tmp_path, footage):
+    path = tmp_path / "selfie.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=12)
+        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+        s.options = {"g": "6"}
+        s.set_display_rotation(0, hflip=True)
+        for i, f in enumerate(footage[:18]):
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
+            vf.pts = i
+            c.mux(s.encode(vf))
+        c.mux(s.encode())
+    src = vio.probe(path)
+    whole = list(vio.read_frames(src))
+    assert numpy.abs(whole[13].astype(int) - footage[13][:, ::-1]).mean() < 6       # shown mirrored
+    got = list(vio.read_frames(src, 13, 15))                                        # entered at key frame 12
+    assert numpy.array_equal(got[0], whole[13]) and numpy.array_equal(got[1], whole[14])
