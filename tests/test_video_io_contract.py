@@ -378,3 +378,65 @@ def test_a_mirrored_video_entered_by_a_seek_is_still_mirrored(tmp_path, footage)
     assert numpy.abs(whole[13].astype(int) - footage[13][:, ::-1]).mean() < 6       # shown mirrored
     got = list(vio.read_frames(src, 13, 15))                                        # entered at key frame 12
     assert numpy.array_equal(got[0], whole[13]) and numpy.array_equal(got[1], whole[14])
+
+
+class _FakeContainer:
+    """What _from_key_frame sees of PyAV after its seek: frames with a time stamp and the decoder's
+    key-frame flag, in the order the decoder puts them out."""
+    def __init__(self, frames):
+        self.frames = frames
+        self.sought = []
+        self.streams = types.SimpleNamespace(video=[types.SimpleNamespace(
+            thread_type=None, codec_context=types.SimpleNamespace(name="h264"))])
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+    def seek(self, offset, stream=None, backward=True):
+        assert stream is self.streams.video[0] and backward
+        self.sought.append(offset)
+
+    def decode(self, s):
+        yield from self.frames
+
+
+def _fake(i, key=False):
+    f = _Frame(array=numpy.full((2, 2, 3), i or 0, numpy.uint8))
+    f.pts, f.key_frame = (None if i is None else 100 * i), key
+    return f
+
+
+@pytest.mark.parametrize("decoded,start,stop,want", [
+    ([(4, True), (5, False), (6, False)], 5, 7, [5, 6]),          # entered at the key frame: 5 and 6
+    ([(4, True), (5, False), (6, False)], 4, 6, [4, 5]),          # the key frame is the start
+    ([(3, False), (2, False), (4, True), (5, False)], 5, 6, [5]),  # pictures shown before the key frame skipped
+    ([(2, True), (3, False), (4, False), (5, False)], 5, 6, [5]),  # the seek landed on an earlier key frame
+    ([(5, False), (6, False)], 5, 7, []),                         # not a key frame: start over from the start
+    ([(3, False), (4, False), (5, False)], 5, 6, []),             # no key frame before the start either
+    ([(6, True), (7, False)], 5, 7, []),                          # landed past the start
+    ([(None, True), (5, False)], 5, 6, []),                       # no time stamp
+    ([(4, True), (5, False), (7, False)], 5, 8, [5]),             # a frame missing: the rest from the start
+    ([(4, True), (5, False), (5, False)], 5, 8, [5]),             # a frame twice: likewise
+    ([(4, True), (5, False), (6, False), (7, False)], 5, 6, [5]),  # stops at stop
+])
+def test_the_entry_after_a_seek_is_checked(monkeypatch, decoded, start, stop, want):
+    index = vio.FrameIndex(numpy.arange(0, 1000, 100), numpy.array([0, 4, 8]))
+    src = vio.VideoSource(path="x.mp4", kind="video", frames=10, fps=12, size=(2, 2), index=index)
+    fake = _FakeContainer([_fake(i, k) for i, k in decoded])
+    monkeypatch.setattr(av, "open", lambda *a, **k: fake)
+    got = list(vio._from_key_frame(src, start, stop))
+    assert [i for i, _ in got] == want and [int(f[0, 0, 0]) for _, f in got] == want
+    assert fake.sought == [400]                                    # the key frame at or before the start
+
+
+def test_no_seek_before_the_first_key_frame_or_from_zero(monkeypatch):
+    index = vio.FrameIndex(numpy.arange(0, 1000, 100), numpy.array([0, 4, 8]))
+    src = vio.VideoSource(path="x.mp4", kind="video", frames=10, fps=12, size=(2, 2), index=index)
+    monkeypatch.setattr(av, "open", lambda *a, **k: pytest.fail("opened"))
+    assert list(vio._from_key_frame(src, 3, 5)) == []              # key frame 0: the start is no slower
+    late = vio.VideoSource(path="x.mp4", kind="video", frames=10, fps=12, size=(2, 2),
+                           index=vio.FrameIndex(numpy.arange(0, 1000, 100), numpy.array([6])))
+    assert list(vio._from_key_frame(late, 3, 5)) == []             # no key frame at or before 3
