@@ -22,3 +22,16 @@ def assert_one_line_error(capsys, argv, *needles, absent=()):
     for path in absent:
         assert not pathlib.Path(path).exists(), f"{path} was left behind"
     return err
+
+
+def write_audio_only(path):
+    """A file with one short silent AAC stream and no video (PyAV)."""
+    import av
+    import numpy
+    with av.open(str(path), "w") as c:
+        a = c.add_stream("aac", rate=48000)
+        af = av.AudioFrame.from_ndarray(numpy.zeros((1, 4800), numpy.float32), format="flt", layout="mono")
+        af.sample_rate, af.pts = 48000, 0
+        c.mux(a.encode(af))
+        c.mux(a.encode())
+    return path

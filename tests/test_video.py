@@ -18,7 +18,7 @@ from xnn.video import temporal  # noqa: E402
 from xnn.video.clips import pan_frames, write_clip  # noqa: E402
 
 from .conftest import weights_path  # noqa: E402
-from .helpers import assert_one_line_error  # noqa: E402
+from .helpers import assert_one_line_error, write_audio_only  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CFG = str(REPO / "configs" / "video.yaml")
@@ -501,13 +501,7 @@ def test_bad_videos_get_one_line_and_leave_nothing(tmp_path, capsys, clip, need_
     Image.new("RGB", (32, 24)).save(mixed / "a.png")
     Image.new("RGB", (30, 24)).save(mixed / "b.png")
     refused(mixed, "differ in size", "a.png", "b.png")
-    audio_only = tmp_path / "tone.mp4"
-    with av.open(str(audio_only), "w") as c:
-        a = c.add_stream("aac", rate=48000)
-        af = av.AudioFrame.from_ndarray(numpy.zeros((1, 4800), numpy.float32), format="flt", layout="mono")
-        af.sample_rate, af.pts = 48000, 0
-        c.mux(a.encode(af))
-        c.mux(a.encode())
+    audio_only = write_audio_only(tmp_path / "tone.mp4")
     refused(audio_only, "no video stream")
     refused(tmp_path / "missing.mp4", "not found")
     refused(clip, "output", extra=["--set", "output=out.avi"])

@@ -11,6 +11,8 @@ av = pytest.importorskip("av", reason="pip install 'xnn[video]'")
 from xnn.errors import XnnError  # noqa: E402
 from xnn.video import io as vio  # noqa: E402
 
+from .helpers import write_audio_only  # noqa: E402
+
 from .test_video_decoding import H, W, encode, make_footage  # noqa: E402
 
 
@@ -199,13 +201,7 @@ def test_probe_messages_word_for_word(tmp_path, footage):
         vio.probe(tmp_path / "p.mp4")
     assert str(e.value) == (f"{tmp_path / 'p.mp4'} is a PNG image, not a video (whatever its name says); stylise a "
                             "picture with configs/adain.yaml, or give a video file")
-    tone = tmp_path / "tone.mp4"
-    with av.open(str(tone), "w") as c:
-        a = c.add_stream("aac", rate=48000)
-        af = av.AudioFrame.from_ndarray(numpy.zeros((1, 4800), numpy.float32), format="flt", layout="mono")
-        af.sample_rate, af.pts = 48000, 0
-        c.mux(a.encode(af))
-        c.mux(a.encode())
+    tone = write_audio_only(tmp_path / "tone.mp4")
     with pytest.raises(XnnError) as e:
         vio.probe(tone)
     assert str(e.value) == f"{tone} has no video stream (only audio)"
