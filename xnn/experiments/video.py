@@ -150,13 +150,12 @@ def _local_frames(state, ctx, first):
         if first > warm:
             for _ in vs.process([f for _, f in zip(range(first - warm), frames)]):
                 pass
-        i = first
+        i, chunk = first, cfg["chunk_frames"]
         while not ctx.stop_requested:
-            chunk_end = first + (i - first) // cfg["chunk_frames"] * cfg["chunk_frames"] + cfg["chunk_frames"]
-            group = [f for _, f in zip(range(min(cfg["batch_size"], chunk_end - i)), frames)]
+            start = first + (i - first) // chunk * chunk           # the segment frame i belongs to
+            group = [f for _, f in zip(range(min(cfg["batch_size"], start + chunk - i)), frames)]
             if not group:
                 return
-            start = chunk_end - cfg["chunk_frames"]
             for out, row in vs.process(group):
                 yield start, out, row
             i += len(group)

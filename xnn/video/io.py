@@ -296,6 +296,16 @@ def read_frames(src: VideoSource, start: int = 0, stop: int | None = None, size=
         raise _av_error(src.path, e) from None
 
 
+@contextlib.contextmanager
+def _open_video(src: VideoSource):
+    """(container, its video stream set to decode on threads, whether its side data may be read)."""
+    import av
+    with av.open(str(src.path)) as c:
+        s = c.streams.video[0]
+        s.thread_type = "AUTO"
+        yield c, s, _icc_safe(s)
+
+
 def _from_key_frame(src: VideoSource, start: int, stop: int):
     """(i, upright frame) for i = start .. at most stop - 1, entered at the key frame before ``start``;
     ends early, without a wrong frame, where the entry or the time stamps cannot be trusted."""
@@ -304,10 +314,7 @@ def _from_key_frame(src: VideoSource, start: int, stop: int):
     key = index.key_at_or_before(start)
     if key is None or key == 0:
         return   # nothing to skip: decoding from the start is no slower
-    with av.open(str(src.path)) as c:
-        s = c.streams.video[0]
-        s.thread_type = "AUTO"
-        safe = _icc_safe(s)
+    with _open_video(src) as (c, s, safe):
         try:
             c.seek(int(index.pts[key]), stream=s, backward=True)   # lands on that key frame (or an earlier one)
         except av.FFmpegError:
@@ -333,17 +340,12 @@ def _from_key_frame(src: VideoSource, start: int, stop: int):
 
 def _from_the_start(src: VideoSource, start: int, stop: int):
     """Upright frames ``start`` .. ``stop - 1``, counting every decoded frame from the first."""
-    import av
-    with av.open(str(src.path)) as c:
-        s = c.streams.video[0]
-        s.thread_type = "AUTO"
-        safe = _icc_safe(s)
-        with _decoding(c, s) as frames:
-            for i, frame in enumerate(frames):
-                if i >= stop:
-                    return
-                if i >= start:
-                    yield _upright(frame, safe)
+    with _open_video(src) as (c, s, safe), _decoding(c, s) as frames:
+        for i, frame in enumerate(frames):
+            if i >= stop:
+                return
+            if i >= start:
+                yield _upright(frame, safe)
 
 
 class SegmentWriter:
