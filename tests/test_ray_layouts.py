@@ -45,6 +45,7 @@ def test_node_resources_reads_live_nodes_only():
 
 def test_describe_cluster():
     assert describe_cluster(*node_resources(nodes(0, 1, 1))) == "3 nodes with 0, 1, 1 CPUs and no GPUs"
+    assert describe_cluster(*node_resources(nodes(1, 0, 1))) == "3 nodes with 0, 1, 1 CPUs and no GPUs"   # any order
     assert describe_cluster(*node_resources([node(8, 2)])) == "1 node with 8 CPUs and 2 GPUs"
     assert describe_cluster(*node_resources([])) == "0 nodes with  CPUs and no GPUs"
 
@@ -137,7 +138,7 @@ def test_cuda_pool():   # (no 'gpu' in the name: the mutation run deselects -k g
     with pytest.raises(XnnError) as e:
         plan_pool(cluster, "cuda", actors=3)
     assert str(e.value) == ("ray_actors: 3 GPU actors need 1 GPU and 1 CPU each on one node (0.25 CPU per node "
-                            "kept for reading); the Ray cluster (3 nodes with 8, 8, 0 CPUs and 2, 0, 0 GPUs) "
+                            "kept for reading); the Ray cluster (3 nodes with 0, 8, 8 CPUs and 0, 0, 2 GPUs) "
                             "holds 2")
     with pytest.raises(XnnError, match=r"^engine: ray: GPU actors need 1 GPU .* \(1 node with 1 CPUs and 1 GPUs\) "
                                        r"holds 0$"):

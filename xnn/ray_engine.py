@@ -210,9 +210,12 @@ def node_resources(nodes) -> tuple:
 
 
 def describe_cluster(cpus, gpus) -> str:
-    """The resources of a cluster for an error line: '3 nodes with 0, 1, 1 CPUs and no GPUs'."""
+    """The resources of a cluster for an error line: '3 nodes with 0, 1, 1 CPUs and no GPUs', the nodes
+    in order of their CPUs, then GPUs (ray.nodes() lists them in no fixed order)."""
     def counts(a):
         return ", ".join(f"{x:g}" for x in a)
+    order = numpy.lexsort((gpus, cpus))
+    cpus, gpus = cpus[order], gpus[order]
     nodes = f"{len(cpus)} node" + ("s" if len(cpus) != 1 else "")
     gpu = f"{counts(gpus)} GPUs" if gpus.sum() > 0 else "no GPUs"
     return f"{nodes} with {counts(cpus)} CPUs and {gpu}"
