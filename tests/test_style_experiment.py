@@ -63,7 +63,8 @@ def test_iteration_zero_losses_match_an_independent_computation(tmp_path):
         _, c, h, w = fx[name].shape
         g = numpy.einsum("cm,dm->cd", fx[name].reshape(c, -1), fx[name].reshape(c, -1))
         a = numpy.einsum("cm,dm->cd", fs[name].reshape(c, -1), fs[name].reshape(c, -1))
-        ls += ((g - a) ** 2).sum() / (4 * c ** 2 * (h * w) ** 2) / len(layers)
+        ms = fs[name].shape[2] * fs[name].shape[3]       # each Gram per its own positions
+        ls += ((g / (h * w) - a / ms) ** 2).sum() / (4 * c ** 2) / len(layers)
     img = x0[0]
     tv = ((img[:, 1:, :] - img[:, :-1, :]) ** 2).sum() + ((img[:, :, 1:] - img[:, :, :-1]) ** 2).sum()
     assert row["content_loss"] == pytest.approx(2 * lc, rel=1e-4)

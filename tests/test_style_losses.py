@@ -37,10 +37,15 @@ def ref_gram(F):
 
 
 def ref_style(F, A):
-    """E = sum (G - A)^2 / (4 N^2 M^2) with G from ref_gram."""
+    """E = sum (G / M - A)^2 / (4 N^2) with G from ref_gram; A is a Gram per position."""
     c, h, w = F.shape[1:]
-    G = ref_gram(F)
-    return float(((G - A) ** 2).sum() / (4.0 * c * c * (h * w) ** 2))
+    G = ref_gram(F) / (h * w)
+    return float(((G - A) ** 2).sum() / (4.0 * c * c))
+
+
+def ref_target(S):
+    """A style image's Gram per position, G_s / M_s."""
+    return ref_gram(S) / (S.shape[2] * S.shape[3])
 
 
 def ref_tv(x):
@@ -110,14 +115,32 @@ def test_gram_backward_matches_finite_differences(dev, rng):
 
 def test_style_loss_value_against_loops(dev, rng):
     F = rng.standard_normal((1, 5, 3, 4))
-    A = ref_gram(rng.standard_normal((1, 5, 6, 2)))  # style image of another size
+    A = ref_target(rng.standard_normal((1, 5, 7, 2)))  # style image of another size
     loss, _ = style_loss(put(dev, F), put(dev, A))
     assert float(loss) == pytest.approx(ref_style(F, A), rel=1e-12)
 
 
+def test_style_loss_does_not_depend_on_either_image_size(dev, rng):
+    """A picture made of the style image twice over, or of its top half, has the style's
+    statistics per position: its style loss is zero whatever the two sizes (the unnormalised
+    Gatys target, which sums over the style's positions, gave 1/4 of the picture's own
+    per-position Gram here)."""
+    S = numpy.maximum(rng.standard_normal((1, 6, 4, 5)), 0)
+    A = put(dev, ref_target(S))
+    for picture in (numpy.concatenate([S, S], axis=3), numpy.concatenate([S, S, S], axis=2), S):
+        loss, grad = style_loss(put(dev, picture), A)
+        assert abs(float(loss)) < 1e-20 and float(abs(host(grad)).max()) < 1e-12
+    # and one that differs is judged the same at any size: tiled k times, the same loss
+    F = numpy.maximum(rng.standard_normal((1, 6, 3, 5)), 0)
+    once = float(style_loss(put(dev, F), A)[0])
+    assert once > 1e-3
+    for k in (2, 3):
+        assert float(style_loss(put(dev, numpy.concatenate([F] * k, axis=2)), A)[0]) == pytest.approx(once, rel=1e-12)
+
+
 def test_style_loss_grad_matches_finite_differences(dev, rng):
     F = put(dev, rng.standard_normal((1, 4, 3, 5)))
-    A = put(dev, ref_gram(rng.standard_normal((1, 4, 5, 2))))
+    A = put(dev, ref_target(rng.standard_normal((1, 4, 5, 2))))
     _, grad = style_loss(F, A)
     num = numerical_grad(lambda: style_loss(F, A)[0], F)
     assert rel_error(host(grad), num) < 1e-6
@@ -127,7 +150,7 @@ def test_style_loss_is_float32_safe(dev, rng):
     """Large VGG-like activations: float32 loss and gradient agree with float64."""
     F = numpy.maximum(rng.standard_normal((1, 32, 48, 48)) * 300, 0)
     A = numpy.maximum(rng.standard_normal((1, 32, 40, 56)) * 500, 0)
-    A = A[0].reshape(32, -1) @ A[0].reshape(32, -1).T
+    A = A[0].reshape(32, -1) @ A[0].reshape(32, -1).T / (40 * 56)
     l64, g64 = style_loss(put(dev, F), put(dev, A))
     l32, g32 = style_loss(put(dev, F, numpy.float32), put(dev, A, numpy.float32))
     assert g32.dtype == numpy.float32 and numpy.isfinite(float(l32))
@@ -195,7 +218,7 @@ def test_objective_losses_against_independent_computation(dev, rng):
     fx, fc, fs = feats(x), feats(content), [feats(s) for s in styles]
     lc = sum(0.5 * ((fx[n] - fc[n]) ** 2).sum() for n in CONTENT)
     b = numpy.array([0.3, 0.9]) / 1.2
-    ls = sum(ref_style(fx[n], b[0] * ref_gram(fs[0][n]) + b[1] * ref_gram(fs[1][n]))
+    ls = sum(ref_style(fx[n], b[0] * ref_target(fs[0][n]) + b[1] * ref_target(fs[1][n]))
              for n in STYLE) / len(STYLE)
     tv = ref_tv(host(x))
     expected = {"content": cw * lc, "style": sw * ls, "tv": tw * tv, "total": cw * lc + sw * ls + tw * tv}
@@ -536,10 +559,10 @@ def test_loss_functions_default_to_gatys_and_their_messages_name_the_shapes(dev,
     from xnn.layers.layout import channels_last
     from xnn.style.losses import style_target, style_terms
     G, A = put(dev, rng.standard_normal((3, 3))), put(dev, rng.standard_normal((3, 3)))
-    assert style_target(G, 3, 10) is G
+    numpy.testing.assert_allclose(host(style_target(G, 3, 10)), host(G) / 10, rtol=1e-15)
     loss, D, k = style_terms(G, A, 3, 10)
-    numpy.testing.assert_allclose(host(D), (host(G) - host(A)) / 30, rtol=1e-13)
-    assert float(loss) == pytest.approx(0.25 * ((host(G) - host(A)) ** 2).sum() / 900, rel=1e-12)
+    numpy.testing.assert_allclose(host(D), (host(G) / 10 - host(A)) / 3, rtol=1e-13)
+    assert float(loss) == pytest.approx(0.25 * ((host(G) / 10 - host(A)) ** 2).sum() / 9, rel=1e-12)
     assert k == pytest.approx(1 / 30)
     with pytest.raises(ValueError, match=r"^content features \(1, 3, 4, 5\) and target \(1, 3, 5, 4\) differ in shape$"):
         content_loss(put(dev, numpy.zeros((1, 3, 4, 5))), put(dev, numpy.zeros((1, 3, 5, 4))))

@@ -10,11 +10,13 @@ Content (at one layer), target features P:
     L_c = 1/2 sum (F - P)^2                       dL_c/dF = F - P
 Gram matrix of F viewed as a C x M matrix (unnormalised):
     G = F F^T,  G_ij = sum_m F_im F_jm            dG:  dF = (dG + dG^T) F
-Style (at one layer), target Gram A:
-    E = sum (G - A)^2 / (4 N^2 M^2)
-    dE/dG = (G - A) / (2 N^2 M^2), and since G - A is symmetric,
-    dE/dF = (dE/dG + dE/dG^T) F = (G - A) F / (N^2 M^2).
-  Computed as D = (G - A) / (N M); E = sum(D^2) / 4; dE/dF = D F / (N M), so no
+Style (at one layer), target A = G_s / M_s: the style image's Gram per position (its
+own M_s positions), so that neither image's size changes what is asked for:
+    E = sum (G / M - A)^2 / (4 N^2)
+    dE/dG = (G / M - A) / (2 N^2 M), and since G / M - A is symmetric,
+    dE/dF = (dE/dG + dE/dG^T) F = (G / M - A) F / (N^2 M).
+  Where M = M_s this is Gatys et al.'s sum (G - G_s)^2 / (4 N^2 M^2) exactly.
+  Computed as D = (G / M - A) / N; E = sum(D^2) / 4; dE/dF = D F / (N M), so no
   intermediate grows beyond G itself (float32-safe for large layers).
 Total variation of an image x (..., H, W), all neighbouring pairs:
     TV = sum_{i,j} (x[i+1,j] - x[i,j])^2 + (x[i,j+1] - x[i,j])^2
@@ -103,9 +105,9 @@ def gram_backward(F, dG):
 
 
 def style_target(G, c: int, m: int, scaling: str = "gatys"):
-    """A style image's target from its unnormalised Gram G (C x C) over m positions:
-    G itself (gatys), or G / (C m) (jcjohnson: each image normalised by its own size)."""
-    return G if check_scaling(scaling) == "gatys" else G * (1.0 / (c * m))
+    """A style image's target from its unnormalised Gram G (C x C) over its own m positions:
+    G / m (gatys: the Gram per position), or G / (C m) (jcjohnson)."""
+    return G * (1.0 / m) if check_scaling(scaling) == "gatys" else G * (1.0 / (c * m))
 
 
 def style_terms(G, A, c: int, m: int, scaling: str = "gatys"):
@@ -113,14 +115,16 @@ def style_terms(G, A, c: int, m: int, scaling: str = "gatys"):
     optimised image's features (C = c channels, m positions); the gradient w.r.t. the
     features seen as an (m, C) matrix X is X @ D * k.
 
-    gatys:     D = (G - A) / (C m),   loss = sum(D^2) / 4,   k = 1 / (C m)
+    gatys:     D = (G / m - A) / C,   loss = sum(D^2) / 4,   k = 1 / (C m)
     jcjohnson: D = G / (C m) - A,     loss = mean(D^2) = sum(D^2) / C^2,   k = 4 / (C^2 C m)
     (for jcjohnson d mean(D^2) / dG = 2 D / (C^2 C m), and dG = dG^T gives dX = 2 X dG).
-    D is symmetric and no intermediate grows beyond G, so float32 is safe for large layers.
+    A is :func:`style_target`'s, per position in both scalings, so the loss does not grow or
+    shrink with either image's size.  D is symmetric and no intermediate grows beyond G, so
+    float32 is safe for large layers.
     """
     inv_nm = 1.0 / (c * m)
     if check_scaling(scaling) == "gatys":
-        D = (G - A) * inv_nm
+        D = (G * (1.0 / m) - A) * (1.0 / c)
         return 0.25 * (D * D).sum(), D, inv_nm
     D = G * inv_nm - A
     return (D * D).sum() * (1.0 / (c * c)), D, 4.0 * inv_nm / (c * c)
@@ -129,7 +133,7 @@ def style_terms(G, A, c: int, m: int, scaling: str = "gatys"):
 def style_loss(F, A, scaling: str = "gatys"):
     """Style loss at one layer and its gradient w.r.t. F (see :func:`style_terms`).
 
-    gatys: E = sum (G - A)^2 / (4 N^2 M^2) and dE/dF = (G - A) F / (N^2 M^2).
+    gatys: E = sum (G / M - A)^2 / (4 N^2) and dE/dF = (G / M - A) F / (N^2 M).
     F: (1, C, H, W) features; A: (C, C) target (:func:`style_target` of the scaling).
     """
     _check_features(F)
@@ -243,7 +247,7 @@ class StyleTransferObjective:
         order = known if known is not None else self.content_layers + self.style_layers
         self.layers = [n for n in dict.fromkeys(order) if n in wanted]
         self.content_targets: dict = {}   # layer -> P (1, C, H, W)
-        self.style_targets: dict = {}     # layer -> blended Gram A (C, C)
+        self.style_targets: dict = {}     # layer -> blended per-position Gram target A (C, C)
         if hasattr(model, "freeze"):
             model.freeze()
 

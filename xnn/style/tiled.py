@@ -2,7 +2,7 @@
 
 A Gram matrix is a sum over positions, so it can be accumulated tile by tile (Galerne et
 al. 2022, "Scaling painting style transfer"); with it known, each position's gradient
-(G - A) F / (N M)^2 is local.  :class:`TiledStyleObjective` therefore evaluates in two
+(G / M - A) F / (N^2 M) is local.  :class:`TiledStyleObjective` therefore evaluates in two
 passes over tiles with halos (:mod:`xnn.tiling`):
 
 1. forward only, to the deepest style layer: G_l = sum over tiles of F_own^T F_own, in
@@ -48,7 +48,7 @@ class TiledStyleObjective:
         self.halo = tiling.round_up(max(g.halo for g in self.geometry.values()), self.align)
         self.tile_size = tiling.round_up(int(tile_size), self.align)
         self.content_targets: dict = {}
-        self.style_targets: dict = {}    # layer -> blended Gram A (C, C), float64
+        self.style_targets: dict = {}    # layer -> blended per-position Gram target A (C, C), float64
 
     # ------------------------------------------------------------ helpers
     def tiles(self, shape):
@@ -119,7 +119,7 @@ class TiledStyleObjective:
         obj = self.obj
         xp = device_of(x).xp
         cw, sw, tw = obj.content_weight, obj.style_weight, obj.tv_weight
-        # pass 1: the whole image's Grams, and from them D_l = (G_l - A_l) / (N M)
+        # pass 1: the whole image's Grams, and from them D_l (style_terms)
         grams = self._grams(x, obj.style_layers) if obj.style_layers else {}
         scale, s_sum = {}, xp.zeros((), dtype=xp.float64)
         for n in obj.style_layers:
