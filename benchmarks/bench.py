@@ -47,8 +47,10 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
 ORDER = ["conv_256x56", "mlp_epoch", "cnn_train", "vgg19_224", "style_256", "style_512", "adain_512"]
-#: The targets (xnn / PyTorch time; peak memory of xnn's style_512 step), from the earlier issue.
-RATIO_TARGETS = {"mlp_epoch": 0.7, "cnn_train": 1.3, "vgg19_224": 0.9, "style_512": 0.8}
+#: The targets (xnn / PyTorch time; peak memory of xnn's style_512 step), from the acceleration issue
+#: (22); mlp_epoch keeps the earlier one.  The stretch goal for style_512 is 0.6.
+RATIO_TARGETS = {"conv_256x56": 1.0, "mlp_epoch": 0.7, "cnn_train": 1.0, "vgg19_224": 0.7, "style_256": 0.8,
+                 "style_512": 0.8, "adain_512": 0.7}
 PEAK_TARGETS_MB = {"style_512": 1500}
 #: --budget stops a workload's rounds early, but never before this many
 MIN_ROUNDS = 3

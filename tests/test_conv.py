@@ -583,9 +583,9 @@ def test_conv2d_defaults_initialisers_and_exact_messages():
 
 
 @pytest.mark.parametrize("algo", ALGOS)
-def test_frozen_conv_prepares_its_forward_weights_once(dev, rng, algo, monkeypatch):
-    """A frozen layer caches the forward weights of its algorithm; the input-gradient ones are rebuilt
-    per call and never cached in their place."""
+def test_frozen_conv_prepares_each_directions_weights_once(dev, rng, algo, monkeypatch):
+    """A frozen layer caches the forward and the input-gradient weights of its algorithm, and
+    the cached input-gradient weights give the gradient an unfrozen layer computes."""
     prepared, real = [], ca.prepare_weights
     monkeypatch.setattr(ca, "prepare_weights", lambda *a: prepared.append(a[2]) or real(*a))
     layer = make(dev, algo, 3, 4, frozen=True)
@@ -594,12 +594,15 @@ def test_frozen_conv_prepares_its_forward_weights_once(dev, rng, algo, monkeypat
     assert prepared == [algo]
     layer.forward(x)
     assert prepared == [algo]                                          # cached
-    layer.backward(dev.asarray(numpy.ones(y.shape)))
-    assert prepared == [algo, algo]                                    # the dx weights, not cached
+    dy = dev.asarray(rng.standard_normal(y.shape))
+    dx = xnn.to_numpy(layer.backward(dy))
+    assert prepared == [algo, algo]                                    # the dx weights
     numpy.testing.assert_array_equal(xnn.to_numpy(layer.forward(x)), y)
-    assert prepared == [algo, algo] and list(layer._wcache) == [algo]
+    numpy.testing.assert_array_equal(xnn.to_numpy(layer.backward(dy)), dx)
+    assert prepared == [algo, algo] and sorted(layer._wcache) == [(algo, "dx"), (algo, "fwd")]
     trained = make(dev, algo, 3, 4)                                    # not frozen: nothing is cached
     trained.forward(x)
+    numpy.testing.assert_allclose(xnn.to_numpy(trained.backward(dy)), dx, rtol=1e-12, atol=1e-12)
     trained.forward(x)
     assert not trained._wcache
 
@@ -638,7 +641,7 @@ def test_frozen_strided_conv_caches_one_weight_copy(dev, rng):
     x = dev.asarray(rng.standard_normal((1, 2, 7, 7)))
     y = layer.forward(x)
     dx = xnn.to_numpy(layer.backward(dev.asarray(numpy.ones(y.shape))))
-    assert list(layer._wcache) == ["im2col"] and dx.shape == (1, 2, 7, 7)
+    assert list(layer._wcache) == [("im2col", "fwd")] and dx.shape == (1, 2, 7, 7)
 
 
 def test_conv2d_forward_messages():
@@ -661,12 +664,12 @@ def test_frozen_autotune_keeps_only_the_chosen_weights_and_auto_keeps_each_it_us
     for shape in ((1, 3, 4, 5), (1, 3, 8, 8)):                         # 2 and 3 candidates
         layer = Conv2d(3, 4, 3, algorithm="autotune").freeze()
         layer.forward(rng.standard_normal(shape).astype(numpy.float32))
-        assert list(layer._wcache) == [layer.last_algorithms["fwd"]]
+        assert list(layer._wcache) == [(layer.last_algorithms["fwd"], "fwd")]
     ca.clear_choices()
     auto = Conv2d(16, 4, 3, padding=1).freeze()
     for size in (32, 8):                                               # winograd4, then im2col
         auto.forward(rng.standard_normal((1, 16, size, size)).astype(numpy.float32))
-    assert sorted(auto._wcache) == ["im2col", "winograd4"]
+    assert sorted(auto._wcache) == [("im2col", "fwd"), ("winograd4", "fwd")]
 
 
 def test_chunks_group_whole_images_that_fit_and_share_them_between_the_workers():

@@ -123,7 +123,7 @@ class Sequential:
         g = dy
         for name in reversed(self.names[:self._ran]):
             if name in inject:
-                g = inject[name] if g is None else layout.add(self.device.xp, g, inject[name])
+                g = inject[name] if g is None else layout.add(self.device.xp, g, inject[name], self.device)
             if g is None:
                 continue  # nothing flows yet above the deepest injection
             g = self.layers[name].backward(g)

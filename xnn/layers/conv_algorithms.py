@@ -322,7 +322,7 @@ def convolve(dev, x, setting, weights_for, bias, kernel, stride, pad, mode, out_
         algo = _CHOICE.get(key)
     todo = [algo] if algo is not None else candidates(kh, kw, sh, sw, ho, wo)
     extent = numpy.max([padded_extent(a, ho, wo, kh, kw, sh, sw) for a in todo], axis=0)
-    xpad = pad_to_extent(dev.xp, x, pad, mode, extent)
+    xpad = pad_to_extent(dev.xp, x, pad, mode, extent, dev)
 
     def run(a):
         return conv_nhwc(dev, xpad, weights_for(a), bias, a, (ho, wo), kh, kw, sh, sw)

@@ -43,15 +43,17 @@ def in_layout_of(xp, a, ref):
 SPLIT_ELEMENTS = 1 << 20
 
 
-def row_parts(dev, a):
-    """Index tuples that cut ``a`` into ``dev.workers`` bands of rows (H of an (N, C, H, W)
-    array, else axis 0), for element-wise work run side by side by ``dev.parallel_map``.
+def row_parts(dev, a, axis=None):
+    """Index tuples that cut ``a`` into ``dev.workers`` bands of rows (``axis``; by default
+    H of an (N, C, H, W) array, else axis 0), for element-wise work run side by side by
+    ``dev.parallel_map``.
 
     One part, the whole array, when ``a`` is small or the device runs one chunk at a time
     (CuPy).  NumPy's element-wise loops release the GIL, so on the CPU the bands run on
     the cores at once: ReLU and pooling are otherwise a third of a VGG19 step on one core.
     """
-    axis = 2 if a.ndim == 4 else 0
+    if axis is None:
+        axis = 2 if a.ndim == 4 else 0
     rows = a.shape[axis] if a.ndim else 1
     parts = min(dev.workers, rows) if a.size >= SPLIT_ELEMENTS else 1
     if parts <= 1:
@@ -60,6 +62,11 @@ def row_parts(dev, a):
     return [(slice(None),) * axis + (slice(lo, hi),) for lo, hi in zip(cuts, cuts[1:])]
 
 
-def add(xp, a, b):
-    """a + b in a's memory order (a fresh array; neither input is modified)."""
-    return xp.add(a, b, out=like(xp, a))
+def add(xp, a, b, dev=None):
+    """a + b in a's memory order (a fresh array; neither input is modified); with ``dev``,
+    in bands of rows side by side on its workers (:func:`row_parts`)."""
+    out = like(xp, a)
+    if dev is None:
+        return xp.add(a, b, out=out)
+    dev.parallel_map(lambda s: xp.add(a[s], b[s], out=out[s]), row_parts(dev, out))
+    return out

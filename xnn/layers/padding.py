@@ -6,6 +6,7 @@ reflection padding as a layer of its own (NCHW at the API).
 from __future__ import annotations
 
 from .base import Layer
+from .layout import row_parts
 
 
 def pad_hw(xp, x, p: int, mode: str):
@@ -28,10 +29,11 @@ def pad_hw(xp, x, p: int, mode: str):
     raise ValueError(f"unknown padding mode {mode!r}; choose 'zeros' or 'reflect'")
 
 
-def pad_to_extent(xp, x, p: int, mode: str, extent):
+def pad_to_extent(xp, x, p: int, mode: str, extent, dev=None):
     """x (N, H, W, C) padded by p (zeros or reflect), then with zeros after it up to
     ``extent`` = (rows, columns) in all (Winograd reads whole tiles).  Only the border
-    of a fresh array is zeroed; the inside is one copy of x."""
+    of a fresh array is zeroed; the inside is one copy of x, in bands of rows on the
+    workers of ``dev`` when given (one core copies about 10 GB/s: 12 % of a style step)."""
     n, h, w, c = x.shape
     eh, ew = max(extent[0], h + 2 * p), max(extent[1], w + 2 * p)
     if mode == "reflect" and p:
@@ -44,7 +46,14 @@ def pad_to_extent(xp, x, p: int, mode: str, extent):
     out[:, p + h:] = 0
     out[:, p:p + h, :p] = 0
     out[:, p:p + h, p + w:] = 0
-    out[:, p:p + h, p:p + w] = x
+    inside = out[:, p:p + h, p:p + w]
+    if dev is None:
+        inside[...] = x
+        return out
+
+    def band(s):
+        inside[s] = x[s]
+    dev.parallel_map(band, row_parts(dev, x, axis=1))
     return out
 
 
