@@ -297,3 +297,32 @@ def test_lbfgs_that_ends_early_in_a_middle_stage_logs_the_stage_end(tmp_path, mo
     out = run(tmp_path, "r", "image_size=[32, 48]", "num_iterations=[4, 2]", "print_iter=0", "save_iter=0")
     assert [(r["stage"], r["iter"]) for r in metrics(out)] == [(1, 0), (1, 2), (2, 0), (2, 2)]
     assert json.loads((out / "summary.json").read_text())["iterations"] == 4
+
+
+def test_progress_png_shows_the_picture_so_far_and_the_bar_names_it(tmp_path, monkeypatch):
+    """progress.png is written once the first PREVIEW_FIRST_S have passed (here at once), then
+    every PREVIEW_EVERY_S, and at the end of each stage; the progress line carries its path."""
+    from xnn.experiments import base as experiment_base
+    from xnn.experiments import style
+    previews, bars = [], []
+    real_save = experiment_base.RunContext.save_image
+
+    def spy(self, name, image):
+        if name == "progress.png":
+            previews.append(numpy.asarray(image).copy())
+        return real_save(self, name, image)
+
+    class Bar(experiment_base.Progress):
+        def update(self, n=1, **postfix):
+            bars.append(postfix.get("preview"))
+            return super().update(n, **postfix)
+    monkeypatch.setattr(experiment_base.RunContext, "save_image", spy)
+    monkeypatch.setattr(experiment_base, "Progress", Bar)
+    monkeypatch.setattr(style, "PREVIEW_FIRST_S", 0.0)
+    monkeypatch.setattr(style, "PREVIEW_EVERY_S", 3600.0)
+    out = run(tmp_path, "r", "num_iterations=3", "optimizer=adam")
+    # one after the first iteration, then none until the stage ends (an hour apart here)
+    assert len(previews) == 2 and bars == [str(out / "progress.png")] * 3
+    final = load_image(out / "progress.png")
+    numpy.testing.assert_array_equal(final, load_image(out / "output.png"))
+    assert not numpy.array_equal((previews[0] * 255).round().astype(numpy.uint8), final)   # an earlier picture

@@ -21,6 +21,10 @@ TILE_HALO = 80
 from .base import blend_weights, stylisation_fields, tile_size_field
 
 KIND = "style"
+#: progress.png, the picture so far, is written after this many seconds of optimising, then every
+#: PREVIEW_EVERY_S (and at the end of each stage), so a user sees a picture within the first minute
+PREVIEW_FIRST_S = 10.0
+PREVIEW_EVERY_S = 30.0
 
 
 def _stages_grow(sizes):
@@ -200,6 +204,13 @@ def run(state, ctx):
         return rgb
 
     stage_outputs, previous, evaluations, stopped, final_losses = [], None, 0, False, None
+    preview = {"next": time.perf_counter() + PREVIEW_FIRST_S, "path": None}
+
+    def save_preview(rgb):
+        ctx.save_image("progress.png", rgb)
+        preview["next"] = time.perf_counter() + PREVIEW_EVERY_S
+        preview["path"] = str(ctx.path("progress.png"))
+
     for si in range(first_stage, len(plan)):
         size, iters = plan[si]
         h, w = state["shapes"][si]
@@ -259,7 +270,10 @@ def run(state, ctx):
                 raise XnnError("the losses became NaN/inf; lower learning_rate or the loss weights")
             if i > 0:   # the bar shows this iteration's loss: one number from the device per iteration
                 done += 1
-                bar.update(1, loss=host["total"], s_it=(elapsed() - elapsed_before) / (done - done_before))
+                if time.perf_counter() >= preview["next"]:
+                    save_preview(to_rgb(img, content))
+                shown = {"preview": preview["path"]} if preview["path"] else {}
+                bar.update(1, loss=host["total"], s_it=(elapsed() - elapsed_before) / (done - done_before), **shown)
             last = it == iters
             if (i == 0 and not resumed_here) or last or (cfg["print_iter"] and it % cfg["print_iter"] == 0 and i > 0):
                 log_row(it, host)
@@ -293,6 +307,7 @@ def run(state, ctx):
         previous = vgg.deprocess(res.x)
         shown = to_rgb(res.x, content, previous)
         ctx.save_image(out_name, shown)
+        save_preview(shown)
         stage_outputs.append((si, size, shown))
         if res.stopped:                # stopped by the user (a second Ctrl-C does not come back here)
             checkpoint(res.x, end)
