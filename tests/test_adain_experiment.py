@@ -99,7 +99,7 @@ def test_tiled_run_gives_the_whole_image_result(tmp_path):
 
 
 def test_auto_tiles_only_when_the_image_does_not_fit():
-    from xnn.experiments.adain import tile_for
+    from xnn.style.feedforward import tile_for
     assert tile_for(512, 512, "auto", 8 * 2**30) is None
     t = tile_for(4096, 4096, "auto", 4 * 2**30)
     assert t % 16 == 0 and 64 <= t < 4096
@@ -114,20 +114,21 @@ def test_a_ray_result_that_arrived_before_a_stop_is_kept(monkeypatch):
     import contextlib
     import types
 
-    from xnn import ray_engine
+    from xnn.engines import ImageResult
+    from xnn.engines import ray as ray_engine
     from xnn.experiments import adain
     files = ["a.png", "b.png", "c.png"]
     ctx = types.SimpleNamespace(stop_requested=False, device=None, info=lambda *a: None)
 
     def results(*args):
         for name in files:
-            yield name, b"bytes of " + name.encode(), None, 0.5, None
+            yield ImageResult(name, data=b"bytes of " + name.encode(), seconds=0.5)
             ctx.stop_requested = name == "a.png" or ctx.stop_requested   # Ctrl-C while b is on its way
-    monkeypatch.setattr(ray_engine, "ray_session", lambda cfg, dev: contextlib.nullcontext())
-    monkeypatch.setattr(ray_engine, "stylise_images", results)
-    state = {"cfg": {}, "files": files, "weights": None, "styles": None, "blend": None}
-    got = [(str(p), data) for p, data, _, _ in adain._ray_results(state, ctx)]
+    monkeypatch.setattr(ray_engine, "session", lambda cfg, dev: contextlib.nullcontext())
+    monkeypatch.setattr(ray_engine, "images", results)
+    state = {"cfg": {}, "files": files, "job": None, "stylizer": None, "batch": True, "engine": ray_engine}
+    got = [(str(p), data) for p, data, _, _ in adain._results(state, ctx, None)]
     assert got == [("a.png", b"bytes of a.png"), ("b.png", b"bytes of b.png")] and state["stopped"]
     ctx.stop_requested, files[:] = False, ["a.png"]
-    state = {"cfg": {}, "files": files, "weights": None, "styles": None, "blend": None}
-    assert len(list(adain._ray_results(state, ctx))) == 1 and not state.get("stopped")
+    state = {"cfg": {}, "files": files, "job": None, "stylizer": None, "batch": True, "engine": ray_engine}
+    assert len(list(adain._results(state, ctx, None))) == 1 and not state.get("stopped")

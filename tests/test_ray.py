@@ -103,10 +103,10 @@ def test_local_ray_listens_on_loopback_only_with_token_auth(tmp_path, monkeypatc
     import ray
     import psutil
     from ray._raylet import AuthenticationMode, get_authentication_mode
-    from xnn import ray_engine
+    from xnn.engines import ray as ray_engine
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     seen = {}
-    stylise = ray_engine.stylise_images
+    stylise = ray_engine.images
 
     def watched(*args, **kwargs):
         for row in stylise(*args, **kwargs):
@@ -116,7 +116,7 @@ def test_local_ray_listens_on_loopback_only_with_token_auth(tmp_path, monkeypatc
                 seen["auth"] = get_authentication_mode()
                 seen["node_ip"] = ray.util.get_node_ip_address()
             yield row
-    monkeypatch.setattr(ray_engine, "stylise_images", watched)
+    monkeypatch.setattr(ray_engine, "images", watched)
     folder = tmp_path / "in"
     folder.mkdir()
     from PIL import Image

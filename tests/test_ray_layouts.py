@@ -12,9 +12,9 @@ import socket
 import numpy
 import pytest
 
-from xnn import ray_engine
+from xnn.engines import ray as ray_engine
 from xnn.errors import XnnError
-from xnn.ray_engine import (MIN_ACTOR_CPUS, READ_CPUS, describe_cluster, host_port, node_resources,
+from xnn.engines.ray import (MIN_ACTOR_CPUS, READ_CPUS, describe_cluster, host_port, node_resources,
                             on_loopback, plan_pool, starts_local_ray, wait_s, waited_for)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

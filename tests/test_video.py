@@ -514,7 +514,7 @@ def test_ray_engine_without_ray_or_an_answering_cluster(tmp_path, capsys, clip, 
     import threading
     import time
 
-    from xnn import ray_engine
+    from xnn.engines import ray as ray_engine
     run = tmp_path / "run"
     with monkeypatch.context() as m:
         m.setitem(sys.modules, "ray", None)      # as if Ray were not installed
@@ -542,7 +542,7 @@ def test_ray_engine_without_ray_or_an_answering_cluster(tmp_path, capsys, clip, 
 def test_check_address_accepts_a_real_grpc_server():
     """The probe's HTTP/2 handshake, against a Ray GCS started for the test."""
     ray = pytest.importorskip("ray")
-    from xnn import ray_engine
+    from xnn.engines import ray as ray_engine
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         ray_engine.check_address(ray.get_runtime_context().gcs_address, timeout=5)

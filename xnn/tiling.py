@@ -32,6 +32,15 @@ class Geometry:
         return math.ceil(max(self.offset, self.field - self.offset - self.jump, 0))
 
 
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """A layer's sliding window (square), for :func:`receptive_field` from a table of layers
+    without building them: the fields it reads of Conv2d and the pools."""
+    kernel_size: tuple
+    stride: tuple
+    padding: int
+
+
 def receptive_field(layers) -> Geometry:
     """Geometry after a sequence of layers (objects with kernel_size / stride / padding, like
     Conv2d and the pools; ReflectionPad2d's ``p``; Upsample2d's ``scale``; anything else is
@@ -89,3 +98,16 @@ def plan(height: int, width: int, tile: int, halo: int, align: int) -> list[Tile
 
     return [Tile((y0, y1, x0, x1), (ey0, ey1, ex0, ex1))
             for y0, y1, ey0, ey1 in spans(height) for x0, x1, ex0, ex1 in spans(width)]
+
+
+def largest_tile(free_bytes, fixed_bytes: float, bytes_per_pixel: float, halo: int, align: int,
+                 min_tile: int = 64) -> int:
+    """The side of the largest square tile (a multiple of ``align``) whose run, the tile and its
+    halo on every side, fits in 90 % of ``free_bytes`` beside ``fixed_bytes``, at
+    ``bytes_per_pixel`` of the run's pixels; 0 when not even ``min_tile`` fits.  The one
+    planner of style transfer (:func:`xnn.style.memory.plan_tiles`) and AdaIN
+    (:func:`xnn.style.feedforward.tile_for`); each says first whether the whole image fits."""
+    budget = 0.9 * free_bytes
+    side = math.sqrt(max(budget - fixed_bytes, 0) / bytes_per_pixel) - 2 * halo
+    tile = int(side // align) * align
+    return tile if tile >= min_tile else 0

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Mutation testing of the video reader (xnn/video/io.py) and the Ray engine (xnn/ray_engine.py),
+# Mutation testing of the video reader (xnn/video/io.py) and the Ray engine (xnn/engines/ray.py),
 # in a scratch copy of the checkout, so it never touches the core-maths run's mutants/ or config.
 # Not part of CI (docs/testing.md).
 #
 #   tests/mutation/run_video.sh io        # xnn/video/io.py against the decoding and video I/O tests
-#   tests/mutation/run_video.sh ray       # xnn/ray_engine.py's pool sizing, addresses and messages (the pure
+#   tests/mutation/run_video.sh ray       # xnn/engines/ray.py's pool sizing, addresses and messages (the pure
 #                                         # functions) against the Ray tests that need no cluster; the rest of
 #                                         # the file needs a Ray cluster per mutant (about 25 s each)
 #   tests/mutation/run_video.sh io ray    # both (one after the other)
@@ -25,12 +25,12 @@ for target in "${@:-io}"; do
     "tests/test_video.py::test_webm_output_reencodes_the_audio", "tests/test_video.py::test_odd_sizes_are_written_in_full_chroma"'
              deselect="spoilt"
              names=() ;;
-        ray) module="xnn/ray_engine.py"
+        ray) module="xnn/engines/ray.py"
              tests='"tests/test_ray_layouts.py", "tests/test_ray.py"'
              deselect="cluster or on_ray or loopback"
              names=()
              for f in plan_pool _cpu_plan _gpu_plan node_resources describe_cluster waited_for wait_s host_port \
-                      starts_local_ray on_loopback; do names+=("xnn.ray_engine.x_${f}__mutmut_*"); done ;;
+                      starts_local_ray on_loopback; do names+=("xnn.engines.ray.x_${f}__mutmut_*"); done ;;
         *)   echo "unknown target $target (io or ray)" >&2; exit 2 ;;
     esac
     work="${TMPDIR:-/tmp}/xnn-mutation-$target"

@@ -12,8 +12,10 @@ import time
 
 import numpy
 
+from .. import engines
 from ..config import Field
 from ..errors import XnnError
+from ..style.feedforward import AdaINJob, build_stylizer, load_styles, output_suffix, sized_content, weight_files
 from .base import blend_weights, engine_fields, stylisation_fields, tile_size_field
 
 KIND = "adain"
@@ -33,32 +35,6 @@ SCHEMA = {
     **engine_fields("images one after another"),
 }
 
-#: peak memory of one untiled stylisation = FIXED_BYTES + BYTES_PER_PIXEL * pixels: a line through
-#: the measured CPU peaks at 1024 px (1.46 GB, 0.70 Mpx) and 2048 px (4.84 GB, 2.79 Mpx)
-FIXED_BYTES = 330 * 2**20
-BYTES_PER_PIXEL = 1700
-#: arrays that span the whole image when tiled: input, output, relu4_1 features and their AdaIN
-WHOLE_IMAGE_BYTES_PER_PIXEL = 90
-#: the encoder's halo (its receptive-field margin, 30 px, on the 8 px pooling grid)
-TILE_HALO = 32
-
-
-def tile_for(h: int, w: int, tile_size, free_bytes):
-    """The tile side for an h x w content (None: whole image), or an XnnError naming the cause."""
-    budget = 0.9 * free_bytes if free_bytes is not None else float("inf")
-    whole = WHOLE_IMAGE_BYTES_PER_PIXEL * h * w
-    if tile_size == "auto":
-        if FIXED_BYTES + BYTES_PER_PIXEL * h * w <= budget:
-            return None
-        tile = int(((max(budget - whole - FIXED_BYTES, 0) / BYTES_PER_PIXEL) ** 0.5 - 2 * TILE_HALO) // 16) * 16
-        if tile < 64:
-            raise XnnError(f"image_size: a {h}x{w} px image needs about {whole / 2**30:.1f} GiB for its whole-image "
-                           f"arrays alone, more than the {free_bytes / 2**30:.1f} GiB free; use a smaller image_size")
-        return tile
-    return tile_size
-
-ENCODER_FILE, DECODER_FILE = "adain_vgg_normalised_to_relu4_1.npz", "adain_decoder.npz"
-
 
 def _contents(path):
     p = pathlib.Path(path)
@@ -76,67 +52,6 @@ def _load_content(path, cfg):
     return sized_content(load_image(path), cfg, path)
 
 
-def sized_content(content, cfg, name):
-    """A decoded content image resized to the config's image_size and checked for size."""
-    from ..data.images import resize_longer_side
-    from ..models.adain import check_image_size
-    if cfg["image_size"]:
-        content = resize_longer_side(content, cfg["image_size"])
-    check_image_size(*content.shape[:2], f"content image {name}")
-    return content
-
-
-def stylise_content(st, content, target, cfg):
-    """(float output image, seconds, tile side) of one sized content image: AdaIN to ``target``
-    (blended StyleStats), tiled when cfg's tile_size says so, original colours if asked.  The
-    one path of engine: local and of the Ray actors."""
-    from ..data.images import transfer_luminance
-    t = time.perf_counter()
-    tile = tile_for(*content.shape[:2], cfg["tile_size"], st.device.memory_available()) if cfg["tile_size"] else None
-    out = st.stylize(content, target, alpha=cfg["alpha"], tile_size=tile)
-    seconds = time.perf_counter() - t
-    if cfg["original_colors"]:
-        out = transfer_luminance(content / 255.0, out)
-    return out, seconds, tile
-
-
-def output_suffix(name) -> str:
-    """A batch output keeps its input's suffix when it is .png / .jpg / .jpeg, else becomes .png."""
-    suffix = pathlib.PurePath(name).suffix
-    return suffix if suffix.lower() in (".png", ".jpg", ".jpeg") else ".png"
-
-
-def load_styles(cfg) -> list:
-    """The config's style images, resized to style_size and checked (uint8 HxWx3 each)."""
-    from ..data.images import load_image, resize_longer_side
-    from ..models.adain import check_image_size
-    style_imgs = [load_image(p) for p in cfg["style_image"]]
-    if cfg["style_size"]:
-        style_imgs = [resize_longer_side(s, cfg["style_size"]) for s in style_imgs]
-    for path, s in zip(cfg["style_image"], style_imgs):
-        check_image_size(*s.shape[:2], f"style image {path}")
-    return style_imgs
-
-
-def weight_files(cfg) -> tuple:
-    """(encoder, decoder) weights as adain_encoder / adain_decoder take them, checked."""
-    if cfg["weights"] == "adain":
-        return "adain", "adain"
-    folder = pathlib.Path(cfg["weights"])
-    enc_w, dec_w = folder / ENCODER_FILE, folder / DECODER_FILE
-    for f in (enc_w, dec_w):
-        if not f.is_file():
-            raise XnnError(f"config: weights = {cfg['weights']!r}: {f} not found (give 'adain' or a folder "
-                           f"with {ENCODER_FILE} and {DECODER_FILE})")
-    return str(enc_w), str(dec_w)
-
-
-def build_stylizer(weights, device):
-    from ..models import AdaINStylizer, adain_decoder, adain_encoder
-    enc_w, dec_w = weights
-    return AdaINStylizer(adain_encoder(enc_w, device=device), adain_decoder(dec_w, device=device))
-
-
 def prepare(cfg, device, resume_dir=None):
     if resume_dir is not None:
         raise XnnError("adain runs take seconds and have nothing to resume; start a new run")
@@ -146,13 +61,10 @@ def prepare(cfg, device, resume_dir=None):
         _load_content(files[0], cfg)  # fail now, before the run folder exists
     style_imgs = load_styles(cfg)
     weights = weight_files(cfg)
-    if cfg["engine"] == "ray" and batch:
-        from ..ray_engine import check_address, ray_address, require_ray
-        require_ray()
-        check_address(ray_address(cfg))
-    stylizer = build_stylizer(weights, device)
-    return {"cfg": cfg, "stylizer": stylizer, "files": files, "batch": batch, "styles": style_imgs, "blend": blend,
-            "weights": weights}
+    engine = engines.get(cfg["engine"] if batch else "local")   # one image: no pool to start
+    engine.check(cfg)
+    return {"cfg": cfg, "stylizer": build_stylizer(weights, device), "files": files, "batch": batch,
+            "styles": style_imgs, "engine": engine, "job": AdaINJob(weights, style_imgs, blend, dict(cfg))}
 
 
 def _output_name(f, batch, cfg) -> str:
@@ -161,37 +73,25 @@ def _output_name(f, batch, cfg) -> str:
     return f"outputs/{f.stem}{output_suffix(f)}"
 
 
-def _local_results(state, ctx, target):
-    """(file, float output image, seconds, tile side) per content image, stylised here."""
-    cfg, st = state["cfg"], state["stylizer"]
-    for f in state["files"]:
-        if ctx.stop_requested:
-            state["stopped"] = True     # images left undone
-            return
-        try:
-            content = _load_content(f, cfg)
-        except XnnError as e:
-            if not state["batch"]:
-                raise
-            ctx.info(f"skipping {f.name}: {e}")
-            continue
-        yield (f,) + stylise_content(st, content, target, cfg)
-
-
-def _ray_results(state, ctx):
-    """The same for a folder on Ray Data: (file, output file bytes, seconds, None), in order."""
-    from ..ray_engine import ray_session, stylise_images
-    with ray_session(state["cfg"], ctx.device):
-        results = stylise_images(state["cfg"], ctx.device, state["files"], state["weights"], state["styles"],
-                                 state["blend"])
-        for seen, (path, data, error, seconds, _) in enumerate(results, 1):
-            if error:
-                ctx.info(f"skipping {pathlib.Path(path).name}: {error}")
-            else:     # a result that has arrived is kept, also when a stop came in meanwhile
-                yield pathlib.Path(path), data, seconds, None
+def _results(state, ctx, target):
+    """(file, output image or file bytes, seconds, tile side) per content image, from the engine, in
+    order.  A result that has arrived is kept, also when a stop came in meanwhile; ``state["stopped"]``
+    says whether images were left undone."""
+    cfg, engine = state["cfg"], state["engine"]
+    seen = 0
+    with engine.session(cfg, ctx.device):
+        for r in engine.images(state["job"], state["files"], ctx.device, lambda: ctx.stop_requested,
+                               (state["stylizer"], target)):
+            seen += 1
+            if r.error:
+                if not state["batch"]:
+                    raise XnnError(r.error)
+                ctx.info(f"skipping {pathlib.Path(r.path).name}: {r.error}")
+            else:
+                yield pathlib.Path(r.path), (r.data if r.image is None else r.image), r.seconds, r.tile
             if ctx.stop_requested:
-                state["stopped"] = seen < len(state["files"])
-                return
+                break
+    state["stopped"] = ctx.stop_requested and seen < len(state["files"])
 
 
 def run(state, ctx):
@@ -208,12 +108,12 @@ def run(state, ctx):
     files, batch = state["files"], state["batch"]
     if batch:
         ctx.path("outputs").mkdir(exist_ok=True)
-    on_ray = batch and cfg["engine"] == "ray"
+    on_ray = state["engine"].__name__.endswith(".ray")
     bar = ctx.progress(len(files), "adain" + (" on ray" if on_ray else ""), unit="img") if batch else None
     times, first = [], None
     t_all = time.perf_counter()
-    target = StyleStats(*blend_stats(stats, state["blend"]))
-    for f, out, seconds, tile in (_ray_results(state, ctx) if on_ray else _local_results(state, ctx, target)):
+    target = StyleStats(*blend_stats(stats, state["job"].blend))
+    for f, out, seconds, tile in _results(state, ctx, target):
         times.append(seconds)
         name = _output_name(f, batch, cfg)
         if isinstance(out, bytes):      # encoded by a Ray actor

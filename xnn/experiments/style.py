@@ -15,9 +15,6 @@ from ..config import Field
 from ..errors import XnnError
 from ..files import read_npz, require_keys, save_npz
 from ..models.vgg import check_input_size, deepest_layer, unknown_layers_problem as _layers_ok
-
-#: halo of a tile in input pixels: the receptive-field margin of relu5_1 (70 px) on the pooling grid
-TILE_HALO = 80
 from .base import blend_weights, stylisation_fields, tile_size_field
 
 KIND = "style"
@@ -106,7 +103,7 @@ def _optimizer_memory_key(cfg, device, backend) -> str:
 def prepare(cfg, device, resume_dir=None):
     from ..data.images import load_image, longer_side_shape, resize_to
     from ..models import vgg19
-    from ..models.vgg import min_input_side
+    from ..models.vgg import min_input_side, tile_halo
     from ..style import memory
 
     styles = cfg["style_image"]
@@ -119,6 +116,7 @@ def prepare(cfg, device, resume_dir=None):
     shapes, tiles = [], []
     free = device.memory_available()
     largest = max(longer_side_shape(content_raw.shape[:2], size) for size, _ in plan)
+    halo = tile_halo(cfg["content_layers"] + cfg["style_layers"])     # as TiledStyleObjective derives it
     backend = _lbfgs_backend(cfg, device, largest[0] * largest[1], free)
     memory_key = _optimizer_memory_key(cfg, device, backend)
     for size, _ in plan:
@@ -132,7 +130,7 @@ def prepare(cfg, device, resume_dir=None):
         style_settings = [(sh, sw, f"style_scale = {cfg['style_scale']:g} (style image {path}, with image_size = "
                            f"{size})", "style_scale") for path, (sh, sw) in zip(styles, style_shapes)]
         align = min_input_side(deepest)
-        tiles.append(memory.plan_tiles(h, w, free, memory_key, cfg["tile_size"], TILE_HALO, align, setting,
+        tiles.append(memory.plan_tiles(h, w, free, memory_key, cfg["tile_size"], halo, align, setting,
                                        style_settings))
         shapes.append((h, w))
     init_img = None

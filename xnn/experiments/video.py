@@ -9,7 +9,7 @@ first frame) that are joined, without re-encoding, into the output at the end an
 A stop (Ctrl-C) closes the current segment and joins what is done into the output; ``--resume``
 re-reads ``warmup_frames`` frames before the first missing one to restore the temporal state and
 carries on.  With ``engine: ray`` each segment is a chunk stylised by a Ray actor after its own
-warm-up frames (:mod:`xnn.ray_engine`).
+warm-up frames (:mod:`xnn.engines.ray`).
 """
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ import numpy
 from ..config import Field, read_yaml
 from ..errors import XnnError
 from ..video.stylize import TEMPORAL_MODES
+from .. import engines
+from ..style.feedforward import AdaINJob, build_stylizer, load_styles, video_settings, weight_files
 from . import adain
 from .base import blend_weights, engine_fields, stylisation_fields
 
@@ -106,12 +108,10 @@ def prepare(cfg, device, resume_dir=None):
     src = probe(cfg["input"], cfg["fps"])
     size = output_size(src.size, cfg["image_size"])
     check_image_size(*size, f"the frames of {src.path.name}")
-    styles = adain.load_styles(cfg)
-    weights = adain.weight_files(cfg)
-    if cfg["engine"] == "ray":
-        from ..ray_engine import check_address, ray_address, require_ray
-        require_ray()
-        check_address(ray_address(cfg))
+    styles = load_styles(cfg)
+    weights = weight_files(cfg)
+    engine = engines.get(cfg["engine"])
+    engine.check(cfg)
     done = []
     if resume_dir is not None:
         before = read_yaml(pathlib.Path(resume_dir) / "config.yaml")
@@ -122,59 +122,9 @@ def prepare(cfg, device, resume_dir=None):
         if (pathlib.Path(resume_dir) / "summary.json").is_file() and not (pathlib.Path(resume_dir) / "segments").is_dir():
             raise XnnError(f"--resume {resume_dir}: that run is complete")
         done = _segments(pathlib.Path(resume_dir) / "segments")
-    return {"cfg": cfg, "source": src, "size": size, "styles": styles, "blend": blend, "weights": weights,
-            "stylizer": adain.build_stylizer(weights, device), "done": done}
-
-
-def _video_kwargs(cfg):
-    return {"alpha": cfg["alpha"], "temporal": cfg["temporal"], "original_colors": cfg["original_colors"],
-            "flow_weight": cfg["flow_weight"], "stats_momentum": cfg["stats_momentum"]}
-
-
-def _chunks(start, total, chunk, warmup):
-    """[(warm-up start, start, stop)] covering frames start .. total - 1."""
-    return [(max(0, a - warmup), a, min(a + chunk, total)) for a in range(start, total, chunk)]
-
-
-def _local_frames(state, ctx, first):
-    """Stylise frames ``first`` .. end here, in order: yield (chunk start, frame, row); stops at a
-    batch boundary when a stop is requested.  The frames are read in one pass (one entry into the
-    video, at ``first`` less the warm-up frames)."""
-    from ..video.io import read_frames
-    from ..video.stylize import VideoStylizer
-    cfg, src, size = state["cfg"], state["source"], state["size"]
-    vs = VideoStylizer(state["stylizer"], state["target"], **_video_kwargs(cfg))
-    warm = max(0, first - cfg["warmup_frames"])
-    frames = read_frames(src, warm, src.frames, size)
-    try:
-        if first > warm:
-            for _ in vs.process([f for _, f in zip(range(first - warm), frames)]):
-                pass
-        i, chunk = first, cfg["chunk_frames"]
-        while not ctx.stop_requested:
-            start = first + (i - first) // chunk * chunk           # the segment frame i belongs to
-            group = [f for _, f in zip(range(min(cfg["batch_size"], start + chunk - i)), frames)]
-            if not group:
-                return
-            for out, row in vs.process(group):
-                yield start, out, row
-            i += len(group)
-    finally:
-        frames.close()
-
-
-def _ray_frames(state, ctx, first):
-    """The same from Ray actors, chunk by chunk in order (each chunk after its warm-up frames)."""
-    from ..ray_engine import ray_session, stylise_chunks
-    cfg = state["cfg"]
-    chunks = _chunks(first, state["source"].frames, cfg["chunk_frames"], cfg["warmup_frames"])
-    with ray_session(cfg, ctx.device):
-        for a, frames, rows in stylise_chunks(cfg, ctx.device, chunks, state["weights"], state["styles"],
-                                              state["blend"], state["source"], state["size"], _video_kwargs(cfg)):
-            for out, row in zip(frames, rows):
-                yield a, out, row
-            if ctx.stop_requested:
-                return
+    return {"cfg": cfg, "source": src, "size": size, "styles": styles, "blend": blend, "engine": engine,
+            "job": AdaINJob(weights, styles, blend, dict(cfg)), "stylizer": build_stylizer(weights, device),
+            "done": done}
 
 
 def run(state, ctx):
@@ -197,22 +147,25 @@ def run(state, ctx):
     wanted = {t + d for t in _sample_times(src.frames) for d in (-1, 0)}
     state["kept"] = {}
     seg = seg_start = None
+    engine = state["engine"]
     try:
-        for start, out, row in _ray_frames(state, ctx, first) if cfg["engine"] == "ray" else \
-                _local_frames(state, ctx, first):
-            if seg is None or start != seg_start:       # a new chunk: a new segment
-                if seg is not None:
-                    seg.close()
-                    done.append((seg_start, seg.count))
-                seg, seg_start = SegmentWriter(seg_dir / f"{start:06d}{suffix}", src.fps, size), start
-            seg.write(out)
-            if i in wanted:
-                state["kept"][i] = out
-            ctx.log(frame=i, **row)
-            if cfg["save_frames"]:
-                ctx.save_image(f"frames/{i:06d}.png", out)
-            i += 1
-            bar.update(1)
+        with engine.session(cfg, ctx.device):
+            results = engine.frames(state["job"], src, size, first, ctx.device, lambda: ctx.stop_requested,
+                                    (st, state["target"]))
+            for start, out, row in results:
+                if seg is None or start != seg_start:       # a new chunk: a new segment
+                    if seg is not None:
+                        seg.close()
+                        done.append((seg_start, seg.count))
+                    seg, seg_start = SegmentWriter(seg_dir / f"{start:06d}{suffix}", src.fps, size), start
+                seg.write(out)
+                if i in wanted:
+                    state["kept"][i] = out
+                ctx.log(frame=i, **row)
+                if cfg["save_frames"]:
+                    ctx.save_image(f"frames/{i:06d}.png", out)
+                i += 1
+                bar.update(1)
     except XnnError as e:     # a frame that cannot be read: what is done before it is kept, then it is named
         failure = e
     except BaseException:
@@ -350,7 +303,7 @@ def _summary_strip(state, ctx, frames_done):
         if not in_memory and out_src is None:
             out_src = probe(ctx.path(cfg["output"]))
         outs = [kept[t - 1], kept[t]] if in_memory else list(read_frames(out_src, t - 1, t + 1))
-        nones = [out for out, _ in VideoStylizer(st, state["target"], **{**_video_kwargs(cfg), "temporal": "none"})
+        nones = [out for out, _ in VideoStylizer(st, state["target"], **{**video_settings(cfg), "temporal": "none"})
                  .process(inputs)]
         backward, mask = flow.between(grey(inputs[0]), grey(inputs[1]))
         sample = {"frame": t, "consistent_fraction": float(mask.mean()), "output_from_video": not in_memory}

@@ -70,12 +70,8 @@ def adain_with_stats(content_feat, mean_t, std_t, alpha: float = 1.0, eps: float
     """
     if mean_t.shape[1] != content_feat.shape[1]:
         raise ValueError(f"content has {content_feat.shape[1]} channels, style {mean_t.shape[1]}")
-    if content_stats is None:
-        xhat = normalised(content_feat, eps)[0]
-    else:
-        mean_c, std_c = content_stats
-        xhat = (content_feat - mean_c) * (1 / std_c)
-    return restyle(xhat, content_feat, mean_t, std_t, alpha)
+    mean_c, std_c = channel_stats(content_feat, eps) if content_stats is None else content_stats
+    return restyle((content_feat - mean_c) * (1 / std_c), content_feat, mean_t, std_t, alpha)
 
 
 def adain(content_feat, style_feat, eps: float = 1e-5):

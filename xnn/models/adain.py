@@ -46,6 +46,14 @@ STRIDE = 8
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
 
 
+def encoder_halo() -> int:
+    """Input pixels an encoder tile needs around its own region (:mod:`xnn.tiling`), from the
+    encoder's layer table (ENCODER_PLAN), rounded up to the pooling step STRIDE."""
+    conv, pool = tiling.Window((3, 3), (1, 1), 1), tiling.Window((2, 2), (2, 2), 0)
+    table = [tiling.Window((1, 1), (1, 1), 0)] + [pool if isinstance(item, str) else conv for item in ENCODER_PLAN]
+    return tiling.round_up(tiling.receptive_field(table).halo, STRIDE)
+
+
 def _conv(cin, cout, k=3):
     return Conv2d(cin, cout, k, padding=k // 2, padding_mode="reflect")
 
@@ -154,6 +162,13 @@ def check_image_size(h: int, w: int, what: str) -> None:
                        "(use a larger size or a less elongated image)")
 
 
+def pad_to_stride(a):
+    """Host images (..., H, W, 3) reflection-padded at the bottom and right to multiples of STRIDE:
+    the one padding of the encoder's input, whole or tiled."""
+    h, w = a.shape[-3:-1]
+    return numpy.pad(a, ((0, 0),) * (a.ndim - 3) + ((0, -h % STRIDE), (0, -w % STRIDE), (0, 0)), mode="reflect")
+
+
 def _as_float_image(img, what):
     """Host HxWx3 (uint8 0..255 or float 0..1; gray and RGBA accepted) -> float32 HxWx3."""
     a = numpy.asarray(img)
@@ -211,7 +226,7 @@ class AdaINStylizer:
             raise XnnError(f"{what}s of one batch must have one size")
         a = numpy.stack(arrays)
         if pad:
-            a = numpy.pad(a, ((0, 0), (0, -h % STRIDE), (0, -w % STRIDE), (0, 0)), mode="reflect")
+            a = pad_to_stride(a)
         a = numpy.ascontiguousarray(a, dtype=self.encoder["preprocess"].params["W"].dtype)
         # one host -> device copy; NCHW view of channels-last memory, as Conv2d likes
         return self.device.asarray(a).transpose(0, 3, 1, 2)
@@ -278,7 +293,7 @@ class AdaINStylizer:
         """The same result as the whole-image path, by tiles (see :mod:`xnn.tiling`).
 
         1. The padded content is encoded tile by tile (halo: the encoder's receptive-field
-           margin, 48 px for relu4_1); each tile's own relu4_1 features go into one
+           margin, 32 px for relu4_1: :func:`encoder_halo`); each tile's own relu4_1 features go into one
            feature map (1/64 of the pixels x 512 channels, float32: 32 bytes per pixel).
         2. AdaIN over that map: the content statistics are the whole image's.
         3. The decoder runs tile by tile in feature space (halo: its margin, 4 features),
@@ -287,12 +302,11 @@ class AdaINStylizer:
         dev, xp = self.device, self.device.xp
         a = _as_float_image(content, "content image")
         h, w = a.shape[:2]
-        a = numpy.pad(a, ((0, -h % STRIDE), (0, -w % STRIDE), (0, 0)), mode="reflect")
+        a = pad_to_stride(a)
         a = a.astype(self.encoder["preprocess"].params["W"].dtype)
         hp, wp = a.shape[:2]
-        enc = tiling.receptive_field(layer for _, layer in self.encoder)
         feats = None
-        for t in tiling.plan(hp, wp, tile_size, enc.halo, STRIDE):
+        for t in tiling.plan(hp, wp, tile_size, encoder_halo(), STRIDE):
             rows, cols = t.slices()
             x = dev.asarray(numpy.ascontiguousarray(a[rows, cols]))[None].transpose(0, 3, 1, 2)
             f = self.encoder.forward(x)

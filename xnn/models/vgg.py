@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import numpy
 
+from .. import tiling
 from ..backends import cpu, device as get_device, to_numpy
 from ..errors import XnnError
 from ..files import save_npz
@@ -42,6 +43,16 @@ FEATURE_LAYERS = tuple(name for b, n_conv in enumerate(BLOCKS, 1)
                        + [f"pool{b}"])
 #: The classifier's layers after pool5 (include_top=True).
 TOP_LAYERS = ("flatten", "fc6", "relu6", "fc7", "relu7", "fc8", "prob")
+
+
+def tile_halo(layers) -> int:
+    """Input pixels a tile needs around its own region so that the features it owns at every
+    layer in ``layers`` equal the whole image's (:mod:`xnn.tiling`): the largest receptive-field
+    margin, rounded up to the deepest layer's pooling step.  From the layer table: 80 for relu5_1."""
+    conv, pool = tiling.Window((3, 3), (1, 1), 1), tiling.Window((2, 2), (2, 2), 0)
+    table = [conv if n.startswith("conv") else pool if n.startswith("pool") else None for n in FEATURE_LAYERS]
+    margins = [tiling.receptive_field(w for w in table[:FEATURE_LAYERS.index(n) + 1] if w).halo for n in layers]
+    return tiling.round_up(max(margins), min_input_side(deepest_layer(layers)))
 
 
 def unknown_layers_problem(names):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 
 from ..errors import XnnError
+from ..tiling import largest_tile
 
 FIXED_BYTES = 400 * 2**20
 EVAL_BYTES_PER_PIXEL = 4200
@@ -64,9 +65,8 @@ def plan_tiles(height, width, free_bytes, optimizer, tile_size, halo, align, ima
             h, w, setting, key = next(s for s in shapes if evaluation_bytes(s[0] * s[1]) + whole > budget)
             raise XnnError(f"{setting}: {h}x{w} px needs about {(evaluation_bytes(h * w) + whole) / 2**30:.1f} GiB "
                            f"untiled but only {free_gib} GiB are free; use a smaller {key} or tile_size: auto")
-        side = math.sqrt(max(budget - whole - FIXED_BYTES, 0) / EVAL_BYTES_PER_PIXEL) - 2 * halo
-        tile = int(side // align) * align
-        if tile < MIN_TILE:
+        tile = largest_tile(free_bytes, whole + FIXED_BYTES, EVAL_BYTES_PER_PIXEL, halo, align, MIN_TILE)
+        if tile == 0:
             raise XnnError(f"{image_setting}: even a {MIN_TILE} px tile does not fit next to the whole-image arrays "
                            f"({whole / 2**30:.1f} GiB) in the {free_gib} GiB free; use a smaller image_size")
         return tile

@@ -3,5 +3,5 @@
 clips made from a still photo for examples and tests (:mod:`.clips`).
 
 The runner is :mod:`xnn.experiments.video` (``configs/video.yaml``); Ray runs it at scale
-(:mod:`xnn.ray_engine`).  Needs ``pip install 'xnn[video]'`` (PyAV, OpenCV).
+(:mod:`xnn.engines.ray`).  Needs ``pip install 'xnn[video]'`` (PyAV, OpenCV).
 """

@@ -1,15 +1,16 @@
-"""Scale-out on Ray Data (``engine: ray``): the model loads once per actor, work streams through.
+"""``engine: ray``: the pipeline on Ray Data, the model loaded once per actor (see :mod:`xnn.engines`).
 
-    with ray_session(cfg, device):                      # joins RAY_ADDRESS / ray_address, or starts
-        for row in stylise_images(paths, ...):          # a local Ray and shuts it down afterwards
-            ...                                         # rows come back in input order
+    with session(cfg, device):                          # joins RAY_ADDRESS / ray_address, or starts
+        for r in images(job, paths, device, stop):      # a local Ray and shuts it down afterwards
+            ...                                         # results come back in input order
 
 Two pipelines, both ``ray.data`` datasets mapped by a pool of actors (``map_batches`` with a
 callable class, so each actor builds its encoder and decoder once):
 
 * images: ``read_binary_files`` (the bytes of each file, read where Ray schedules it) ->
   ``_ImageWorker`` (decodes with xnn's own reader, so EXIF turns and transparency come out as in
-  ``engine: local``; stylises; encodes the output file) -> the driver writes the files.
+  ``engine: local``; runs the job's image step; encodes the output file) -> the driver writes the
+  files.  Ray Data keeps the input order (``preserve_order``), so results are passed on as they come.
 * video: one row per chunk of frames -> ``_ChunkWorker`` (reads its frames from the video,
   stylises them in order after ``warmup`` earlier frames that only prime the temporal state,
   returns the chunk's frames) -> the driver writes one video segment per chunk, in order.
@@ -28,7 +29,8 @@ import warnings
 
 import numpy
 
-from .errors import XnnError
+from ..errors import XnnError
+from . import ImageResult
 
 INSTALL = "pip install 'xnn[ray]'"
 #: seconds to wait for a Ray address to answer before giving up
@@ -44,6 +46,12 @@ WAIT_S = 300
 #: the environment variable that makes Ray take the loopback address as a node's address (Ray reads it once,
 #: as ray._private.ray_constants.ENABLE_RAY_CLUSTER; it was made for single-machine Ray on macOS and Windows)
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def check(cfg) -> None:
+    """Before a run folder exists: Ray Data importable and the cluster's address answering (one-line errors)."""
+    require_ray()
+    check_address(ray_address(cfg))
 
 
 def require_ray():
@@ -121,7 +129,7 @@ def on_loopback(address: str | None) -> bool:
 
 
 @contextlib.contextmanager
-def ray_session(cfg, device):
+def session(cfg, device):
     """Ray, joined or started for the run; shut down (this driver's connection) afterwards.
 
     A Ray started here listens on the loopback address only (see :func:`_loopback_node`) and keeps
@@ -311,33 +319,23 @@ def _batches(ray, ds, pool, cfg, **kwargs):
         yield batch
 
 
-def _worker_stylizer(weights, device_name, style_images, blend):
-    """The stylizer and the blended target statistics of (already resized) style images."""
-    import xnn
-    from .experiments.adain import build_stylizer
-    from .layers.adain import blend_stats
-    from .models.adain import StyleStats
-    st = build_stylizer(weights, xnn.device(device_name))
-    return st, StyleStats(*blend_stats([st.encode_style(s) for s in style_images], blend))
-
-
 class _ImageWorker:
-    """A Ray actor: image file bytes -> stylised image file bytes, by experiments.adain's own steps."""
+    """A Ray actor: image file bytes -> stylised image file bytes, by the job's image step."""
 
-    def __init__(self, weights, device_name, style_images, blend, cfg):
-        self.st, self.target = _worker_stylizer(weights, device_name, style_images, blend)
-        self.cfg = cfg
+    def __init__(self, job, device_name):
+        from ..backends import device
+        self.job, self.step = job, job.image_step(device(device_name))
 
     def __call__(self, batch):
-        from .data.images import decode_image, encode_image
-        from .experiments.adain import output_suffix, sized_content, stylise_content
+        from ..data.images import decode_image, encode_image
+        from ..style.feedforward import output_suffix, sized_content
         rows = {"path": [], "data": [], "error": [], "seconds": [], "size": []}
         for path, data in zip(batch["path"], batch["bytes"]):
             name = os.path.basename(str(path))
             out_bytes, error, seconds, size = b"", "", 0.0, ""
             try:
-                content = sized_content(decode_image(bytes(data), name), self.cfg, name)
-                out, seconds, _ = stylise_content(self.st, content, self.target, self.cfg)
+                content = sized_content(decode_image(bytes(data), name), self.job.cfg, name)
+                out, seconds, _ = self.step(content)
                 out_bytes = encode_image(out, output_suffix(name), name)
                 size = json.dumps(list(out.shape[:2]))
             except XnnError as e:
@@ -358,50 +356,37 @@ def _map_batches(ds, worker, **kwargs):
         return ds.map_batches(worker, max_restarts=0, **kwargs)
 
 
-def stylise_images(cfg, device, paths, weights, style_images, blend):
-    """Yield (path, output file bytes or None, error or None, seconds) per image, in input order."""
+def images(job, paths, device, should_stop, stylizer=None):
+    """Yield an :class:`~xnn.engines.ImageResult` (the output file's bytes, or an error) per path, in
+    input order, as Ray Data returns them; no new batch is waited for once ``should_stop()``.
+    (``stylizer`` is for the local engine's surface: actors build their own.)"""
     ray = require_ray()
+    cfg = job.cfg
     pool = _pool(cfg, device, len(paths))
     ds = ray.data.read_binary_files([str(p) for p in paths], include_paths=True, num_cpus=READ_CPUS)
     ds = _map_batches(ds, _ImageWorker, batch_size=cfg.get("batch_size") or 1, batch_format="numpy", **pool,
-                      fn_constructor_kwargs=dict(weights=weights, device_name=device.name,
-                                                 style_images=style_images, blend=blend, cfg=dict(cfg)))
-    by_path = {}
-    order = [str(p) for p in paths]
-    nxt = 0
+                      fn_constructor_kwargs=dict(job=job, device_name=device.name))
+    order = iter(paths)
     for batch in _batches(ray, ds, pool, cfg, batch_size=None, batch_format="numpy"):
-        for path, data, error, seconds, size in zip(batch["path"], batch["data"], batch["error"],
-                                                    batch["seconds"], batch["size"]):
-            by_path[_key(path, order)] = (bytes(data) or None, str(error) or None, float(seconds),
-                                          json.loads(str(size)) if size else None)
-        while nxt < len(order) and order[nxt] in by_path:
-            yield (order[nxt],) + by_path.pop(order[nxt])
-            nxt += 1
-
-
-def _key(path, order):
-    """read_binary_files may report a path in another spelling (absolute, no scheme): match it back."""
-    p = str(path)
-    if p in order:
-        return p
-    for q in order:
-        if os.path.abspath(q) == os.path.abspath(p) or p.endswith(q.lstrip("./")):
-            return q
-    return p
+        for path, data, error, seconds in zip(batch["path"], batch["data"], batch["error"], batch["seconds"]):
+            mine = next(order)
+            if os.path.basename(str(path)) != os.path.basename(str(mine)):   # preserve_order is set in session()
+                raise RuntimeError(f"Ray Data returned {path} where {mine} was due: results out of order")
+            yield ImageResult(str(mine), data=bytes(data) or None, seconds=float(seconds), error=str(error) or None)
+        if should_stop():
+            return
 
 
 class _ChunkWorker:
-    """A Ray actor: a chunk of a video -> its stylised frames (see experiments.video)."""
+    """A Ray actor: a chunk of a video -> its stylised frames, by the job's video stylizer."""
 
-    def __init__(self, weights, device_name, style_images, blend, source, size, video_kwargs,
-                 batch_size):
-        from .video.stylize import VideoStylizer
-        st, target = _worker_stylizer(weights, device_name, style_images, blend)
-        self.vs = VideoStylizer(st, target, **video_kwargs)
-        self.source, self.size, self.batch_size = source, tuple(size), batch_size
+    def __init__(self, job, device_name, source, size):
+        from ..backends import device
+        self.vs = job.video_stylizer(device(device_name))
+        self.source, self.size, self.batch_size = source, tuple(size), job.cfg["batch_size"]
 
     def __call__(self, batch):
-        from .video.io import read_frames
+        from ..video.io import read_frames
         (warm,), (start,), (stop,) = batch["warm"], batch["start"], batch["stop"]
         self.vs.reset()
         outs, rows = [], []
@@ -420,15 +405,24 @@ class _ChunkWorker:
                 "rows": numpy.array([json.dumps(rows)])}
 
 
-def stylise_chunks(cfg, device, chunks, weights, style_images, blend, source, size, video_kwargs):
-    """Yield (start, uint8 frames (n, h, w, 3), metric rows) per chunk (warm, start, stop), in order."""
+def chunks(start, total, chunk, warmup):
+    """[(warm-up start, start, stop)] covering frames start .. total - 1, ``chunk`` frames each."""
+    return [(max(0, a - warmup), a, min(a + chunk, total)) for a in range(start, total, chunk)]
+
+
+def frames(job, source, size, first, device, should_stop, stylizer=None):
+    """Yield (chunk start, frame, metrics row) for frames ``first`` .. end, chunk by chunk in order,
+    each chunk stylised by an actor after its own warm-up frames; no new chunk once ``should_stop()``."""
     ray = require_ray()
-    ds = ray.data.from_items([{"warm": w, "start": a, "stop": b} for w, a, b in chunks])
-    pool = _pool(cfg, device, len(chunks))
+    cfg = job.cfg
+    todo = chunks(first, source.frames, cfg["chunk_frames"], cfg["warmup_frames"])
+    ds = ray.data.from_items([{"warm": w, "start": a, "stop": b} for w, a, b in todo])
+    pool = _pool(cfg, device, len(todo))
     ds = _map_batches(ds, _ChunkWorker, batch_size=1, batch_format="numpy", **pool,
-                      fn_constructor_kwargs=dict(weights=weights, device_name=device.name,
-                                                   style_images=style_images,
-                                                   blend=blend, source=source, size=size, video_kwargs=video_kwargs,
-                                                   batch_size=cfg["batch_size"]))
+                      fn_constructor_kwargs=dict(job=job, device_name=device.name, source=source, size=size))
     for batch in _batches(ray, ds, pool, cfg, batch_size=1, batch_format="numpy"):
-        yield int(batch["start"][0]), batch["frames"][0], json.loads(str(batch["rows"][0]))
+        start = int(batch["start"][0])
+        for out, row in zip(batch["frames"][0], json.loads(str(batch["rows"][0]))):
+            yield start, out, row
+        if should_stop():
+            return
