@@ -7,9 +7,9 @@
 from . import layers, models, optim
 from .backends import Device, device, device_of, to_numpy
 from .errors import DeviceMismatchError, XnnError
-from .model import Sequential
+from .model import Residual, Sequential
 
 __version__ = "0.1.0"
 
-__all__ = ["device", "device_of", "to_numpy", "Device", "layers", "models", "optim", "Sequential",
+__all__ = ["device", "device_of", "to_numpy", "Device", "layers", "models", "optim", "Sequential", "Residual",
            "XnnError", "DeviceMismatchError", "__version__"]

@@ -166,3 +166,62 @@ class Sequential:
     def __repr__(self):
         lines = [f"  ({n}): {l!r}" for n, l in self.layers.items()]
         return "Sequential(\n" + "\n".join(lines) + "\n)"
+
+
+class Residual(Layer):
+    """A skip connection around a stack of layers: y = x + body(x).
+
+    Shapes: ``body`` (a list of layers or (name, layer) pairs, as :class:`Sequential` takes) must
+    keep the shape of x.  Backward: dx = dy + body.backward(dy): the skip hands dy on unchanged and
+    the body adds the gradient of its own input.  The parameters and gradients are the body's,
+    named "layer.param" as in Sequential ("conv1.W"), the same arrays, so an optimiser and
+    ``load_state_dict`` reach them; ``to``, ``freeze`` and ``zero_grad`` pass through.
+    """
+
+    def __init__(self, layers, device=None):
+        self.body = Sequential(layers)
+        super().__init__(self.body.device if device is None else device)
+        if device is not None:
+            self.body.to(device)
+
+    # the body's parameters and gradients, under the body's names
+    params = property(lambda self: self.body.params, lambda self, v: self._set_nothing(v))
+    grads = property(lambda self: self.body.grads, lambda self, v: self._set_nothing(v))
+
+    @staticmethod
+    def _set_nothing(value):
+        if value:       # Layer's own bookkeeping only ever assigns an empty dict
+            raise AttributeError("Residual's parameters are its body's; set them on the body's layers")
+
+    def forward(self, x):
+        y = self.body.forward(x)
+        if y.shape != x.shape:
+            raise ValueError(f"Residual: the body maps {tuple(x.shape)} to {tuple(y.shape)}; it must keep the shape")
+        return layout.add(self.xp, y, x)
+
+    def backward(self, dy):
+        dx = self.body.backward(dy)
+        return layout.add(self.xp, dx, dy) if dx is not None else dy
+
+    def to(self, device=None, dtype=None):
+        self.body.to(device, dtype)
+        self.device = self.body.device
+        return self
+
+    def freeze(self):
+        self.frozen = True
+        self.body.freeze()
+        return self
+
+    def unfreeze(self):
+        self.frozen = False
+        for layer in self.body.layers.values():
+            layer.unfreeze()
+        return self
+
+    def zero_grad(self):
+        self.body.zero_grad()
+
+    def _clear_cache(self):
+        for layer in self.body.layers.values():
+            layer._clear_cache()

@@ -1,0 +1,114 @@
+"""InstanceNorm2d and Residual (the fast style network's new pieces): values against direct
+computations, float64 finite-difference gradients on every backend, layouts and bookkeeping."""
+import numpy
+import pytest
+
+import xnn
+from xnn import Residual, Sequential
+from xnn.layers import Conv2d, InstanceNorm2d, ReLU
+from xnn.layers.layout import channels_last
+
+from .gradcheck import check_layer
+
+
+def instance_norm_loops(x, gamma, beta, eps):
+    """The definition, one (n, c) at a time, float64."""
+    y = numpy.empty_like(x, dtype=numpy.float64)
+    for n in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            v = x[n, c].astype(numpy.float64)
+            mu = v.sum() / v.size
+            var = ((v - mu) ** 2).sum() / v.size            # biased, as PyTorch's InstanceNorm2d
+            y[n, c] = gamma[c] * (v - mu) / numpy.sqrt(var + eps) + beta[c]
+    return y
+
+
+@pytest.mark.parametrize("memory", ["nchw", "channels_last"])
+def test_instance_norm_values_against_loops(dev, rng, memory):
+    x = rng.standard_normal((2, 3, 5, 4)) * 3 + 1
+    layer = InstanceNorm2d(3, eps=1e-3).to(dev, numpy.float64)
+    gamma, beta = rng.standard_normal(3), rng.standard_normal(3)
+    layer.params["gamma"][...] = dev.asarray(gamma)
+    layer.params["beta"][...] = dev.asarray(beta)
+    xd = dev.asarray(x.transpose(0, 2, 3, 1).copy()).transpose(0, 3, 1, 2) if memory == "channels_last" \
+        else dev.asarray(x)
+    y = layer.forward(xd)
+    numpy.testing.assert_allclose(xnn.to_numpy(y), instance_norm_loops(x, gamma, beta, 1e-3), rtol=1e-12, atol=1e-12)
+    assert channels_last(y) == (memory == "channels_last")
+    dx = layer.backward(dev.asarray(numpy.ones(x.shape)).transpose(0, 2, 3, 1).copy().transpose(0, 3, 1, 2)
+                        if memory == "channels_last" else dev.asarray(numpy.ones(x.shape)))
+    assert channels_last(dx) == (memory == "channels_last")
+
+
+def test_instance_norm_gradients(dev, rng):
+    x = rng.standard_normal((2, 3, 4, 5)) * 2 - 1
+    layer = InstanceNorm2d(3)
+    layer.to(dev, numpy.float64)
+    layer.params["gamma"][...] = dev.asarray(rng.uniform(0.5, 2, 3))
+    layer.params["beta"][...] = dev.asarray(rng.standard_normal(3))
+    check_layer(layer, x, dev)
+    check_layer(InstanceNorm2d(3, affine=False), x, dev)
+    assert InstanceNorm2d(3, affine=False).params == {}
+
+
+def test_instance_norm_messages_and_freezing(rng):
+    with pytest.raises(ValueError, match=r"^InstanceNorm2d expects \(N, 3, H, W\) input, got \(1, 2, 4, 4\)$"):
+        InstanceNorm2d(3).forward(numpy.zeros((1, 2, 4, 4), numpy.float32))
+    layer = InstanceNorm2d(2).freeze()
+    layer.forward(rng.standard_normal((1, 2, 3, 3)).astype(numpy.float32))
+    layer.backward(numpy.ones((1, 2, 3, 3), numpy.float32))
+    assert layer.grads == {} and layer.params["gamma"].dtype == numpy.float32
+
+
+def block(c=3, seed=0):
+    """A residual block of the fast style network.  Its convolutions have no bias: instance
+    normalisation right after removes any per-channel constant (the bias's gradient is exactly 0)."""
+    return [("conv1", Conv2d(c, c, 3, padding=1, padding_mode="reflect", bias=False, seed=seed)),
+            ("in1", InstanceNorm2d(c)), ("relu", ReLU()),
+            ("conv2", Conv2d(c, c, 3, padding=1, padding_mode="reflect", bias=False, seed=seed + 1)),
+            ("in2", InstanceNorm2d(c))]
+
+
+def test_residual_gradients_and_names(dev, rng):
+    x = rng.standard_normal((2, 3, 6, 5))
+    layer = Residual(block())
+    errors = check_layer(layer, x, dev)
+    assert set(errors) == {"x", "conv1.W", "in1.gamma", "in1.beta", "conv2.W", "in2.gamma", "in2.beta"}
+
+
+def test_residual_is_x_plus_its_body(dev, rng):
+    x = dev.asarray(rng.standard_normal((1, 3, 6, 6)))
+    layer = Residual(block()).to(dev, numpy.float64)
+    body = Sequential(list(layer.body))
+    numpy.testing.assert_allclose(xnn.to_numpy(layer.forward(x)), xnn.to_numpy(body.forward(x) + x), rtol=1e-12)
+    dy = dev.asarray(rng.standard_normal((1, 3, 6, 6)))
+    layer.forward(x)
+    dx = layer.backward(dy)
+    body.forward(x)
+    numpy.testing.assert_allclose(xnn.to_numpy(dx), xnn.to_numpy(body.backward(dy) + dy), rtol=1e-12)
+
+
+def test_residual_inside_a_network_trains_saves_and_loads(tmp_path, rng):
+    net = Sequential([("res1", Residual(block(seed=3))), ("res2", Residual(block(seed=5)))])
+    assert list(net.params)[:2] == ["res1.conv1.W", "res1.in1.gamma"] and len(net.params) == 12
+    opt = xnn.optim.SGD(net.trainable_params(), lr=0.1)
+    x = rng.standard_normal((2, 3, 5, 5)).astype(numpy.float32)
+    before = net.params["res2.in2.gamma"].copy()
+    y = net.forward(x)
+    net.backward(numpy.ones_like(y))
+    assert set(net.grads) == set(net.params)
+    opt.step(net.grads)
+    assert not numpy.array_equal(net.params["res2.in2.gamma"], before)   # the optimiser reached the body
+    net.save(tmp_path / "m.npz")
+    other = Sequential([("res1", Residual(block(seed=7))), ("res2", Residual(block(seed=9)))]).load(tmp_path / "m.npz")
+    numpy.testing.assert_array_equal(other.forward(x), net.forward(x))
+    net.freeze()
+    assert net.trainable_params() == {} and all(layer.frozen for layer in net["res1"].body.layers.values())
+
+
+def test_residual_refuses_a_body_that_changes_the_shape():
+    layer = Residual([("c", Conv2d(3, 4, 3, padding=1))])
+    with pytest.raises(ValueError, match=r"^Residual: the body maps \(1, 3, 5, 5\) to \(1, 4, 5, 5\); it must keep"):
+        layer.forward(numpy.zeros((1, 3, 5, 5), numpy.float32))
+    with pytest.raises(AttributeError, match="Residual's parameters are its body's"):
+        layer.params = {"x": numpy.zeros(1)}
