@@ -105,3 +105,27 @@ def test_memory_plan_picks_the_whole_image_or_the_largest_tile_and_names_the_cau
         memory.plan_tiles(4096, 2731, 4 * gib, "adam", 2048, 80, 16, "image_size = 4096")
     with pytest.raises(xnn.XnnError, match="image_size = 8192: a 8192x8192 px output needs about .* whole-image arrays .* lbfgs-scipy state"):
         memory.plan_tiles(8192, 8192, 24 * gib, "lbfgs-scipy", "auto", 80, 16, "image_size = 8192")
+
+
+def test_largest_tile_is_the_one_planner_of_style_and_adain():
+    """tiling.largest_tile: the largest aligned side whose run (tile + halo on each side) fits 90 % of
+    the free memory beside the fixed bytes; 0 below the smallest tile.  Both planners use it."""
+    from xnn import tiling
+    from xnn.models.adain import encoder_halo
+    from xnn.models.vgg import tile_halo
+    from xnn.style import feedforward
+    gib = 2**30
+    # 0.9 * 4 GiB - 1 GiB = 2.6 GiB over 4200 B/px: an 815 px square run, minus 2 x 80 px halo = 655 -> 640
+    assert tiling.largest_tile(4 * gib, gib, 4200, 80, 16) == 640
+    assert tiling.largest_tile(4 * gib, gib, 4200, 80, 1) == 655
+    assert tiling.largest_tile(gib, 0.89 * gib, 4200, 80, 16) == 0           # not even 64 px fits
+    assert tiling.largest_tile(gib, 0.89 * gib, 4200, 80, 16, min_tile=16) == 0
+    # the halos come from the layer tables, as the tiled evaluations derive them from the layers
+    assert tile_halo(["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1", "relu4_2"]) == 80
+    assert encoder_halo() == 32
+    # AdaIN's planner: the same function with its own memory model
+    h = w = 4096
+    free = 4 * gib
+    want = tiling.largest_tile(free, feedforward.FIXED_BYTES + feedforward.WHOLE_IMAGE_BYTES_PER_PIXEL * h * w,
+                               feedforward.BYTES_PER_PIXEL, 32, 16)
+    assert feedforward.tile_for(h, w, "auto", free) == want > 0
