@@ -301,3 +301,32 @@ def test_row_parts_cuts_rows_into_one_band_per_worker():
     assert layout.row_parts(SimpleNamespace(workers=1), numpy.empty((big // 64, 64))) == [(Ellipsis,)]
     assert layout.row_parts(SimpleNamespace(workers=2), numpy.empty((big // 64 - 1, 64))) == [(Ellipsis,)]
     assert layout.row_parts(SimpleNamespace(workers=2), numpy.empty(())) == [(Ellipsis,)]
+
+
+@pytest.mark.parametrize("name", ["cpu", "standin"], ids=["numpy", "cupy"])
+def test_large_additions_and_paddings_run_in_bands_with_the_same_result(name, rng, monkeypatch):
+    """layout.add and pad_to_extent given a device cut arrays of >= SPLIT_ELEMENTS into bands of rows
+    (one per worker) and give what the one-piece versions give, in the same memory order."""
+    from xnn.layers import layout
+    from xnn.layers.padding import pad_to_extent
+    dev = xnn.device(name)
+    monkeypatch.setattr(dev, "workers", 2)
+    calls, real_map = [], dev.parallel_map
+
+    def spy(fn, items):
+        items = list(items)
+        calls.append(items)
+        return real_map(fn, items)
+    monkeypatch.setattr(dev, "parallel_map", spy)
+    shape = (1, 130, 90, 96)                                     # NHWC memory, 1.1 M elements
+    big, other = (dev.asarray(rng.standard_normal(shape).astype(numpy.float32)).transpose(0, 3, 1, 2)
+                  for _ in range(2))
+    y = layout.add(dev.xp, big, other, dev)
+    assert layout.channels_last(y) and [len(c) for c in calls] == [2]
+    numpy.testing.assert_array_equal(xnn.to_numpy(y), xnn.to_numpy(layout.add(dev.xp, big, other)))
+    nhwc = big.transpose(0, 2, 3, 1)
+    for mode in ("zeros", "reflect"):
+        got = pad_to_extent(dev.xp, nhwc, 1, mode, (136, 96), dev)
+        numpy.testing.assert_array_equal(xnn.to_numpy(got), xnn.to_numpy(pad_to_extent(dev.xp, nhwc, 1, mode,
+                                                                                        (136, 96))))
+    assert [len(c) for c in calls] == [2, 2, 2]
