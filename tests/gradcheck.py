@@ -10,19 +10,29 @@ def rel_error(a, b) -> float:
     return float(numpy.linalg.norm(a - b) / scale)
 
 
+def central_difference(f, arr, idx, eps=1e-6) -> float:
+    """(f(arr + eps e_idx) - f(arr - eps e_idx)) / 2 eps, arr changed in place and restored."""
+    old = float(xnn.to_numpy(arr[idx]))
+    arr[idx] = old + eps
+    plus = float(f())
+    arr[idx] = old - eps
+    minus = float(f())
+    arr[idx] = old
+    return (plus - minus) / (2 * eps)
+
+
 def numerical_grad(f, arr, eps=1e-6):
     """Central differences of the scalar f() with respect to each element of arr (in place)."""
-    host = xnn.to_numpy(arr)
-    grad = numpy.zeros(host.shape)
-    for idx in numpy.ndindex(host.shape):
-        old = float(host[idx])
-        arr[idx] = old + eps
-        plus = float(f())
-        arr[idx] = old - eps
-        minus = float(f())
-        arr[idx] = old
-        grad[idx] = (plus - minus) / (2 * eps)
+    grad = numpy.zeros(arr.shape)
+    for idx in numpy.ndindex(arr.shape):
+        grad[idx] = central_difference(f, arr, idx, eps)
     return grad
+
+
+def sampled_grad(f, arr, rng, count=12, eps=1e-6):
+    """(flat indices, central differences of f at ``count`` random entries of arr): for large tensors."""
+    idx = rng.choice(arr.size, size=min(count, arr.size), replace=False)
+    return idx, numpy.array([central_difference(f, arr, numpy.unravel_index(i, arr.shape), eps) for i in idx])
 
 
 def check_layer(layer, x, dev, seed=0, tol=1e-6, eps=1e-6):
