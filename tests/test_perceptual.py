@@ -47,3 +47,52 @@ def test_messages():
         style_loss_batch(numpy.zeros((1, 3, 2, 2)), numpy.zeros((2, 2)))
     with pytest.raises(ValueError, match=r"differ in shape"):
         content_loss_batch(numpy.zeros((1, 3, 2, 2)), numpy.zeros((1, 3, 2, 3)))
+
+
+def tiny_vgg(dev):
+    from xnn.models import vgg19
+    vgg = vgg19(weights=None, device=dev, include_top=False, channels=(4, 4, 4, 4, 4), seed=2)
+    vgg.truncate("relu3_1")
+    vgg.net.to(dev, numpy.float64)
+    return vgg
+
+
+def test_objective_gradient_against_finite_differences(dev, rng):
+    from xnn.style.perceptual import PerceptualObjective
+    vgg = tiny_vgg(dev)
+    obj = PerceptualObjective(vgg, ["relu2_1"], ["relu1_1", "relu2_1", "relu3_1"], content_weight=2.0,
+                              style_weight=30.0, tv_weight=1e-3)
+    obj.set_style(dev.asarray(rng.uniform(-100, 100, (1, 3, 12, 12))))
+    x = dev.asarray(rng.uniform(0, 255, (2, 3, 8, 12)))
+    y = dev.asarray(rng.uniform(0, 255, (2, 3, 8, 12)))
+    terms, dy = obj.loss_and_grad(y, x)
+    assert set(terms) == {"content", "style", "tv", "total"} and float(terms["style"]) > 0
+    assert float(terms["total"]) == pytest.approx(float(terms["content"]) + float(terms["style"]) +
+                                                  float(terms["tv"]), rel=1e-12)
+    num = numerical_grad(lambda: obj.loss_and_grad(y, x)[0]["total"], y, eps=1e-4)
+    assert rel_error(xnn.to_numpy(dy), num) < 1e-6
+
+
+def test_adam_steps_on_a_small_transformer_lower_the_objective(rng):
+    """The training step a fast-style run repeats: transformer forward, objective, one backward through
+    VGG and the transformer, Adam; on a tiny network and batch the total falls."""
+    from xnn.models import fast_style
+    from xnn.optim import Adam
+    from xnn.style.perceptual import PerceptualObjective
+    dev = xnn.device("cpu")
+    vgg = tiny_vgg(dev)
+    vgg.net.to(dev, numpy.float32)
+    net = fast_style.transformer(1 / 8, seed=1)
+    obj = PerceptualObjective(vgg, ["relu2_1"], ["relu1_1", "relu2_1", "relu3_1"], content_weight=1.0,
+                              style_weight=1e3, tv_weight=0)
+    obj.set_style(vgg.preprocess(rng.integers(0, 255, (16, 16, 3)).astype(numpy.uint8)))
+    x = rng.uniform(0, 255, (2, 3, 16, 16)).astype(numpy.float32)
+    opt = Adam(net.trainable_params(), lr=1e-2)
+    totals = []
+    for _ in range(15):
+        y = net.forward(x)
+        terms, dy = obj.loss_and_grad(y, x)
+        totals.append(float(terms["total"]))
+        net.backward(dy)
+        opt.step(net.grads)
+    assert totals[-1] < 0.5 * totals[0], totals

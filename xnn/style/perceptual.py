@@ -58,3 +58,65 @@ def content_loss_batch(F, P):
     loss = xp.vdot(layout.flat(d), layout.flat(d)) * (1.0 / d.size)
     d *= 2.0 / d.size
     return loss, d
+
+
+class PerceptualObjective:
+    """Johnson et al.'s training objective for a batch of generated images, through a frozen VGG.
+
+        obj = PerceptualObjective(vgg, ["relu2_2"], ["relu1_2", "relu2_2", "relu3_4", "relu4_4"],
+                                  content_weight=1e5, style_weight=1e10, tv_weight=0)
+        obj.set_style(vgg.preprocess(style_rgb))
+        terms, dy = obj.loss_and_grad(y, x)     # y: generated, x: the photos, both (N, 3, H, W) 0..255 RGB
+
+    total = content_weight * sum_l L_c + style_weight * sum_l L_s + tv_weight * TV(y) (TV as in
+    xnn.style.losses, summed over the batch); ``dy`` is d total / dy, one forward and one backward
+    through VGG for the whole batch, plus one forward for the photos' content features.
+    """
+
+    def __init__(self, vgg, content_layers, style_layers, content_weight=1.0, style_weight=1.0, tv_weight=0.0):
+        self.vgg = vgg.freeze() if hasattr(vgg, "freeze") else vgg
+        self.content_layers, self.style_layers = list(content_layers), list(style_layers)
+        self.content_weight, self.style_weight, self.tv_weight = (float(content_weight), float(style_weight),
+                                                                   float(tv_weight))
+        self.layers = list(dict.fromkeys(self.content_layers + self.style_layers))
+        self.style_grams: dict = {}
+        self._mean = self.vgg.device.asarray(self.vgg.mean_rgb.reshape(1, 3, 1, 1))   # copied to the device once
+
+    def _input(self, rgb):
+        """0..255 RGB (N, 3, H, W) on the device -> the VGG's input (the mean subtracted)."""
+        return rgb - self._mean.astype(rgb.dtype, copy=False)
+
+    def set_style(self, style_x):
+        """The style targets from the style image in VGG input space, (1, 3, H, W)."""
+        feats = self.vgg.features(style_x, self.style_layers)
+        self.style_grams = {n: gram_batch(feats[n])[0].copy() for n in self.style_layers}
+        return self
+
+    def loss_and_grad(self, y, x):
+        from .losses import tv_loss
+        xp = device_of(y).xp
+        targets = self.vgg.features(self._input(x), self.content_layers)
+        targets = {n: f.copy(order="K") for n, f in targets.items()}
+        feats = self.vgg.features(self._input(y), self.layers)
+        c_sum, s_sum, inject = xp.zeros((), y.dtype), xp.zeros((), y.dtype), {}
+        for name in self.layers:
+            g = None
+            if name in targets:
+                loss, g = content_loss_batch(feats[name], targets[name])
+                c_sum = c_sum + loss
+                g *= self.content_weight
+            if name in self.style_grams:
+                loss, gs = style_loss_batch(feats[name], self.style_grams[name])
+                s_sum = s_sum + loss
+                gs *= self.style_weight
+                g = gs if g is None else layout.add(xp, g, gs)
+            inject[name] = g
+        dy = self.vgg.backward(inject=inject)
+        tv, gtv = tv_loss(y)
+        if self.tv_weight:
+            gtv *= self.tv_weight
+            dy = dy + gtv
+        terms = {"content": self.content_weight * c_sum, "style": self.style_weight * s_sum,
+                 "tv": self.tv_weight * tv}
+        terms["total"] = terms["content"] + terms["style"] + terms["tv"]
+        return terms, dy
