@@ -119,6 +119,15 @@ def test_join_segments_keeps_frames_order_and_audio(tmp_path, clip, pan):
         a = c.streams.audio[0]
         audio_end = max(float((p.pts + p.duration) * a.time_base) for p in c.demux(a) if p.pts is not None)
     assert audio_end <= 16 / 12 + 0.05
+    # with the counts the caller knows, no segment is demuxed to count it, and the file is the same
+    counted = vio._count_packets
+    vio._count_packets = lambda path: pytest.fail(f"{path} demuxed a second time")
+    try:
+        again = tmp_path / "again.mp4"
+        assert vio.join_segments(parts, again, 12, audio_from=vio.probe(clip), frame_counts=[6, 5, 5]) == 16
+    finally:
+        vio._count_packets = counted
+    assert again.read_bytes() == out.read_bytes()
 
 
 def test_webm_output_reencodes_the_audio(tmp_path, clip, pan):

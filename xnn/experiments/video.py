@@ -183,7 +183,7 @@ def run(state, ctx):
     if frames_done == 0:
         raise failure or XnnError("no frame was stylised")
     parts = [seg_dir / f"{a:06d}{suffix}" for a, _ in done]
-    join_segments(parts, ctx.path(cfg["output"]), src.fps, audio_from=src)
+    join_segments(parts, ctx.path(cfg["output"]), src.fps, audio_from=src, frame_counts=[n for _, n in done])
     complete = frames_done == src.frames
     if complete:
         for p in parts:

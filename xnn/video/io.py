@@ -417,15 +417,17 @@ class SegmentWriter:
         self.abort() if exc_type else self.close()
 
 
-def join_segments(segments, out_path, fps, audio_from: VideoSource | None = None) -> int:
+def join_segments(segments, out_path, fps, audio_from: VideoSource | None = None, frame_counts=None) -> int:
     """Join finished segment files, in order, into ``out_path`` without re-encoding the video;
     copy ``audio_from``'s first audio stream (cut to the video's length).  Written atomically.
-    Returns the number of frames."""
+    Returns the number of frames.  ``frame_counts``: the frames of each segment, when the caller
+    knows them (the audio's length must be known before its stream is added; without them each
+    segment is demuxed once more to count its packets)."""
     av = require_av()
     out_path = pathlib.Path(out_path)
     fps = fractions.Fraction(fps)
     segments = [pathlib.Path(p) for p in segments]
-    frames = [_count_packets(p) for p in segments]
+    frames = list(frame_counts) if frame_counts is not None else [_count_packets(p) for p in segments]
     with atomic_write(out_path) as f, contextlib.ExitStack() as stack:
         out = stack.enter_context(av.open(f, "w", format=_format_of(out_path)))
         with av.open(str(segments[0])) as first:   # every stream is added before the first packet
