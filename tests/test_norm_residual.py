@@ -51,6 +51,22 @@ def test_instance_norm_gradients(dev, rng):
     assert InstanceNorm2d(3, affine=False).params == {}
 
 
+def test_instance_norm_defaults_device_dtype_and_plain_layout(dev, rng):
+    """eps 1e-5 (PyTorch's), float32 gamma = 1 and beta = 0 on the layer's device; without affine
+    parameters the output still keeps a channels-last input's memory order."""
+    layer = InstanceNorm2d(3, device=dev)
+    assert layer.eps == 1e-5 and layer.device is dev
+    for name, value in (("gamma", 1.0), ("beta", 0.0)):
+        p = layer.params[name]
+        assert dev.owns(p) and p.dtype == numpy.float32 and p.shape == (3,)
+        numpy.testing.assert_array_equal(xnn.to_numpy(p), numpy.full(3, value, numpy.float32))
+    x = rng.standard_normal((1, 4, 5, 3)).astype(numpy.float32)          # NHWC memory
+    y = InstanceNorm2d(3, affine=False, device=dev).forward(dev.asarray(x).transpose(0, 3, 1, 2))
+    assert channels_last(y)
+    want = instance_norm_loops(x.transpose(0, 3, 1, 2), numpy.ones(3), numpy.zeros(3), 1e-5)
+    numpy.testing.assert_allclose(xnn.to_numpy(y), want, rtol=1e-5, atol=1e-5)
+
+
 def test_instance_norm_messages_and_freezing(rng):
     with pytest.raises(ValueError, match=r"^InstanceNorm2d expects \(N, 3, H, W\) input, got \(1, 2, 4, 4\)$"):
         InstanceNorm2d(3).forward(numpy.zeros((1, 2, 4, 4), numpy.float32))
