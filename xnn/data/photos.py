@@ -1,0 +1,66 @@
+"""A folder of photos as training data: random square crops at several scales, flipped at random.
+
+    photos = PhotoFolder("coco/train2014", hold_out=4)
+    batch = photos.batch(4, 256, rng)          # uint8 (4, 256, 256, 3)
+    photos.held_out                            # the first 4 files (sorted): previews, never trained on
+
+A crop takes a square of ``scale`` x the shorter side (``scale`` uniform in [min_scale, 1]) at a
+random place, resizes it to the batch size (Lanczos) and mirrors it left-right with probability
+1/2.  Files are decoded when drawn, so a folder of 83,000 photos starts at once; a file that
+cannot be read (corrupt, truncated, not an image) is dropped from the folder and counted in
+``skipped``, never a crash.  A folder with no image files, or none readable, is one clear line.
+"""
+from __future__ import annotations
+
+import pathlib
+
+import numpy
+
+from ..errors import XnnError
+
+SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class PhotoFolder:
+    def __init__(self, folder, hold_out: int = 0, min_scale: float = 0.5):
+        folder = pathlib.Path(folder)
+        if not folder.is_dir():
+            raise XnnError(f"dataset {folder} is not a folder of photos")
+        files = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in SUFFIXES)
+        if len(files) <= hold_out:
+            raise XnnError(f"dataset {folder} has {len(files)} image file(s) ({', '.join(SUFFIXES)}); it needs more "
+                           f"than the {hold_out} held out for previews")
+        if not 0 < min_scale <= 1:
+            raise ValueError(f"min_scale must be in (0, 1], got {min_scale}")
+        self.folder, self.min_scale = folder, min_scale
+        self.held_out, self.files = files[:hold_out], files[hold_out:]
+        self.skipped: list[str] = []          # "name: why" of each file dropped
+
+    def __len__(self):
+        return len(self.files)
+
+    def _draw(self, rng):
+        """A readable photo drawn at random, uint8 (H, W, 3); unreadable files are dropped on the way."""
+        from ..data.images import load_image
+        while self.files:
+            i = int(rng.integers(len(self.files)))
+            try:
+                return load_image(self.files[i])
+            except XnnError as e:
+                self.skipped.append(f"{self.files[i].name}: {e}")
+                del self.files[i]
+        raise XnnError(f"dataset {self.folder}: none of its image files can be read ({len(self.skipped)} skipped; "
+                       f"the first: {self.skipped[0] if self.skipped else 'none'})")
+
+    def crop(self, image, size: int, rng) -> numpy.ndarray:
+        """A random square crop of ``image`` at a random scale, resized to size x size, maybe mirrored."""
+        from ..data.images import resize_to
+        h, w = image.shape[:2]
+        side = max(1, int(round(min(h, w) * rng.uniform(self.min_scale, 1.0))))
+        y, x = int(rng.integers(h - side + 1)), int(rng.integers(w - side + 1))
+        out = resize_to(image[y:y + side, x:x + side], (size, size))
+        return out[:, ::-1] if rng.random() < 0.5 else out
+
+    def batch(self, n: int, size: int, rng) -> numpy.ndarray:
+        """uint8 (n, size, size, 3): n crops of photos drawn at random (with replacement)."""
+        return numpy.stack([self.crop(self._draw(rng), size, rng) for _ in range(n)])
