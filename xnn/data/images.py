@@ -27,6 +27,15 @@ def _host(a) -> numpy.ndarray:
 
 # ----------------------------------------------------------------------------- files
 
+#: the files a folder of images is read for (AdaIN's folder mode, training photos)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def image_files(folder) -> list:
+    """The image files (by IMAGE_SUFFIXES) directly in ``folder``, sorted by name."""
+    return sorted(f for f in pathlib.Path(folder).iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def load_image(path) -> numpy.ndarray:
     """Read an image file as uint8 (H, W, 3) RGB.
 

@@ -17,8 +17,8 @@ import pathlib
 import numpy
 
 from ..errors import XnnError
+from .images import IMAGE_SUFFIXES, image_files
 
-SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
 class PhotoFolder:
@@ -26,9 +26,9 @@ class PhotoFolder:
         folder = pathlib.Path(folder)
         if not folder.is_dir():
             raise XnnError(f"dataset {folder} is not a folder of photos")
-        files = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in SUFFIXES)
+        files = image_files(folder)
         if len(files) <= hold_out:
-            raise XnnError(f"dataset {folder} has {len(files)} image file(s) ({', '.join(SUFFIXES)}); it needs more "
+            raise XnnError(f"dataset {folder} has {len(files)} image file(s) ({', '.join(IMAGE_SUFFIXES)}); it needs more "
                            f"than the {hold_out} held out for previews")
         if not 0 < min_scale <= 1:
             raise ValueError(f"min_scale must be in (0, 1], got {min_scale}")
@@ -41,7 +41,7 @@ class PhotoFolder:
 
     def _draw(self, rng):
         """A readable photo drawn at random, uint8 (H, W, 3); unreadable files are dropped on the way."""
-        from ..data.images import load_image
+        from .images import load_image
         while self.files:
             i = int(rng.integers(len(self.files)))
             try:
@@ -54,7 +54,7 @@ class PhotoFolder:
 
     def crop(self, image, size: int, rng) -> numpy.ndarray:
         """A random square crop of ``image`` at a random scale, resized to size x size, maybe mirrored."""
-        from ..data.images import resize_to
+        from .images import resize_to
         h, w = image.shape[:2]
         side = max(1, int(round(min(h, w) * rng.uniform(self.min_scale, 1.0))))
         y, x = int(rng.integers(h - side + 1)), int(rng.integers(w - side + 1))

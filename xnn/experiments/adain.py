@@ -19,7 +19,6 @@ from ..style.feedforward import AdaINJob, build_stylizer, load_styles, output_su
 from .base import blend_weights, engine_fields, stylisation_fields, tile_size_field
 
 KIND = "adain"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 SCHEMA = {
     **stylisation_fields("an image, or a folder of images (batch mode: outputs/ gets one output per "
@@ -37,9 +36,10 @@ SCHEMA = {
 
 
 def _contents(path):
+    from ..data.images import IMAGE_SUFFIXES, image_files
     p = pathlib.Path(path)
     if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        files = image_files(p)
         if not files:
             raise XnnError(f"content_image folder {p} has no images ({', '.join(IMAGE_SUFFIXES)})")
         return files, True
@@ -108,7 +108,7 @@ def run(state, ctx):
     files, batch = state["files"], state["batch"]
     if batch:
         ctx.path("outputs").mkdir(exist_ok=True)
-    on_ray = state["engine"].__name__.endswith(".ray")
+    on_ray = batch and cfg["engine"] == "ray"
     bar = ctx.progress(len(files), "adain" + (" on ray" if on_ray else ""), unit="img") if batch else None
     times, first = [], None
     t_all = time.perf_counter()

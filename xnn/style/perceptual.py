@@ -11,6 +11,7 @@ Style loss of a layer against the style image's Gram A (C, C), a mean over the N
     dL_s/dX_n = 2 X_n dL_s/dG_n / (C M) = 4 X_n (G_n - A) / (N C^3 M)
 Content loss against target features P (same shape as F), a mean over the elements:
     L_c = mean (F - P)^2,   dL_c/dF = 2 (F - P) / size
+(:func:`xnn.style.losses.content_loss` with ``scaling="jcjohnson"``, which takes any batch).
 Every function returns (loss, grad) with ``loss`` a 0-d array on the features' device and ``grad``
 in the features' memory order (channels-last for convolution outputs).
 """
@@ -49,17 +50,6 @@ def style_loss_batch(F, A):
     return loss, grad.transpose(0, 3, 1, 2)
 
 
-def content_loss_batch(F, P):
-    """(mean (F - P)^2, 2 (F - P) / size), the gradient in F's memory order."""
-    if F.shape != P.shape:
-        raise ValueError(f"content features {tuple(F.shape)} and target {tuple(P.shape)} differ in shape")
-    xp = device_of(F).xp
-    d = xp.subtract(F, P, out=layout.like(xp, F))
-    loss = xp.vdot(layout.flat(d), layout.flat(d)) * (1.0 / d.size)
-    d *= 2.0 / d.size
-    return loss, d
-
-
 class PerceptualObjective:
     """Johnson et al.'s training objective for a batch of generated images, through a frozen VGG.
 
@@ -93,7 +83,7 @@ class PerceptualObjective:
         return self
 
     def loss_and_grad(self, y, x):
-        from .losses import tv_loss
+        from .losses import content_loss, tv_loss
         xp = device_of(y).xp
         targets = self.vgg.features(self._input(x), self.content_layers)
         targets = {n: f.copy(order="K") for n, f in targets.items()}
@@ -102,7 +92,7 @@ class PerceptualObjective:
         for name in self.layers:
             g = None
             if name in targets:
-                loss, g = content_loss_batch(feats[name], targets[name])
+                loss, g = content_loss(feats[name], targets[name], "jcjohnson")
                 c_sum = c_sum + loss
                 g *= self.content_weight
             if name in self.style_grams:
@@ -112,8 +102,9 @@ class PerceptualObjective:
                 g = gs if g is None else layout.add(xp, g, gs)
             inject[name] = g
         dy = self.vgg.backward(inject=inject)
-        tv, gtv = tv_loss(y)
+        tv = xp.zeros((), y.dtype)
         if self.tv_weight:
+            tv, gtv = tv_loss(y)
             gtv *= self.tv_weight
             dy = dy + gtv
         terms = {"content": self.content_weight * c_sum, "style": self.style_weight * s_sum,
