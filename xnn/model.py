@@ -197,11 +197,11 @@ class Residual(Layer):
         y = self.body.forward(x)
         if y.shape != x.shape:
             raise ValueError(f"Residual: the body maps {tuple(x.shape)} to {tuple(y.shape)}; it must keep the shape")
-        return layout.add(self.xp, y, x)
+        return layout.add(self.xp, y, x, self.device)
 
     def backward(self, dy):
         dx = self.body.backward(dy)
-        return layout.add(self.xp, dx, dy) if dx is not None else dy
+        return layout.add(self.xp, dx, dy, self.device) if dx is not None else dy
 
     def to(self, device=None, dtype=None):
         self.body.to(device, dtype)
