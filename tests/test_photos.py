@@ -21,13 +21,14 @@ def folder_with(tmp_path, good=5, bad=True):
 
 def test_batches_crops_hold_out_and_skips(tmp_path):
     photos = PhotoFolder(folder_with(tmp_path), hold_out=2)
-    assert [f.name for f in photos.held_out] == ["broken.jpg", "p0.png"]      # sorted names, first two
-    assert len(photos) == 5                                                   # p1..p4 and truncated.png
+    assert [f.name for f in photos.held_out] == ["p0.png", "p1.png"]          # the first two readable ones
+    assert [len(i) for i in photos.held_out_images] == [40, 48]
+    assert len(photos) == 4 and photos.skipped[0].startswith("broken.jpg: ")   # p2..p4 and truncated.png
     rng = numpy.random.default_rng(1)
     for _ in range(10):
         b = photos.batch(3, 32, rng)
         assert b.shape == (3, 32, 32, 3) and b.dtype == numpy.uint8
-    assert len(photos) == 4 and len(photos.skipped) == 1 and photos.skipped[0].startswith("truncated.png: ")
+    assert len(photos) == 3 and len(photos.skipped) == 2 and photos.skipped[1].startswith("truncated.png: ")
     again = PhotoFolder(tmp_path, hold_out=2).batch(3, 32, numpy.random.default_rng(7))
     numpy.testing.assert_array_equal(again, PhotoFolder(tmp_path, hold_out=2).batch(3, 32, numpy.random.default_rng(7)))
 

@@ -30,6 +30,35 @@ class RemoteFile:
 _MNIST = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 _KERAS = "https://storage.googleapis.com/tensorflow/keras-applications/vgg19/"
 _MATCONVNET = "https://www.vlfeat.org/matconvnet/models/"
+_KODAK = "http://r0k.us/graphics/kodak/kodak/"
+#: The Kodak Lossless True Color Image Suite (24 photos, 768x512, released for unrestricted use):
+#: the offline training and preview set of the fast style network (``dataset: kodak``)
+KODAK_MD5 = {
+    "kodim01.png": "02abfa3bf18ae21ed932bfcdb15a1fa9",
+    "kodim02.png": "b9092ba16d8fa44967ef3b1351af1559",
+    "kodim03.png": "c365268cc1e0afcd68eaf421eadebc82",
+    "kodim04.png": "c1cb79f2256beace37724dda67a247b8",
+    "kodim05.png": "5cac931933f9304457042a0000c42429",
+    "kodim06.png": "633dfca900df851d3cbd2438660accd0",
+    "kodim07.png": "70b7e0b612e50f4d9da6c02ea4f06910",
+    "kodim08.png": "ceb5bb8b3aeaee454a9a422dd8b9470b",
+    "kodim09.png": "66f5667e9afc6184e8af953b559403e5",
+    "kodim10.png": "58961ea985c508fb8f3229d406fd6b19",
+    "kodim11.png": "d827aad59e17120880986c932c160113",
+    "kodim12.png": "97239b0c0b2df2425e2c7e73e905efbf",
+    "kodim13.png": "2070d64c0957776791bce41c1a01a387",
+    "kodim14.png": "c0798cde7b20cf51c954736c160bd403",
+    "kodim15.png": "d97b760064e592489695234d392247be",
+    "kodim16.png": "fbedf7f4e8b39e1a67132b8bc6e8e4d7",
+    "kodim17.png": "e13ea68bbc03805901881c4256cbafaa",
+    "kodim18.png": "e8de0c990dd993d6a02cd9ec7118fdeb",
+    "kodim19.png": "e9641bc6f3a50775ca33ca73de80d81c",
+    "kodim20.png": "c3c611b8b25732c9a70f2efc82f9d0d5",
+    "kodim21.png": "d11b562b985a0b379ef4c133ceba27b4",
+    "kodim22.png": "6f7b80b0faf37eade33d362fda9050b9",
+    "kodim23.png": "1d3955f7cbf7eef0b49c2cb3e136d31f",
+    "kodim24.png": "e56e3be0b6c6331410a4cefca2134833",
+}
 
 REGISTRY = {f.relpath: f for f in [
     RemoteFile("mnist/train-images-idx3-ubyte.gz", _MNIST + "train-images-idx3-ubyte.gz",
@@ -48,7 +77,8 @@ REGISTRY = {f.relpath: f for f in [
                "cbe5617147190e668d6c5d5026f83318", "Keras VGG19 ImageNet weights with fc layers (549 MB)"),
     RemoteFile("weights/imagenet-vgg-verydeep-19.mat", _MATCONVNET + "imagenet-vgg-verydeep-19.mat",
                None, "MatConvNet VGG19 ImageNet weights with fc layers (535 MB)"),
-]}
+]} | {f"images/kodak/{name}": RemoteFile(f"images/kodak/{name}", _KODAK + name, md5, "a Kodak photo")
+     for name, md5 in KODAK_MD5.items()}
 
 #: Known md5 checksums by file name, for verifying files a user points at directly.
 KNOWN_MD5 = {pathlib.PurePosixPath(f.relpath).name: f.md5 for f in REGISTRY.values() if f.md5}

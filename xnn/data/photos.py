@@ -2,13 +2,19 @@
 
     photos = PhotoFolder("coco/train2014", hold_out=4)
     batch = photos.batch(4, 256, rng)          # uint8 (4, 256, 256, 3)
-    photos.held_out                            # the first 4 files (sorted): previews, never trained on
+    photos.held_out                            # the first 4 readable files (sorted): previews, never
+                                               # trained on (decoded: photos.held_out_images)
 
 A crop takes a square of ``scale`` x the shorter side (``scale`` uniform in [min_scale, 1]) at a
 random place, resizes it to the batch size (Lanczos) and mirrors it left-right with probability
 1/2.  Files are decoded when drawn, so a folder of 83,000 photos starts at once; a file that
 cannot be read (corrupt, truncated, not an image) is dropped from the folder and counted in
 ``skipped``, never a crash.  A folder with no image files, or none readable, is one clear line.
+Decoded photos are kept in memory up to ``cache_bytes`` (a small folder such as Kodak's is
+decoded once; a large one is read from disk as drawn).
+
+``dataset: kodak`` in a config is :func:`kodak_folder`: the 24 Kodak photos in $XNN_HOME,
+downloaded (with checksums) on first use.
 """
 from __future__ import annotations
 
@@ -20,9 +26,14 @@ from ..errors import XnnError
 from .images import IMAGE_SUFFIXES, image_files
 
 
+def kodak_folder():
+    """$XNN_HOME/images/kodak with all 24 photos (each downloaded and checked if missing)."""
+    from .cache import KODAK_MD5, fetch
+    return [fetch(f"images/kodak/{name}") for name in sorted(KODAK_MD5)][0].parent
+
 
 class PhotoFolder:
-    def __init__(self, folder, hold_out: int = 0, min_scale: float = 0.5):
+    def __init__(self, folder, hold_out: int = 0, min_scale: float = 0.5, cache_bytes: int = 1 << 30):
         folder = pathlib.Path(folder)
         if not folder.is_dir():
             raise XnnError(f"dataset {folder} is not a folder of photos")
@@ -32,9 +43,22 @@ class PhotoFolder:
                            f"than the {hold_out} held out for previews")
         if not 0 < min_scale <= 1:
             raise ValueError(f"min_scale must be in (0, 1], got {min_scale}")
+        from .images import load_image
         self.folder, self.min_scale = folder, min_scale
-        self.held_out, self.files = files[:hold_out], files[hold_out:]
         self.skipped: list[str] = []          # "name: why" of each file dropped
+        self.cache_bytes, self._cache, self._cached_bytes = cache_bytes, {}, 0
+        self.held_out, self.held_out_images = [], []     # the first readable files, decoded
+        while len(self.held_out) < hold_out and files:
+            path = files.pop(0)
+            try:
+                self.held_out_images.append(load_image(path))
+                self.held_out.append(path)
+            except XnnError as e:
+                self.skipped.append(f"{path.name}: {e}")
+        if not files:
+            raise XnnError(f"dataset {folder}: no readable photo is left for training after the {hold_out} held out "
+                           f"for previews ({len(self.skipped)} unreadable file(s) skipped)")
+        self.files = files
 
     def __len__(self):
         return len(self.files)
@@ -44,8 +68,15 @@ class PhotoFolder:
         from .images import load_image
         while self.files:
             i = int(rng.integers(len(self.files)))
+            path = self.files[i]
+            if path in self._cache:
+                return self._cache[path]
             try:
-                return load_image(self.files[i])
+                image = load_image(path)
+                if self._cached_bytes + image.nbytes <= self.cache_bytes:
+                    self._cache[path] = image
+                    self._cached_bytes += image.nbytes
+                return image
             except XnnError as e:
                 self.skipped.append(f"{self.files[i].name}: {e}")
                 del self.files[i]

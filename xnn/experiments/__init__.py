@@ -12,6 +12,8 @@ KINDS = {
     "style": "xnn.experiments.style",
     "adain": "xnn.experiments.adain",
     "video": "xnn.experiments.video",
+    "train_style": "xnn.experiments.train_style",
+    "fast_style": "xnn.experiments.fast_style",
 }
 
 #: keys every config has

@@ -23,7 +23,7 @@ from ..config import Field, read_yaml
 from ..errors import XnnError
 from ..video.stylize import TEMPORAL_MODES
 from .. import engines
-from ..style.feedforward import AdaINJob, build_stylizer, load_styles, video_settings, weight_files
+from ..style.feedforward import AdaINJob, load_styles, weight_files
 from . import adain
 from .base import blend_weights, engine_fields, stylisation_fields
 
@@ -99,17 +99,24 @@ def _segments(folder: pathlib.Path):
 
 
 def prepare(cfg, device, resume_dir=None):
+    def adain_job():
+        blend = blend_weights(cfg)
+        return AdaINJob(weight_files(cfg), load_styles(cfg), blend, dict(cfg))
+    return prepare_source(cfg, device, resume_dir, adain_job)
+
+
+def prepare_source(cfg, device, resume_dir, make_job):
+    """The state :func:`run` takes for the config's input video and the job ``make_job()`` builds
+    (after the input has been probed): every check before the run folder exists."""
     from ..models.adain import check_image_size
     from ..video.io import probe, require_av
     from ..video.temporal import require_cv2
     require_av()
     require_cv2()
-    blend = blend_weights(cfg)
     src = probe(cfg["input"], cfg["fps"])
     size = output_size(src.size, cfg["image_size"])
     check_image_size(*size, f"the frames of {src.path.name}")
-    styles = load_styles(cfg)
-    weights = weight_files(cfg)
+    job = make_job()
     engine = engines.get(cfg["engine"])
     engine.check(cfg)
     done = []
@@ -122,16 +129,15 @@ def prepare(cfg, device, resume_dir=None):
         if (pathlib.Path(resume_dir) / "summary.json").is_file() and not (pathlib.Path(resume_dir) / "segments").is_dir():
             raise XnnError(f"--resume {resume_dir}: that run is complete")
         done = _segments(pathlib.Path(resume_dir) / "segments")
-    return {"cfg": cfg, "source": src, "size": size, "styles": styles, "blend": blend, "engine": engine,
-            "job": AdaINJob(weights, styles, blend, dict(cfg)), "stylizer": build_stylizer(weights, device),
-            "done": done}
+    return {"cfg": cfg, "source": src, "size": size, "engine": engine, "job": job,
+            "stylizer": job.stylizer(device), "done": done}
 
 
 def run(state, ctx):
-    from ..layers.adain import blend_stats
+    """Stylise ``state["source"]`` with ``state["job"]`` (an AdaINJob here, a FastStyleJob from the
+    fast_style experiment) whose stylizer ``state["stylizer"]`` was built in prepare."""
     from ..video.io import SegmentWriter, join_segments
-    cfg, src, size, st = state["cfg"], state["source"], state["size"], state["stylizer"]
-    state["target"] = blend_stats([st.encode_style(s) for s in state["styles"]], state["blend"])
+    cfg, src, size = state["cfg"], state["source"], state["size"]
     seg_dir = ctx.path("segments")
     seg_dir.mkdir(exist_ok=True)
     for tmp in seg_dir.glob(".*.tmp*"):   # a segment a crash left unfinished
@@ -151,7 +157,7 @@ def run(state, ctx):
     try:
         with engine.session(cfg, ctx.device):
             results = engine.frames(state["job"], src, size, first, ctx.device, lambda: ctx.stop_requested,
-                                    (st, state["target"]))
+                                    state["stylizer"])
             for start, out, row in results:
                 if seg is None or start != seg_start:       # a new chunk: a new segment
                     if seg is not None:
@@ -283,17 +289,18 @@ def _sample_times(frames: int) -> list:
 def _summary_strip(state, ctx, frames_done):
     """summary.png: at three times t, the input, the per-frame (none) and this run's output, and
     their flicker maps |out_t - warp(out_t-1)| (x4) on flow-consistent pixels; the same numbers."""
+    import dataclasses
     from ..data.images import side_by_side
     from ..video.io import probe, read_frames
-    from ..video.stylize import VideoStylizer
     from ..video.temporal import Flow, grey, temporal_error, warp
-    cfg, st, size = state["cfg"], state["stylizer"], state["size"]
+    cfg, job, size = state["cfg"], state["job"], state["size"]
     if frames_done < 2:
         return []
     times = [t for t in _sample_times(state["source"].frames) if t < frames_done] or [frames_done - 1]
     kept = state.get("kept", {})
     out_src = None   # the output video is read only for frames made before a --resume
-    style_target = st.style_statistics(state["styles"], state["blend"])
+    score = job.style_score(state["stylizer"])          # None: the job has no style measure
+    per_frame = dataclasses.replace(job, cfg={**job.cfg, "temporal": "none"})
     rows, samples = [], []
     flow = Flow()
     for t in times:
@@ -303,8 +310,7 @@ def _summary_strip(state, ctx, frames_done):
         if not in_memory and out_src is None:
             out_src = probe(ctx.path(cfg["output"]))
         outs = [kept[t - 1], kept[t]] if in_memory else list(read_frames(out_src, t - 1, t + 1))
-        nones = [out for out, _ in VideoStylizer(st, state["target"], **{**video_settings(cfg), "temporal": "none"})
-                 .process(inputs)]
+        nones = [out for out, _ in per_frame.video_stylizer(ctx.device, state["stylizer"]).process(inputs)]
         backward, mask = flow.between(grey(inputs[0]), grey(inputs[1]))
         sample = {"frame": t, "consistent_fraction": float(mask.mean()), "output_from_video": not in_memory}
         panels, titles = [inputs[1]], [f"input, frame {t}"]
@@ -312,14 +318,17 @@ def _summary_strip(state, ctx, frames_done):
                 (("none", outs),):
             err = temporal_error(pair[0], pair[1], backward, mask)
             sample[f"temporal_error_{name}"] = err
-            sample[f"style_loss_{name}"] = st.style_loss(pair[1], style_target)
+            if score is not None:
+                sample[f"style_loss_{name}"] = score(pair[1])
             flicker = numpy.abs(pair[1].astype(numpy.float32) - warp(pair[0].astype(numpy.float32), backward))
             flicker = (numpy.clip(flicker.mean(axis=2) * 4, 0, 255) * mask).astype(numpy.uint8)
             flicker = numpy.repeat(flicker[:, :, None], 3, axis=2)
             panels += [pair[1], flicker]
             titles += [name, f"{name}: flicker x4 ({_fmt(err)})"]
-        sample["style_loss_input"] = photo = st.style_loss(inputs[1], style_target)
-        if cfg["temporal"] != "none":   # how far from the photo towards the per-frame output this run goes
+        if score is not None:
+            sample["style_loss_input"] = score(inputs[1])
+        if score is not None and cfg["temporal"] != "none":
+            photo = sample["style_loss_input"]   # how far from the photo towards the per-frame output this run goes
             none, this = sample["style_loss_none"], sample[f"style_loss_{cfg['temporal']}"]
             sample["stylisation_kept"] = (photo - this) / (photo - none) if photo > none else None
         samples.append(sample)

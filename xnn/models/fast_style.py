@@ -35,6 +35,11 @@ from ..model import Residual, Sequential
 ARCH, VERSION = "johnson2016-transformer", 1
 #: the network's input sides must be multiples of this
 SIDE_MULTIPLE = 4
+#: conv6 starts with He's weights times OUTPUT_INIT_GAIN and its bias at OUTPUT_INIT_BIAS: the untrained
+#: network then puts out grey noise with about a photo's spread of pixel values (std 50-60) instead of
+#: near-black (std about 1 with He's weights), which Adam's steps of about learning_rate per weight
+#: would take thousands of iterations to grow out of
+OUTPUT_INIT_GAIN, OUTPUT_INIT_BIAS = 64.0, 127.5
 
 
 def _conv(name, cin, cout, k, stride=1, bias=False, seed=0):
@@ -65,6 +70,9 @@ def transformer(width: float = 0.5, device=None, seed: int = 0) -> Sequential:
                ("up2", Upsample2d(2)), _conv("conv5", c2, c1, 3, seed=seed + 4), ("in5", InstanceNorm2d(c1)),
                ("relu5", ReLU()),
                _conv("conv6", c1, 3, 9, bias=True, seed=seed + 5)]
+    out = layers[-1][1].params
+    out["W"] *= OUTPUT_INIT_GAIN
+    out["b"][...] = OUTPUT_INIT_BIAS
     return Sequential(layers, device=device)
 
 
@@ -88,3 +96,30 @@ def load_model(path, device=None) -> tuple:
     net.load_state_dict({k: v for k, v in arrays.items() if k not in ("arch", "version", "width")},
                         source=str(path))
     return (net.to(device) if device is not None else net), width
+
+
+def to_input(images, device):
+    """uint8 (or 0..255 float) RGB, (H, W, 3) or (N, H, W, 3) -> float32 (N, 3, H, W) on ``device``."""
+    a = numpy.asarray(images)
+    a = a[None] if a.ndim == 3 else a
+    return device.asarray(numpy.ascontiguousarray(a.transpose(0, 3, 1, 2), dtype=numpy.float32))
+
+
+def stylise_batch(net: Sequential, images) -> list:
+    """RGB images of one size (uint8 H x W x 3 each, at least 4 x 4) -> the network's outputs, float32
+    H x W x 3 in [0, 1] on the host, in one forward pass.  Sides that are not multiples of 4 are
+    reflection-padded up to the next one and the outputs cropped back, so every size works."""
+    from ..backends import to_numpy
+    a = numpy.stack([numpy.asarray(i) for i in images])
+    h, w = a.shape[1:3]
+    ph, pw = -h % SIDE_MULTIPLE, -w % SIDE_MULTIPLE
+    if ph or pw:
+        a = numpy.pad(a, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="reflect")
+    y = to_numpy(net.forward(to_input(a, net.device)))[:, :, :h, :w]
+    out = numpy.clip(y.transpose(0, 2, 3, 1) * (1.0 / 255.0), 0.0, 1.0).astype(numpy.float32)
+    return list(out)
+
+
+def stylise(net: Sequential, image) -> numpy.ndarray:
+    """One RGB image (uint8 H x W x 3) -> float32 H x W x 3 in [0, 1] (:func:`stylise_batch`)."""
+    return stylise_batch(net, [image])[0]

@@ -8,6 +8,9 @@ steps read), an engine runs its steps where it runs them, in this process
     job = AdaINJob(weights, style_images, blend, cfg)
     step = job.image_step(device)            # loads the model, encodes the styles once
     out, seconds, tile = step(content)       # a sized uint8 HxWx3 content -> float HxWx3 in [0, 1]
+
+:class:`FastStyleJob` (a trained fast style network's model.npz and the config) has the same
+surface: ``stylizer(device)``, ``image_step``, ``video_stylizer`` and ``style_score``.
 """
 from __future__ import annotations
 
@@ -139,3 +142,66 @@ class AdaINJob:
         from ..video.stylize import VideoStylizer
         st, target = stylizer or self.stylizer(device)
         return VideoStylizer(st, target, **video_settings(self.cfg))
+
+    def style_score(self, stylizer):
+        """A callable: uint8 image -> the AdaIN paper's style loss against the blended styles (the video
+        summary's measure of how much style a frame holds)."""
+        st = stylizer[0]
+        target = st.style_statistics(self.style_images, self.blend)
+        return lambda image: st.style_loss(image, target)
+
+
+#: peak memory of the fast style network on one image: NETWORK_BYTES_PER_PIXEL * width * pixels plus
+#: FIXED_BYTES; measured on the CPU (tracemalloc) at width 0.5 and 1, 512 to 2048 px: 1048-1077 and
+#: 2069-2100 bytes a pixel (the 9x9 convolutions' columns dominate)
+NETWORK_BYTES_PER_PIXEL = 2100
+
+
+def network_memory_check(h: int, w: int, width: float, free_bytes, what: str) -> None:
+    """An XnnError naming the need when one pass of the network over h x w would not fit in
+    ``free_bytes`` (None: unknown, no check).  There is no tiling: the network's instance
+    normalisations take their statistics over the whole image, so tiles would differ at their seams."""
+    need = FIXED_BYTES + NETWORK_BYTES_PER_PIXEL * width * h * w
+    if free_bytes is not None and need > 0.9 * free_bytes:
+        raise XnnError(f"{what}: {h}x{w} px needs about {need / 2**30:.1f} GiB for one pass of the network, more "
+                       f"than the {free_bytes / 2**30:.1f} GiB free; use a smaller image_size")
+
+
+def stylise_with_network(net, width, content, cfg):
+    """(float output image, seconds, None) of one sized content image through a fast style network."""
+    from ..data.images import transfer_luminance
+    from ..models.fast_style import stylise
+    network_memory_check(*content.shape[:2], width, net.device.memory_available(), "image_size")
+    t = time.perf_counter()
+    out = stylise(net, content)
+    seconds = time.perf_counter() - t
+    if cfg["original_colors"]:
+        out = transfer_luminance(content / 255.0, out)
+    return out, seconds, None
+
+
+@dataclasses.dataclass
+class FastStyleJob:
+    """A trained fast style network (a model.npz of :mod:`xnn.models.fast_style`) applied as a config
+    says: the model file's path and the config, both picklable."""
+    model: str
+    cfg: dict
+
+    def stylizer(self, device):
+        """(the network on ``device``, its width)."""
+        from ..models.fast_style import load_model
+        return load_model(self.model, device)
+
+    def image_step(self, device, stylizer=None):
+        net, width = stylizer or self.stylizer(device)
+        return lambda content: stylise_with_network(net, width, content, self.cfg)
+
+    def video_stylizer(self, device, stylizer=None):
+        from ..video.stylize import NetworkVideoStylizer
+        net, _ = stylizer or self.stylizer(device)
+        return NetworkVideoStylizer(net, temporal=self.cfg["temporal"], original_colors=self.cfg["original_colors"],
+                                    flow_weight=self.cfg["flow_weight"])
+
+    def style_score(self, stylizer):
+        """None: a network carries no style target to measure frames against."""
+        return None

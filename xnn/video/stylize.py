@@ -1,4 +1,5 @@
-"""Frames in order -> stylised frames that do not flicker (AdaIN with temporal state).
+"""Frames in order -> stylised frames that do not flicker (AdaIN, or a feed-forward network, with
+temporal state).
 
     vs = VideoStylizer(stylizer, target=blend_stats(style_stats), temporal="flow")
     for out, row in vs.process(batch_of_frames):     # uint8 (h, w, 3) in, uint8 out, in order
@@ -56,16 +57,20 @@ class VideoStylizer:
         self.mean = self.std = None
         self.prev_out = None
 
-    def process(self, frames):
-        """Yield (uint8 output frame, metrics row) for each uint8 (h, w, 3) frame, in order."""
-        t0 = time.perf_counter()
-        steps = [self.state.step(f) for f in frames]
+    def _fresh(self, frames, steps) -> list:
+        """Each frame stylised on its own (float (h, w, 3) in [0, 1]), with the smoothed content
+        statistics when ``temporal`` is not none."""
         size = frames[0].shape[:2]
         feats = self.stylizer.encode_frames(frames)
         content_stats = None if self.temporal == "none" else self._smoothed(channel_stats(feats, self.stylizer.eps),
                                                                              steps)
-        fresh = self.stylizer.decode_frames(feats, self.target, size, self.alpha, content_stats)
-        del feats
+        return self.stylizer.decode_frames(feats, self.target, size, self.alpha, content_stats)
+
+    def process(self, frames):
+        """Yield (uint8 output frame, metrics row) for each uint8 (h, w, 3) frame, in order."""
+        t0 = time.perf_counter()
+        steps = [self.state.step(f) for f in frames]
+        fresh = self._fresh(frames, steps)
         seconds = (time.perf_counter() - t0) / len(frames)
         for frame, step, out in zip(frames, steps, fresh):
             if self.original_colors:
@@ -98,3 +103,19 @@ class VideoStylizer:
             means.append(self.mean)
             stds.append(self.std)
         return xp.concatenate(means), xp.concatenate(stds)
+
+
+class NetworkVideoStylizer(VideoStylizer):
+    """The same temporal machinery for a feed-forward network with nothing to smooth but its
+    outputs (the fast style network, :mod:`xnn.models.fast_style`): ``temporal`` is none or flow."""
+
+    def __init__(self, net, temporal: str = "flow", original_colors: bool = False, flow_weight: float = 0.7):
+        if temporal == "stats":
+            raise ValueError("temporal 'stats' smooths AdaIN's content statistics; a network's video takes "
+                             "none or flow")
+        super().__init__(None, None, temporal=temporal, original_colors=original_colors, flow_weight=flow_weight)
+        self.net = net
+
+    def _fresh(self, frames, steps) -> list:
+        from ..models.fast_style import stylise_batch
+        return stylise_batch(self.net, frames)
