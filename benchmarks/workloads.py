@@ -30,6 +30,10 @@ VGG_PLAN = [("conv1_1", 3, 64), ("conv1_2", 64, 64), "pool1",
 ADAIN_SIZE = (384, 512)     # content H x W (the adain experiment's default image_size 512, a 4:3 photo)
 ADAIN_STYLE = (512, 512)
 ADAIN_EPS = 1e-5
+#: the fast style network as the CPU defaults train and run it (configs/train_fast_style.yaml)
+FAST_WIDTH = 0.5
+FAST_CONTENT, FAST_STYLE = ["relu2_2"], ["relu1_2", "relu2_2", "relu3_4", "relu4_4"]
+TRAIN_SIZE, TRAIN_BATCH = 256, 4
 
 
 def conv_flops(h, w, cin, cout, k=3):
@@ -71,6 +75,22 @@ def adain_flops(h, w):
         else:
             total += conv_flops(h, w, item[1], item[2])
     return total
+
+
+def transformer_flops(h, w, width=FAST_WIDTH):
+    """Forward arithmetic of the fast style network's convolutions on an h x w image."""
+    from xnn.models.fast_style import channels
+    c1, c2, c3 = channels(width)
+    return (conv_flops(h, w, 3, c1, 9) + conv_flops(h // 2, w // 2, c1, c2) + conv_flops(h // 4, w // 4, c2, c3)
+            + 10 * conv_flops(h // 4, w // 4, c3, c3) + conv_flops(h // 2, w // 2, c3, c2)
+            + conv_flops(h, w, c2, c1) + conv_flops(h, w, c1, 3, 9))
+
+
+def train_step_flops(size=TRAIN_SIZE, batch=TRAIN_BATCH):
+    """One training step: the network forward, its input and weight gradients (3x), VGG19 forward of the
+    photos to conv2_2 (content targets) and of the outputs to conv4_4, and its input gradient."""
+    return batch * (3 * transformer_flops(size, size) + vgg_flops(size, size, "conv2_2")
+                    + 2 * vgg_flops(size, size, "conv4_4"))
 
 
 def _cnn_fwd_flops():
@@ -198,6 +218,39 @@ def xnn_adain(dev, rng):
         dev.synchronize()
     h, w = ADAIN_SIZE
     return step, adain_flops(h, w), f"image {w}x{h} (encode + AdaIN + decode)"
+
+
+def xnn_fast_style(dev, rng, size=512):
+    """The fast style network (He-initialised) on one size x size image, as fast_style.stylise runs it."""
+    from xnn.models import fast_style
+    net = fast_style.transformer(FAST_WIDTH).to(dev).freeze()
+    x = dev.asarray(rng.uniform(0, 255, (1, 3, size, size)).astype(numpy.float32))
+
+    def step():
+        net.forward(x)
+        dev.synchronize()
+    return step, transformer_flops(size, size), f"image {size}x{size}"
+
+
+def xnn_train_step(dev, rng, size=TRAIN_SIZE, batch=TRAIN_BATCH):
+    """One step of the train_style experiment (experiments.train_style.train_step): the network on a batch of
+    photos, the perceptual objective through VGG19 to relu4_4, the backward, Adam."""
+    from xnn.experiments.train_style import train_step
+    from xnn.models import fast_style
+    from xnn.optim import Adam
+    from xnn.style.perceptual import PerceptualObjective
+    vgg = _xnn_vgg(dev).truncate("relu4_4")
+    obj = PerceptualObjective(vgg, FAST_CONTENT, FAST_STYLE, content_weight=1.0, style_weight=5.0)
+    obj.set_style(dev.asarray(rng.uniform(-120, 120, (1, 3, size, size)).astype(numpy.float32)))
+    net = fast_style.transformer(FAST_WIDTH).to(dev)
+    net["conv1"].needs_input_grad = False       # as the experiment sets it (PyTorch: x needs no grad)
+    opt = Adam(net.trainable_params(), 1e-3)
+    x = dev.asarray(rng.uniform(0, 255, (batch, 3, size, size)).astype(numpy.float32))
+
+    def step():
+        train_step(net, obj, opt, x)
+        dev.synchronize()
+    return step, train_step_flops(size, batch), f"step (batch {batch}, {size} px)"
 
 
 # ------------------------------------------------------------------ torch
@@ -412,9 +465,128 @@ def adain_outputs_agree(tol=1e-3):
     return err, err < tol
 
 
+def _torch_transformer(torch, width=FAST_WIDTH):
+    """The transformer network of the PyTorch examples' fast_neural_style at ``width``, with xnn's
+    choices: no bias before an instance norm (it would have no effect), reflection padding."""
+    from xnn.models.fast_style import channels
+    nn = torch.nn
+    c1, c2, c3 = channels(width)
+
+    def conv(cin, cout, k, stride=1, bias=False):
+        return nn.Conv2d(cin, cout, k, stride, padding=k // 2, padding_mode="reflect", bias=bias)
+
+    def block(cin, cout, k, stride=1):
+        return [conv(cin, cout, k, stride), nn.InstanceNorm2d(cout, affine=True), nn.ReLU()]
+
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(*block(c3, c3, 3), conv(c3, c3, 3), nn.InstanceNorm2d(c3, affine=True))
+
+        def forward(self, x):
+            return x + self.body(x)
+    layers = block(3, c1, 9) + block(c1, c2, 3, 2) + block(c2, c3, 3, 2) + [Residual() for _ in range(5)]
+    layers += [nn.Upsample(scale_factor=2, mode="nearest")] + block(c3, c2, 3)
+    layers += [nn.Upsample(scale_factor=2, mode="nearest")] + block(c2, c1, 3) + [conv(c1, 3, 9, bias=True)]
+    return nn.Sequential(*layers)
+
+
+def torch_fast_style(torch, device, rng, layout, size=512):
+    net = _frozen(torch, _torch_transformer(torch), device, layout)
+    x = _tensor(torch, rng.uniform(0, 255, (1, 3, size, size)).astype(numpy.float32), device, layout)
+    sync = _sync(torch, device)
+
+    def step():
+        with torch.inference_mode():
+            net(x)
+        sync()
+    return step
+
+
+def _torch_gram(f):
+    n, c, h, w = f.shape
+    X = f.reshape(n, c, h * w)
+    return X @ X.transpose(1, 2) / (c * h * w)
+
+
+class TorchPerceptual:
+    """The perceptual objective of xnn.style.perceptual written with PyTorch autograd: content MSE at
+    relu2_2 against the photos' features, style MSE of Grams normalised by C*H*W.  ``style`` is the
+    style image in VGG input space (the mean subtracted), as xnn's set_style takes it."""
+
+    def __init__(self, torch, vgg, style, content_weight=1.0, style_weight=5.0):
+        self.torch, self.vgg = torch, vgg
+        mean = numpy.array([123.68, 116.779, 103.939], numpy.float32)     # xnn keeps the mean in float32
+        self.mean = torch.tensor(mean, device=style.device).to(style.dtype).reshape(1, 3, 1, 1)
+        self.content_weight, self.style_weight = content_weight, style_weight
+        with torch.no_grad():
+            self.grams = {k: _torch_gram(f) for k, f in self.features(style).items() if k in FAST_STYLE}
+
+    def features(self, x):
+        wanted, out = set(FAST_CONTENT + FAST_STYLE), {}
+        for name, m in self.vgg.named_children():
+            x = m(x)
+            if name in wanted:
+                out[name] = x
+                if len(out) == len(wanted):
+                    break
+        return out
+
+    def __call__(self, y, x):
+        F = self.torch.nn.functional
+        with self.torch.no_grad():
+            target = self.features(x - self.mean)[FAST_CONTENT[0]]
+        f = self.features(y - self.mean)
+        loss = self.content_weight * F.mse_loss(f[FAST_CONTENT[0]], target)
+        return loss + self.style_weight * sum(F.mse_loss(_torch_gram(f[k]), self.grams[k].expand(len(y), -1, -1))
+                                              for k in FAST_STYLE)
+
+
+def torch_train_step(torch, device, rng, layout, size=TRAIN_SIZE, batch=TRAIN_BATCH):
+    """The same step written as a PyTorch user would: autograd through the network and a frozen VGG19."""
+    vgg = _torch_vgg(torch, device, layout, last="relu4_4")
+    net = _torch_transformer(torch).to(device=device, memory_format=_fmt(torch, layout))
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    style = _tensor(torch, rng.uniform(-120, 120, (1, 3, size, size)).astype(numpy.float32), device, layout)
+    objective = TorchPerceptual(torch, vgg, style)
+    x = _tensor(torch, rng.uniform(0, 255, (batch, 3, size, size)).astype(numpy.float32), device, layout)
+    sync = _sync(torch, device)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        objective(net(x), x).backward()
+        opt.step()
+        sync()
+    return step
+
+
+def fast_style_outputs_agree(tol=1e-4):
+    """Relative max difference between xnn's fast style network and this file's PyTorch one with the
+    same weights on one small image (CPU); a check that the two sides compute the same thing."""
+    import torch
+
+    from xnn.models import fast_style
+    net = fast_style.transformer(FAST_WIDTH, seed=3)
+    tnet = _torch_transformer(torch).eval()
+    ours = list(net.params.items())
+    theirs = list(tnet.parameters())
+    assert len(ours) == len(theirs), (len(ours), len(theirs))
+    with torch.no_grad():
+        for (name, a), t in zip(ours, theirs):
+            assert tuple(a.shape) == tuple(t.shape), (name, a.shape, t.shape)
+            t.copy_(torch.from_numpy(numpy.asarray(a)))
+    x = numpy.random.default_rng(1).uniform(0, 255, (1, 3, 64, 96)).astype(numpy.float32)
+    with torch.inference_mode():
+        reference = tnet(torch.from_numpy(x)).numpy()
+    err = float(numpy.abs(net.forward(x) - reference).max() / numpy.abs(reference).max())
+    return err, err < tol
+
+
 XNN = {"conv_256x56": xnn_conv, "mlp_epoch": xnn_mlp_epoch, "cnn_train": xnn_cnn_train,
        "vgg19_224": xnn_vgg_forward, "style_256": lambda d, r: xnn_style_step(d, r, 256),
-       "style_512": lambda d, r: xnn_style_step(d, r, 512), "adain_512": xnn_adain}
+       "style_512": lambda d, r: xnn_style_step(d, r, 512), "adain_512": xnn_adain,
+       "fast_style_512": xnn_fast_style, "train_step_256": xnn_train_step}
 TORCH = {"conv_256x56": torch_conv, "mlp_epoch": torch_mlp_epoch, "cnn_train": torch_cnn_train,
          "vgg19_224": torch_vgg_forward, "style_256": lambda t, d, r, lay: torch_style_step(t, d, r, lay, 256),
-         "style_512": lambda t, d, r, lay: torch_style_step(t, d, r, lay, 512), "adain_512": torch_adain}
+         "style_512": lambda t, d, r, lay: torch_style_step(t, d, r, lay, 512), "adain_512": torch_adain,
+         "fast_style_512": torch_fast_style, "train_step_256": torch_train_step}

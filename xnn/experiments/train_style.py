@@ -95,6 +95,7 @@ def prepare(cfg, device, resume_dir=None):
         st = read_npz(state_path, "training state")
         require_keys(st, ("iteration", "elapsed_s"), "training state", state_path)
         state["net"], state["resume"] = net, st
+    state["net"]["conv1"].needs_input_grad = False     # nothing upstream of the photos to train
     return state
 
 

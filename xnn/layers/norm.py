@@ -16,7 +16,8 @@ class InstanceNorm2d(Layer):
 
     Backward, with s = 1 / sqrt(var + eps) and g = dy * gamma:
         dbeta = sum_{n,h,w} dy,   dgamma = sum_{n,h,w} dy * xhat,
-        dx = s * (g - mean_hw(g) - xhat * mean_hw(g * xhat)).
+        dx = s * (g - mean_hw(g) - xhat * mean_hw(g * xhat))
+           = gamma * s * (dy - mean_hw(dy) - xhat * mean_hw(dy * xhat)).
     y and dx keep x's memory order (channels-last stays channels-last).
     """
 
@@ -34,10 +35,13 @@ class InstanceNorm2d(Layer):
         if x.ndim != 4 or x.shape[1] != self.channels:
             raise ValueError(f"InstanceNorm2d expects (N, {self.channels}, H, W) input, got {tuple(x.shape)}")
         xp = self.xp
-        mu = x.mean(axis=(2, 3), keepdims=True)
-        xhat = xp.subtract(x, mu, out=like(xp, x))
-        var = (xhat * xhat).mean(axis=(2, 3), keepdims=True)
-        inv_std = 1.0 / xp.sqrt(var + self.eps)
+        scale = 1.0 / (x.shape[2] * x.shape[3])
+        # sums over H, W by einsum: one pass in any memory order (mean(axis=(2, 3)) is 3x slower on
+        # channels-last memory)
+        mu = (xp.einsum("nchw->nc", x) * scale)[:, :, None, None]
+        xhat = xp.subtract(x, mu.astype(x.dtype, copy=False), out=like(xp, x))
+        var = (xp.einsum("nchw,nchw->nc", xhat, xhat) * scale)[:, :, None, None]
+        inv_std = (1.0 / xp.sqrt(var + self.eps)).astype(x.dtype, copy=False)
         xhat *= inv_std
         self._xhat, self._inv_std = xhat, inv_std
         if not self.affine:
@@ -48,11 +52,19 @@ class InstanceNorm2d(Layer):
 
     def backward(self, dy):
         xp, xhat = self.xp, self._xhat
+        scale = 1.0 / (xhat.shape[2] * xhat.shape[3])
+        sum_dy = xp.einsum("nchw->nc", dy)                        # per sample: dbeta's terms
+        sum_dy_xhat = xp.einsum("nchw,nchw->nc", dy, xhat)        # per sample: dgamma's terms
         if self.affine and not self.frozen:
-            self.grads["gamma"] = (dy * xhat).sum(axis=(0, 2, 3))
-            self.grads["beta"] = dy.sum(axis=(0, 2, 3))
-        g = dy * self.params["gamma"].reshape(1, -1, 1, 1) if self.affine else dy
-        dx = xp.subtract(g, g.mean(axis=(2, 3), keepdims=True), out=like(xp, xhat))
-        dx -= xhat * (g * xhat).mean(axis=(2, 3), keepdims=True)
-        dx *= self._inv_std
+            self.grads["gamma"] = sum_dy_xhat.sum(axis=0)
+            self.grads["beta"] = sum_dy.sum(axis=0)
+        a = self._inv_std
+        if self.affine:
+            a = a * self.params["gamma"].reshape(1, -1, 1, 1)
+        # dx = gamma * s * (dy - mean(dy) - xhat * mean(dy * xhat)), the means over H, W
+        dx = xp.multiply(xhat, (sum_dy_xhat * scale)[:, :, None, None].astype(xhat.dtype, copy=False),
+                         out=like(xp, xhat))
+        xp.subtract(dy, dx, out=dx)
+        dx -= (sum_dy * scale)[:, :, None, None].astype(xhat.dtype, copy=False)
+        dx *= a
         return dx
