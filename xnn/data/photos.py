@@ -5,7 +5,7 @@
     photos.held_out                            # the first 4 readable files (sorted): previews, never
                                                # trained on (decoded: photos.held_out_images)
 
-A crop takes a square of ``scale`` x the shorter side (``scale`` uniform in [min_scale, 1]) at a
+A crop takes a square of ``scale`` x the shorter side (``scale`` uniform in [min_scale, max_scale]) at a
 random place, resizes it to the batch size (Lanczos) and mirrors it left-right with probability
 1/2.  Files are decoded when drawn, so a folder of 83,000 photos starts at once; a file that
 cannot be read (corrupt, truncated, not an image) is dropped from the folder and counted in
@@ -33,7 +33,8 @@ def kodak_folder():
 
 
 class PhotoFolder:
-    def __init__(self, folder, hold_out: int = 0, min_scale: float = 0.5, cache_bytes: int = 1 << 30):
+    def __init__(self, folder, hold_out: int = 0, min_scale: float = 0.5, max_scale: float = 1.0,
+                 cache_bytes: int = 1 << 30):
         folder = pathlib.Path(folder)
         if not folder.is_dir():
             raise XnnError(f"dataset {folder} is not a folder of photos")
@@ -41,10 +42,10 @@ class PhotoFolder:
         if len(files) <= hold_out:
             raise XnnError(f"dataset {folder} has {len(files)} image file(s) ({', '.join(IMAGE_SUFFIXES)}); it needs more "
                            f"than the {hold_out} held out for previews")
-        if not 0 < min_scale <= 1:
-            raise ValueError(f"min_scale must be in (0, 1], got {min_scale}")
+        if not 0 < min_scale <= max_scale <= 1:
+            raise ValueError(f"need 0 < min_scale <= max_scale <= 1, got {min_scale}, {max_scale}")
         from .images import load_image
-        self.folder, self.min_scale = folder, min_scale
+        self.folder, self.min_scale, self.max_scale = folder, min_scale, max_scale
         self.skipped: list[str] = []          # "name: why" of each file dropped
         self.cache_bytes, self._cache, self._cached_bytes = cache_bytes, {}, 0
         self.held_out, self.held_out_images = [], []     # the first readable files, decoded
@@ -87,7 +88,7 @@ class PhotoFolder:
         """A random square crop of ``image`` at a random scale, resized to size x size, maybe mirrored."""
         from .images import resize_to
         h, w = image.shape[:2]
-        side = max(1, int(round(min(h, w) * rng.uniform(self.min_scale, 1.0))))
+        side = max(1, int(round(min(h, w) * rng.uniform(self.min_scale, self.max_scale))))
         y, x = int(rng.integers(h - side + 1)), int(rng.integers(w - side + 1))
         out = resize_to(image[y:y + side, x:x + side], (size, size))
         return out[:, ::-1] if rng.random() < 0.5 else out

@@ -34,8 +34,11 @@ SCHEMA = {
                    "0.42 M", gt=0, max=4),
     "image_size": Field("int", 128, "side of the square training crops (a multiple of 4; 256 is the papers')",
                         min=32, max=1024, check=lambda v: None if v % 4 == 0 else "must be a multiple of 4"),
-    "crop_scale_min": Field("float", 0.5, "crops take a random square of this to 1 times a photo's shorter side",
-                            gt=0, max=1),
+    "crop_scale": Field("list[float]", [0.25, 0.5], "crops take a random square of [min, max] times a photo's "
+                        "shorter side, resized to image_size: the scale at which the network learns to paint (the "
+                        "default matches applying it at about 512 px to a photo of a few hundred pixels or more)",
+                        check=lambda v: None if len(v) == 2 and 0 < v[0] <= v[1] <= 1 else "[min, max] with "
+                        "0 < min <= max <= 1"),
     "batch_size": Field("int", 4, "crops per step", min=1),
     "num_iterations": Field("int", 2500, "Adam steps", min=1),
     "learning_rate": Field("float", 1e-3, "Adam step size", gt=0),
@@ -49,7 +52,8 @@ SCHEMA = {
     "weights": Field("str", "vgg19-imagenet-notop", "VGG19 weights of the loss network: a registered name or a path"),
     "print_iter": Field("int", 10, "log the mean losses every N iterations", min=1),
     "preview_iter": Field("int", 250, "stylise the held-out photos every N iterations (previews/)", min=1),
-    "preview_size": Field("int", 256, "longer side of the preview photos", min=32, max=2048),
+    "preview_size": Field("int", 512, "longer side of the preview photos (the size a result is usually made at)",
+                          min=32, max=2048),
     "checkpoint_iter": Field("int", 500, "write model.npz and train_state.npz every N iterations", min=1),
 }
 
@@ -73,7 +77,8 @@ def prepare(cfg, device, resume_dir=None):
                                                                          cfg["style_layers"]), "image_size")
     style = _style_image(cfg)
     folder = kodak_folder() if cfg["dataset"] == "kodak" else cfg["dataset"]
-    photos = PhotoFolder(folder, hold_out=cfg["hold_out"], min_scale=cfg["crop_scale_min"])
+    photos = PhotoFolder(folder, hold_out=cfg["hold_out"], min_scale=cfg["crop_scale"][0],
+                         max_scale=cfg["crop_scale"][1])
     previews = [(path.name, resize_longer_side(img, cfg["preview_size"]))
                 for path, img in zip(photos.held_out, photos.held_out_images)]
     vgg = vgg19(weights=cfg["weights"], device=device, include_top=False)
