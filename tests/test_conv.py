@@ -294,13 +294,14 @@ def test_auto_follows_a_fixed_rule(dev, rng, monkeypatch):
 
 
 def test_autotune_candidates_are_the_algorithms_that_apply():
-    """Winograd F(m x m) needs a 3x3 stride-1 kernel and at least one whole m x m output tile."""
-    assert ca.candidates(3, 3, 1, 1, 1, 9) == ["im2col"]
-    assert ca.candidates(3, 3, 1, 1, 2, 3) == ["im2col", "winograd2"]
-    assert ca.candidates(3, 3, 1, 1, 9, 3) == ["im2col", "winograd2"]
-    assert ca.candidates(3, 3, 1, 1, 4, 4) == list(ALGOS)
+    """Winograd F(m x m) needs a 3x3 stride-1 kernel and at least one whole m x m output tile; the tap
+    sum any stride-1 kernel."""
+    assert ca.candidates(3, 3, 1, 1, 1, 9) == ["im2col", "tapsum"]
+    assert ca.candidates(3, 3, 1, 1, 2, 3) == ["im2col", "tapsum", "winograd2"]
+    assert ca.candidates(3, 3, 1, 1, 9, 3) == ["im2col", "tapsum", "winograd2"]
+    assert sorted(ca.candidates(3, 3, 1, 1, 4, 4)) == sorted(ALGOS)
     assert ca.candidates(3, 3, 2, 2, 8, 8) == ["im2col"]
-    assert ca.candidates(5, 5, 1, 1, 8, 8) == ["im2col"]
+    assert ca.candidates(5, 5, 1, 1, 8, 8) == ["im2col", "tapsum"]
 
 
 @pytest.mark.parametrize("m", [2, 4])
@@ -441,6 +442,19 @@ def test_forward_chunks_keep_every_temporary_within_the_device_budget(rng, monke
     extent = ca.padded_extent(algo, ho, wo, 3, 3, 1, 1)
     xpad = numpy.zeros((n,) + tuple(extent) + (c,))
     xpad[:, :h, :w] = x
+    if algo == "tapsum":        # its temporary is Y of an input row band: kh*kw*O values a padded position
+        bands, real = [], ca._tapsum_part
+        monkeypatch.setattr(ca, "_tapsum_part", lambda *a: bands.append(a[-1]) or real(*a))
+        y = ca.conv_nhwc(dev, xpad, ca.prepare_weights(dev, wt, algo), None, algo, (ho, wo), 3, 3)
+        want = conv_loops(x.transpose(0, 3, 1, 2), wt, numpy.zeros(o), 0).transpose(0, 2, 3, 1)
+        assert rel_error(y, want) < 1e-12
+        per_row = extent[1] * 9 * o * 8
+        every = [b for part in bands for b in part]
+        assert len(bands) == n * min(dev.workers, len(every) // n) and len(every) > n
+        assert all((r1 - r0) * per_row <= dev.chunk_bytes for r0, r1 in every)
+        rows = every[0][1] - every[0][0]                    # the bands of each image cover its rows once
+        assert sorted(every) == sorted([(r, min(r + rows, extent[0])) for r in range(0, extent[0], rows)] * n)
+        return
     calls = spy_chunks(monkeypatch)
     if algo == "im2col":                                  # stride 1 by default
         y = ca.conv_nhwc(dev, xpad, ca.prepare_weights(dev, wt, algo), None, algo, (ho, wo), 3, 3)
@@ -491,6 +505,13 @@ def test_default_choice_boundaries():
     assert choose(3, 3, 1, 1, 32, 1, 3, 256) == "im2col"        # not one whole tile high
     assert choose(3, 3, 1, 1, 32, 1, 30, 30) == "winograd4"     # 8 x 8 tiles (partial ones count)
     assert choose(3, 3, 1, 1, 32, 1, 28, 28) == "im2col"        # 7 x 7 tiles
+    assert choose(9, 9, 1, 1, 16, 1, 64, 64, 3) == "tapsum"     # large kernel, fewer outputs than inputs
+    assert choose(5, 5, 1, 1, 16, 1, 64, 64, 15) == "tapsum"
+    assert choose(9, 9, 1, 1, 3, 1, 64, 64, 16) == "im2col"     # more outputs than inputs: im2col's columns
+    assert choose(9, 9, 1, 1, 16, 1, 64, 64, 16) == "im2col"
+    assert choose(3, 3, 1, 1, 64, 1, 64, 64, 3) == "winograd4"  # 3x3: Winograd's rule
+    assert choose(9, 9, 2, 2, 16, 1, 64, 64, 3) == "im2col"     # stride 2
+    assert choose(9, 9, 1, 1, 16, 1, 64, 64) == "im2col"        # outputs not known
 
 
 def test_forced_algorithm_reads_the_environment(monkeypatch):
@@ -502,7 +523,7 @@ def test_forced_algorithm_reads_the_environment(monkeypatch):
     assert ca.forced_algorithm() == "winograd2"
     monkeypatch.setenv("XNN_CONV_ALGO", "fft")
     with pytest.raises(ValueError, match=r"^XNN_CONV_ALGO='fft' is not one of auto, autotune, im2col, "
-                                         r"winograd2, winograd4$"):
+                                         r"winograd2, winograd4, tapsum$"):
         ca.forced_algorithm()
 
 
@@ -532,7 +553,8 @@ def test_convolve_uses_the_chosen_algorithms_weights_and_times_autotune_once(rng
     ca.convolve(cpu, x, "autotune", weights_for, None, (3, 3), (1, 1), 1, "zeros", 4)
     assert len(timed) == 2 * len(ALGOS)                                           # remembered: not timed again
     ca.clear_choices()
-    speed = {"im2col": [3.0, 2.5], "winograd2": [1.0, 4.0], "winograd4": [2.0, 1.5]}   # two runs each
+    speed = {"im2col": [3.0, 2.5], "winograd2": [1.0, 4.0], "winograd4": [2.0, 1.5],
+             "tapsum": [2.0, 5.0]}   # two runs each
 
     def elapsed(fn):
         asked.clear()
@@ -565,7 +587,7 @@ def test_conv2d_defaults_initialisers_and_exact_messages():
     a = numpy.sqrt(6 / (16 * 9 + 32 * 9))
     assert a * 0.99 < numpy.abs(xavier).max() <= a
     assert Conv2d(2, 3, 3, init="xavier", dtype=numpy.float64).params["W"].dtype == numpy.float64
-    choices = "auto, autotune, im2col, winograd2, winograd4"
+    choices = "auto, autotune, im2col, winograd2, winograd4, tapsum"
     for kwargs, message in [
             (dict(kernel_size=(3, 3, 3)), "Conv2d kernel_size must be a positive int or a pair of them, got (3, 3, 3)"),
             (dict(kernel_size=3, stride=0), "Conv2d stride must be a positive int or a pair of them, got 0"),

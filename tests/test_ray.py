@@ -129,3 +129,24 @@ def test_local_ray_listens_on_loopback_only_with_token_auth(tmp_path, monkeypatc
     assert [s for s in seen["sockets"] if not _loopback(s[1])] == [], seen["sockets"]
     assert seen["auth"] == AuthenticationMode.TOKEN
     assert seen["node_ip"] in ("127.0.0.1", "::1")
+
+
+def test_fast_style_folder_on_ray_equals_local(tmp_path):
+    """The fast style network's job on Ray actors: the same outputs as in this process."""
+    from PIL import Image
+    from xnn.models import fast_style
+    model = tmp_path / "model.npz"
+    fast_style.save_model(fast_style.transformer(0.25, seed=3), 0.25, model)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("chelsea.png", "coffee.png"):
+        Image.open(REPO / "examples" / name).save(folder / name)
+    outs = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / engine
+        assert main([str(REPO / "configs" / "fast_style.yaml"), "--set", f"input={folder}", "--set", f"model={model}",
+                     "--set", "image_size=80", "--set", f"engine={engine}", "--device", "cpu", "--quiet",
+                     "--out", str(out)]) == 0
+        outs[engine] = out
+    for name in ("chelsea.png", "coffee.png"):
+        assert psnr(load_image(outs["local"] / "outputs" / name), load_image(outs["ray"] / "outputs" / name)) >= 45

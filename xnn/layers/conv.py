@@ -44,7 +44,7 @@ class Conv2d(Layer):
         if algorithm not in ca.CHOICES:
             raise ValueError(f"unknown conv algorithm {algorithm!r}; choose one of {', '.join(ca.CHOICES)}")
         if algorithm in ca.ALGORITHMS and not ca.applicable(algorithm, kh, kw, *self.stride):
-            raise ValueError(f"conv algorithm {algorithm!r} needs a 3x3 stride-1 kernel; "
+            raise ValueError(f"conv algorithm {algorithm!r} needs {ca.requirement(algorithm)}; "
                              f"choose one of {', '.join(ca.CHOICES)}")
         self.algorithm = algorithm
         fan_in, fan_out = in_channels * kh * kw, out_channels * kh * kw
