@@ -43,7 +43,7 @@ SCHEMA = {
     "num_iterations": Field("int", 2500, "Adam steps", min=1),
     "learning_rate": Field("float", 1e-3, "Adam step size", gt=0),
     "content_weight": Field("float", 1.0, "weight of the content loss (mean square feature difference)", min=0),
-    "style_weight": Field("float", 5.0, "weight of the style loss (mean square difference of Grams normalised "
+    "style_weight": Field("float", 0.03, "weight of the style loss (mean square difference of Grams normalised "
                           "by C*H*W)", min=0),
     "tv_weight": Field("float", 0.0, "weight of the total-variation smoothness loss", min=0),
     "content_layers": Field("str|list[str]", ["relu2_2"], "VGG19 layers of the content loss", check=_layers_ok),
