@@ -137,3 +137,28 @@ def test_mnist_evaluation_syncs_once_per_pass_not_per_batch():
         loss, acc = evaluate(net, (xs, ys), 8)
     assert 0 <= acc <= 1 and loss > 0
     assert_budget(rec, 8, 2 / 8, 0, "MNIST evaluation (8 batches)")
+
+
+def test_fast_style_training_step_within_budget():
+    """The train_style experiment's step on the stand-in: the batch of photos is the one copy to the
+    device a step; the losses stay on the device (one sync per logged row, not per step)."""
+    from xnn.experiments.train_style import train_step
+    from xnn.models import fast_style
+    from xnn.optim import Adam
+    from xnn.style.perceptual import PerceptualObjective
+    vgg = vgg19(weights=None, device=STANDIN, include_top=False, channels=(8, 8, 8, 8, 8)).truncate("relu2_2")
+    obj = PerceptualObjective(vgg, ["relu2_1"], ["relu1_2", "relu2_2"], content_weight=1.0, style_weight=3.0)
+    obj.set_style(_image(vgg, size=32))
+    net = fast_style.transformer(1 / 8).to(STANDIN)
+    net["conv1"].needs_input_grad = False
+    opt = Adam(net.trainable_params(), 1e-3)
+    rng = numpy.random.default_rng(0)
+    batches = [rng.uniform(0, 255, (2, 32, 32, 3)).astype(numpy.float32) for _ in range(4)]
+    train_step(net, obj, opt, fast_style.to_input(batches[0], STANDIN))
+    total = None
+    with recording() as rec:
+        for b in batches[1:]:
+            terms = train_step(net, obj, opt, fast_style.to_input(b, STANDIN))
+            total = terms["total"] if total is None else total + terms["total"]
+        losses_to_host({"total": total})          # the logged row
+    assert_budget(rec, 3, 1, 1, "fast style training step")
