@@ -128,7 +128,8 @@ def sheet(args, photos, table):
         if name in table:
             secs = [v["seconds"] for v in table[name].values() if v["seconds"] is not None]
             if secs:
-                label += f", {sum(secs) / len(secs):.2g} s"
+                mean = sum(secs) / len(secs)
+                label += f", {mean:.0f} s a photo" if mean >= 10 else f", {mean:.2g} s a photo"
         draw.text((j * (cell + pad) + 4, 12), label, fill="black")
     y = head
     for photo, h in zip(photos, rows):
