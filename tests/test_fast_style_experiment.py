@@ -217,3 +217,18 @@ def test_bad_inputs_are_one_line_and_leave_no_run_folder(tmp_path, capsys, photo
                           "not found", absent=[out])
     assert_one_line_error(capsys, [APPLY, "--set", f"model={model}", "--set", "temporal=stats", "--device", "cpu",
                                    "--out", out], "a network's video takes none or flow", absent=[out])
+
+
+def test_the_shipped_model_loads_and_paints():
+    """examples/models/starry_night.npz: a width-0.5 network of this architecture whose output on a photo
+    keeps the photo's structure (edges where its edges are) and changes its colours."""
+    from xnn.data.images import resize_longer_side
+    from xnn.video.temporal import structure_correlation
+    net, width = fast_style.load_model(REPO / "examples" / "models" / "starry_night.npz")
+    assert width == 0.5 and sum(v.size for v in net.params.values()) == 424_099
+    photo = resize_longer_side(load_image(REPO / "examples" / "chelsea.png"), 96)
+    out = fast_style.stylise(net, photo)
+    assert out.shape == photo.shape and numpy.isfinite(out).all() and 0 <= out.min() and out.max() <= 1
+    out8 = (out * 255).round().astype(numpy.uint8)
+    assert structure_correlation(out8, photo) > 0.5
+    assert numpy.abs(out8.astype(int) - photo).mean() > 10
