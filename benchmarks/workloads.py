@@ -346,9 +346,8 @@ def torch_cnn_train(torch, device, rng, layout, steps=10):
     return step
 
 
-def torch_vgg_forward(torch, device, rng, layout, size=224):
-    net = _torch_vgg(torch, device, layout)
-    x = _tensor(torch, rng.standard_normal((1, 3, size, size), dtype=numpy.float32), device, layout)
+def _torch_inference(torch, device, net, x):
+    """A step that runs ``net`` on ``x`` under inference_mode and waits for the device."""
     sync = _sync(torch, device)
 
     def step():
@@ -356,6 +355,12 @@ def torch_vgg_forward(torch, device, rng, layout, size=224):
             net(x)
         sync()
     return step
+
+
+def torch_vgg_forward(torch, device, rng, layout, size=224):
+    net = _torch_vgg(torch, device, layout)
+    x = _tensor(torch, rng.standard_normal((1, 3, size, size), dtype=numpy.float32), device, layout)
+    return _torch_inference(torch, device, net, x)
 
 
 def torch_style_step(torch, device, rng, layout, size):
@@ -494,13 +499,7 @@ def _torch_transformer(torch, width=FAST_WIDTH):
 def torch_fast_style(torch, device, rng, layout, size=512):
     net = _frozen(torch, _torch_transformer(torch), device, layout)
     x = _tensor(torch, rng.uniform(0, 255, (1, 3, size, size)).astype(numpy.float32), device, layout)
-    sync = _sync(torch, device)
-
-    def step():
-        with torch.inference_mode():
-            net(x)
-        sync()
-    return step
+    return _torch_inference(torch, device, net, x)
 
 
 def _torch_gram(f):
