@@ -40,10 +40,10 @@ SCHEMA = {
                         check=lambda v: None if len(v) == 2 and 0 < v[0] <= v[1] <= 1 else "[min, max] with "
                         "0 < min <= max <= 1"),
     "batch_size": Field("int", 4, "crops per step", min=1),
-    "num_iterations": Field("int", 2500, "Adam steps", min=1),
+    "num_iterations": Field("int", 2000, "Adam steps", min=1),
     "learning_rate": Field("float", 1e-3, "Adam step size", gt=0),
     "content_weight": Field("float", 1.0, "weight of the content loss (mean square feature difference)", min=0),
-    "style_weight": Field("float", 0.03, "weight of the style loss (mean square difference of Grams normalised "
+    "style_weight": Field("float", 0.1, "weight of the style loss (mean square difference of Grams normalised "
                           "by C*H*W)", min=0),
     "tv_weight": Field("float", 0.0, "weight of the total-variation smoothness loss", min=0),
     "content_layers": Field("str|list[str]", ["relu2_2"], "VGG19 layers of the content loss", check=_layers_ok),
