@@ -301,7 +301,7 @@ def test_lbfgs_that_ends_early_in_a_middle_stage_logs_the_stage_end(tmp_path, mo
 
 def test_progress_png_shows_the_picture_so_far_and_the_bar_names_it(tmp_path, monkeypatch):
     """progress.png is written once the first PREVIEW_FIRST_S have passed (here at once), then
-    every PREVIEW_EVERY_S, and at the end of each stage; the progress line carries its path."""
+    every preview_s, and at the end of each stage; the progress line carries its path."""
     from xnn.experiments import base as experiment_base
     from xnn.experiments import style
     previews, bars = [], []
@@ -319,10 +319,24 @@ def test_progress_png_shows_the_picture_so_far_and_the_bar_names_it(tmp_path, mo
     monkeypatch.setattr(experiment_base.RunContext, "save_image", spy)
     monkeypatch.setattr(experiment_base, "Progress", Bar)
     monkeypatch.setattr(style, "PREVIEW_FIRST_S", 0.0)
-    monkeypatch.setattr(style, "PREVIEW_EVERY_S", 3600.0)
-    out = run(tmp_path, "r", "num_iterations=3", "optimizer=adam")
+    out = run(tmp_path, "r", "num_iterations=3", "optimizer=adam", "preview_s=3600")
     # one after the first iteration, then none until the stage ends (an hour apart here)
     assert len(previews) == 2 and bars == [str(out / "progress.png")] * 3
     final = load_image(out / "progress.png")
     numpy.testing.assert_array_equal(final, load_image(out / "output.png"))
     assert not numpy.array_equal((previews[0] * 255).round().astype(numpy.uint8), final)   # an earlier picture
+
+
+def test_preview_s_sets_how_often_progress_png_is_written(tmp_path, monkeypatch):
+    """preview_s shorter than the first wait: the first preview comes after preview_s, then every
+    preview_s (here: every iteration)."""
+    from xnn.experiments import base as experiment_base
+    previews = []
+    real_save = experiment_base.RunContext.save_image
+
+    def spy(self, name, image):
+        previews.append(name)
+        return real_save(self, name, image)
+    monkeypatch.setattr(experiment_base.RunContext, "save_image", spy)
+    run(tmp_path, "r", "num_iterations=4", "optimizer=adam", "preview_s=1e-9")
+    assert previews.count("progress.png") == 4 + 1     # after each iteration, and at the stage's end

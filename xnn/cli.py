@@ -202,6 +202,9 @@ def main(argv=None) -> int:
     if argv and argv[0] == "run":  # the `xnn run CONFIG` console script form
         argv, prog = argv[1:], "xnn run"
     try:
+        if argv and argv[0] in ("studio", "--studio"):   # `xnn studio`, `python run.py --studio`
+            from .studio import main as studio_main
+            return studio_main(argv[1:])
         return run(build_parser(prog).parse_args(argv))
     except XnnError as e:
         print(f"xnn: error: {e}", file=sys.stderr)

@@ -18,10 +18,10 @@ from ..models.vgg import check_input_size, deepest_layer, unknown_layers_problem
 from .base import blend_weights, stylisation_fields, tile_size_field
 
 KIND = "style"
-#: progress.png, the picture so far, is written after this many seconds of optimising, then every
-#: PREVIEW_EVERY_S (and at the end of each stage), so a user sees a picture within the first minute
+#: progress.png, the picture so far, is written after this many seconds of optimising (or sooner
+#: when preview_s is shorter), then every preview_s (and at the end of each stage), so a user sees
+#: a picture within the first minute
 PREVIEW_FIRST_S = 10.0
-PREVIEW_EVERY_S = 30.0
 
 
 def _stages_grow(sizes):
@@ -57,6 +57,8 @@ SCHEMA = {
     "init_image": Field("path", None, "start from this image instead (overrides init)", nullable=True),
     "pooling": Field("str", "max", "VGG pooling: max or avg", choices=("max", "avg")),
     "print_iter": Field("int", 10, "log losses every N iterations (0: only first and last)", min=0),
+    "preview_s": Field("float", 30.0, "seconds between updates of progress.png, the picture so far (the first "
+                       "after 10 s); the studio sets 2", gt=0, max=86400),
     "save_iter": Field("int", 100, "save an intermediate image and a checkpoint every N iterations (0: never)",
                        min=0),
     "weights": Field("str", "vgg19-imagenet-notop", "VGG19 weights: a registered name or a path"),
@@ -202,11 +204,11 @@ def run(state, ctx):
         return rgb
 
     stage_outputs, previous, evaluations, stopped, final_losses = [], None, 0, False, None
-    preview = {"next": time.perf_counter() + PREVIEW_FIRST_S, "path": None}
+    preview = {"next": time.perf_counter() + min(PREVIEW_FIRST_S, cfg["preview_s"]), "path": None}
 
     def save_preview(rgb):
         ctx.save_image("progress.png", rgb)
-        preview["next"] = time.perf_counter() + PREVIEW_EVERY_S
+        preview["next"] = time.perf_counter() + cfg["preview_s"]
         preview["path"] = str(ctx.path("progress.png"))
 
     for si in range(first_stage, len(plan)):

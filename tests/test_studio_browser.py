@@ -1,0 +1,58 @@
+"""The studio in a real browser: Debian's Chromium driven by Playwright (skipped where either is
+missing; .ci/run installs both).  It loads the page, uploads a photo and a style, runs AdaIN,
+saves a screenshot and checks that the result is a picture, that no error was shown and that
+the page asked nothing of any host but 127.0.0.1."""
+import os
+import pathlib
+import shutil
+
+import pytest
+
+from .conftest import REPO, weights_path
+
+pytest.importorskip("gradio", reason="the studio extra (pip install 'xnn[studio]') is not installed")
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+CHROMIUM = os.environ.get("XNN_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="no Chromium (Debian: apt-get install chromium)"),
+              pytest.mark.filterwarnings("ignore:.*no_silent_downcasting", "ignore:The copy keyword")]
+#: where the screenshot goes (CI keeps it in the test's tmp folder)
+SHOT_DIR = os.environ.get("XNN_SCREENSHOTS")
+#: flags a root, offline, headless Chromium needs (no sandbox as root; no calls home)
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+
+def test_adain_in_a_real_browser(tmp_path):
+    from xnn.studio import serve
+    weights_path("adain_decoder.npz")
+    studio, page_server, url = serve(tmp_path / "runs")
+    hosts, errors = set(), []
+    try:
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on("request", lambda r: hosts.add(r.url.split("/")[2]))
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url)
+            page.wait_for_selector("#instant-go", timeout=60_000)
+            page.locator("#instant-photo input[type=file]").set_input_files(str(REPO / "examples" / "chelsea.png"))
+            style_input = page.locator("input[type=file]").nth(1)          # the first "or upload a style"
+            style_input.set_input_files(str(REPO / "examples" / "the_scream.jpg"))
+            page.wait_for_selector("#instant-photo img", timeout=30_000)
+            page.click("#instant-go")
+            result = page.wait_for_selector("#instant-result img", timeout=60_000)
+            page.wait_for_function("el => el.complete && el.naturalWidth > 0", arg=result, timeout=30_000)
+            size = result.evaluate("el => [el.naturalWidth, el.naturalHeight]")
+            took = page.locator("#instant-took").inner_text()
+            shot = pathlib.Path(SHOT_DIR or tmp_path) / "studio_instant.png"
+            page.screenshot(path=str(shot), full_page=True)
+            toasts = page.locator(".toast-body.error, .toast-wrap .error").count()
+            browser.close()
+    finally:
+        studio.close()
+        page_server.close()
+    assert size == [512, 341], size
+    assert "512x341 px in" in took
+    assert toasts == 0 and not errors, errors
+    assert shot.stat().st_size > 50_000
+    assert hosts == {url.split("/")[2]}, hosts            # nothing but the studio itself
