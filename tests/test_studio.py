@@ -250,6 +250,21 @@ def test_a_video_job_runs_to_a_playable_result(studio):
     assert src.frames == 72 and max(src.size) == 128
 
 
+def test_a_train_job_gives_a_model_the_instant_tab_can_use(studio):
+    """Two iterations on the Kodak photos at 64 px: the job ends with model.npz and its preview, and
+    the model is offered (and works) as an instant method."""
+    st, client, _ = studio
+    weights_path("vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5")
+    job, _ = client.predict(None, "the_scream", None, 2, 64, 0.1, api_name="/train")
+    r = wait(client, "train", job, lambda r: "running" not in r[1] and "queued" not in r[1], timeout=300)
+    assert "done" in r[1] and "2 / 2 iterations" in r[1], r[1]
+    assert r[2] is not None and pathlib.Path(r[4]).name == "model.npz"
+    name = st.queue.jobs[job].run_dir.name
+    assert name in st.models()
+    path, _ = instant(client, CHELSEA, size=128, method=name)
+    assert load_image(path).shape == (85, 128, 3)
+
+
 def test_runs_tab_lists_and_shows_run_folders(studio):
     st, client, root = studio
     names = client.predict(api_name="/run_list")

@@ -137,7 +137,7 @@ def build(studio: Studio) -> gr.Blocks:
             job = gr.Number(None, label="job", precision=0, interactive=False, elem_id=f"{kind}-job")
             status = gr.Markdown("No job yet.", elem_id=f"{kind}-status")
             with gr.Row():
-                preview = gr.Image(label=preview_label, **SHOWN, visible=kind != "video")
+                preview = gr.Image(label=preview_label, **SHOWN, visible=kind != "video", height=400)
                 curve = gr.LinePlot(x="iteration", y="log10 loss", label="loss", visible=kind == "paint")
             out = result_component()
 
@@ -148,7 +148,7 @@ def build(studio: Studio) -> gr.Blocks:
 
             def watch(job_id):
                 jid = int(job_id) if job_id not in (None, "") else None
-                if jid is None:
+                if jid is None or jid not in studio.queue.jobs:     # a new page: the tab's latest job
                     latest = studio.queue.latest(kind)
                     jid = latest.id if latest else None
                 if jid is None:
@@ -171,13 +171,21 @@ def build(studio: Studio) -> gr.Blocks:
                 p_photo = gr.Image(type="filepath", image_mode=None, label="photo", sources=["upload", "clipboard"])
                 p_upload, p_names, p_blend = style_inputs()
             gr.Examples(photos, inputs=p_photo, label="example photos")
+            first = studio.preset("style.yaml")
             with gr.Row():
                 preset = gr.Dropdown(list(PAINT_PRESETS), value="style.yaml", label="preset (configs/)")
-                p_size = gr.Slider(64, 2048, 512, step=32, label="image size (px; hires has its own schedule)")
-                iters = gr.Number(300, precision=0, label="iterations")
-                sw = gr.Number(None, label="style weight (empty: the preset's)")
-                cw = gr.Number(None, label="content weight (empty: the preset's)")
+                p_size = gr.Slider(64, 2048, first["image_size"], step=32,
+                                   label="image size (px; hires has its own schedule)")
+                iters = gr.Number(first["num_iterations"], precision=0, label="iterations")
+                sw = gr.Number(first["style_weight"], label="style weight")
+                cw = gr.Number(first["content_weight"], label="content weight")
                 p_colours = gr.Checkbox(False, label="preserve colours")
+
+            @_page_errors
+            def preset_values(name):
+                v = studio.preset(name)
+                return v["image_size"], v["num_iterations"], v["style_weight"], v["content_weight"]
+            preset.change(preset_values, preset, [p_size, iters, sw, cw], api_visibility="private")
             more = gr.Textbox(label="more settings, one KEY=VALUE per line (as --set)", lines=2)
 
             def paint(photo, upload, names, blend, preset, size, iters, sw, cw, colours, more):
@@ -196,11 +204,13 @@ def build(studio: Studio) -> gr.Blocks:
                 temporal = gr.Radio(["none", "stats", "flow"], value="flow",
                                     label="temporal (flow: steadiest; stats: AdaIN only)")
                 v_size = gr.Slider(128, 1024, 384, step=32, label="frame size (px)")
+            gr.Markdown("The result plays below when the job is done; its run folder also keeps the frame check "
+                        "(summary.png: flicker maps) and summary.json.")
 
             def video(clip, upload, names, blend, method, temporal, size):
                 return studio.video(_path(clip), _path(upload), names, blend, temporal, size, method)
             job_tab("video", [clip, v_upload, v_names, v_blend, v_method, temporal, v_size], video, "",
-                    lambda: gr.Video(label="result", interactive=False))
+                    lambda: gr.Video(label="result", interactive=False, height=420))
 
         with gr.Tab("Train"):
             gr.Markdown("Train a fast style network for one style (docs/fast_style.md). The default, 2000 "

@@ -188,15 +188,16 @@ class Studio:
         return out
 
     def warm_up(self):
-        """Load the AdaIN model before the first request (in the background at start): the first
-        picture then takes as long as the others.  Missing weights are reported by that request."""
-        from ..style.feedforward import build_stylizer
-        try:
-            with self._lock:
-                if ("adain", ("adain", "adain")) not in self._models:
-                    self._models[("adain", ("adain", "adain"))] = build_stylizer(("adain", "adain"), self.device())
-        except XnnError:
-            pass
+        """Make one picture before the first request (in the background at start): the model is
+        loaded, the default style encoded and the one-off costs of a first run paid, so the first
+        picture a user asks for takes as long as the others.  A problem (missing weights) is left
+        for that request to report."""
+        photo = self.examples / "chelsea.png"
+        if photo.is_file():
+            try:
+                self.instant(photo)
+            except XnnError:
+                pass
 
     # -- jobs: CLI runs in the queue --------------------------------------------------------------
     def _run_dir(self, kind) -> pathlib.Path:
@@ -212,6 +213,15 @@ class Studio:
         with the job fields ``fields(cfg)`` gives."""
         cfg, _ = self.config(config, overrides)
         return self.queue.submit(kind, f"configs/{config}", self._run_dir(kind), overrides, **fields(cfg))
+
+    def preset(self, name) -> dict:
+        """The Paint tab's fields as ``configs/<name>`` sets them (a schedule shows its last stage)."""
+        if name not in PAINT_PRESETS:
+            raise XnnError(f"preset {name!r}: choose one of {', '.join(PAINT_PRESETS)}")
+        cfg, _ = self.config(name, [])
+        last = lambda v: v[-1] if isinstance(v, list) else v      # noqa: E731
+        return {"image_size": last(cfg["image_size"]), "num_iterations": last(cfg["num_iterations"]),
+                "style_weight": cfg["style_weight"], "content_weight": cfg["content_weight"]}
 
     def paint(self, photo, style_upload=None, example_styles=("starry_night",), blend_text="",
               preset="style.yaml", image_size=512, num_iterations=300, style_weight=None, content_weight=None,
