@@ -1,4 +1,4 @@
-"""The studio's screenshots in docs/ (docs/studio_*.png), taken as a user works: in Debian's
+"""The studio's screenshots in docs/ (docs/studio_*.jpg), taken as a user works: in Debian's
 Chromium, driven by Playwright, against a studio started by this script.
 
     XNN_HOME=../shared/data python docs/make_studio_screenshots.py [--out docs] [--runs /tmp/studio-shots]
@@ -52,7 +52,7 @@ def main():
             page.wait_for_selector("#instant-result img", timeout=60_000)
             time.sleep(1)
             print("instant:", page.locator("#instant-took").inner_text())
-            page.screenshot(path=str(out / "studio_instant.png"), full_page=True)
+            page.screenshot(path=str(out / "studio_instant.jpg"), full_page=True, type="jpeg", quality=85)
 
             tab(page, "Paint")
             panel = page.locator("#paint-start").locator("xpath=ancestor::div[@role='tabpanel']")
@@ -66,7 +66,7 @@ def main():
                                    timeout=120_000)
             time.sleep(14)
             print("paint:", page.locator("#paint-status").inner_text())
-            page.screenshot(path=str(out / "studio_paint.png"), full_page=True)
+            page.screenshot(path=str(out / "studio_paint.jpg"), full_page=True, type="jpeg", quality=85)
             page.click("#paint-stop")
             page.wait_for_function("() => document.querySelector('#paint-status').innerText.includes('stopped')",
                                    timeout=120_000)
@@ -84,11 +84,11 @@ def main():
                                    timeout=600_000)
             print("video:", page.locator("#video-status").inner_text())
             time.sleep(3)
-            page.screenshot(path=str(out / "studio_video.png"), full_page=True)
+            page.screenshot(path=str(out / "studio_video.jpg"), full_page=True, type="jpeg", quality=85)
 
             tab(page, "Runs")
             time.sleep(3)
-            page.screenshot(path=str(out / "studio_runs.png"), full_page=True)
+            page.screenshot(path=str(out / "studio_runs.jpg"), full_page=True, type="jpeg", quality=85)
             browser.close()
     finally:
         studio.close()

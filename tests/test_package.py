@@ -95,7 +95,8 @@ def test_engines_and_stylisation_steps_know_no_experiment():
 
 #: docs/design.md's package map, lowest first: a group may import from the groups before it
 LAYERS = [{"errors", "files", "config", "blend", "stop"}, {"backends"}, {"layers"}, {"model", "optim"},
-          {"tiling", "data"}, {"models"}, {"video"}, {"style"}, {"engines"}, {"experiments"}, {"xnn"}, {"cli"}]
+          {"tiling", "data"}, {"models"}, {"video"}, {"style"}, {"engines"}, {"experiments"}, {"xnn"}, {"studio"},
+          {"cli"}, {"__main__"}]
 
 
 def test_the_package_keeps_the_map_in_docs_design():
