@@ -34,9 +34,7 @@ def main():
     from xnn.studio import serve
     runs = tempfile.mkdtemp(prefix="studio-bench-")
     studio, server, url = serve(runs)
-    while ("adain", ("adain", "adain")) not in studio._models:      # the warm-up, as a user's first wait
-        time.sleep(0.2)
-    time.sleep(3)
+    studio.warm.wait(300)          # the warm-up at start: the model, a first picture, the example paintings
     client = Client(url, verbose=False, download_files=tempfile.mkdtemp(prefix="studio-bench-dl-"))
     photos = [p for p in studio.example_photos()]
     cached, fresh = [], []

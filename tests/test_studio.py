@@ -37,6 +37,8 @@ def studio(tmp_path_factory):
     weights_path("adain_decoder.npz")
     root = tmp_path_factory.mktemp("studio") / "runs"
     st, page, url = serve(root)
+    # the warm-up's pictures share the CPU's thread pools: comparisons with the CLI wait for it
+    assert st.warm.wait(300)
     client = Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
     yield st, client, root
     st.close()

@@ -73,7 +73,8 @@ def status_text(studio: Studio, p: dict) -> str:
         eta = f", about {_duration(p['eta_s'])} to go" if p["eta_s"] is not None else ""
         last = p["rows"][-1] if p["rows"] else {}
         loss = f", loss {last['total_loss']:.4g}" if "total_loss" in last else ""
-        return f"{name} is **running**: {steps}{loss}{eta}. Run folder: `{p['run_dir']}`"
+        bar = f'<progress value="{p["done"]}" max="{p["total"]}"></progress> ' if p["total"] else ""
+        return f"{bar}{name} is **running**: {steps}{loss}{eta}. Run folder: `{p['run_dir']}`"
     return f"{name} **{p['state']}** after {steps}: {p['message']}"
 
 
@@ -103,7 +104,7 @@ def build(studio: Studio) -> gr.Blocks:
     with gr.Blocks(title="xnn studio", analytics_enabled=False) as page:
         gr.Markdown("## xnn studio\nStyle transfer with xnn's own layers, on this machine. Every long job is an "
                     f"ordinary run folder in `{studio.root}`: `python run.py --resume FOLDER` continues it.")
-        with gr.Tab("Instant"):
+        with gr.Tab("Instant") as instant_tab:
             with gr.Row():
                 with gr.Column():
                     photo = gr.Image(type="filepath", image_mode=None, label="photo", elem_id="instant-photo",
@@ -194,7 +195,7 @@ def build(studio: Studio) -> gr.Blocks:
             job_tab("paint", [p_photo, p_upload, p_names, p_blend, preset, p_size, iters, sw, cw, p_colours, more],
                     paint, "picture so far", lambda: gr.Image(label="result", **SHOWN))
 
-        with gr.Tab("Video"):
+        with gr.Tab("Video") as video_tab:
             with gr.Row():
                 clip = gr.Video(label="clip (up to 3000 frames)", sources=["upload"])
                 v_upload, v_names, v_blend = style_inputs()
@@ -269,6 +270,7 @@ def build(studio: Studio) -> gr.Blocks:
                 return [p.name for p in studio.runs()]
             gr.api(run_list, api_name="run_list")
 
-        for tab_models in (method, v_method):
-            page.load(lambda: gr.Dropdown(choices=models()), None, tab_models, api_visibility="private")
+        for tab, tab_models in ((instant_tab, method), (video_tab, v_method)):    # a model trained meanwhile
+            for event in (page.load, tab.select):
+                event(lambda: gr.Dropdown(choices=models()), None, tab_models, api_visibility="private")
     return page

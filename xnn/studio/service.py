@@ -55,8 +55,10 @@ class Studio:
         self.queue = JobQueue(cwd=self.repo, env=environment(**(env or {})))
         self._lock = threading.Lock()
         self._models = {}      # (kind, weights) -> a loaded stylizer
-        self._style_stats = {}  # (weights, style_size, style files) -> AdaIN statistics of each style
+        self._style_stats = {}  # (weights, style_size, style file, its mtime) -> its AdaIN statistics
         self._device = None
+        self.warm = threading.Event()   # set when warm_up has finished
+        self._warming = False
 
     # -- files -------------------------------------------------------------------------------
     def allowed(self, path) -> pathlib.Path:
@@ -164,14 +166,14 @@ class Studio:
             st = self._models.get(("adain", weights))
             if st is None:
                 st = self._models[("adain", weights)] = build_stylizer(weights, self.device())
-            key = (weights, cfg["style_size"], tuple((str(p), pathlib.Path(p).stat().st_mtime_ns)
-                                                     for p in cfg["style_image"]))
-            stats = self._style_stats.get(key)
-            if stats is None:                # a style is encoded once, then reused while it is unchanged
-                stats = [st.encode_style(s) for s in load_styles(cfg)]
-                if len(self._style_stats) >= 16:
-                    self._style_stats.pop(next(iter(self._style_stats)))
-                self._style_stats[key] = stats
+            stats = []
+            for path in cfg["style_image"]:   # each style is encoded once, then reused while unchanged
+                key = (weights, cfg["style_size"], str(path), pathlib.Path(path).stat().st_mtime_ns)
+                if key not in self._style_stats:
+                    if len(self._style_stats) >= 32:
+                        self._style_stats.pop(next(iter(self._style_stats)))
+                    self._style_stats[key] = st.encode_style(load_styles({**cfg, "style_image": [path]})[0])
+                stats.append(self._style_stats[key])
             target = StyleStats(*blend_stats(stats, blend_weights(cfg)))
             out, _, _ = stylise_content(st, content, target, cfg)
         return out
@@ -188,16 +190,21 @@ class Studio:
         return out
 
     def warm_up(self):
-        """Make one picture before the first request (in the background at start): the model is
-        loaded, the default style encoded and the one-off costs of a first run paid, so the first
-        picture a user asks for takes as long as the others.  A problem (missing weights) is left
-        for that request to report."""
+        """Make a picture before the first request (in the background at start): the model is
+        loaded, the one-off costs of a first run are paid and every example painting is encoded
+        at the default style size, so the first picture a user asks for takes as long as the
+        others.  A problem (missing weights) is left for that request to report."""
         photo = self.examples / "chelsea.png"
-        if photo.is_file():
-            try:
+        self._warming = True
+        try:
+            if photo.is_file():
                 self.instant(photo)
-            except XnnError:
-                pass
+                for name in self.example_styles():
+                    self.instant(photo, example_styles=[name], image_size=64)
+        except XnnError:
+            pass
+        finally:
+            self.warm.set()
 
     # -- jobs: CLI runs in the queue --------------------------------------------------------------
     def _run_dir(self, kind) -> pathlib.Path:
@@ -310,7 +317,10 @@ class Studio:
                 "output": pick("output.png", "output.mp4", "model.npz", "output.jpg")}
 
     def close(self):
+        """Stop the jobs (the running one saves and stays resumable) and let the warm-up finish."""
         self.queue.shutdown()
+        if self._warming:
+            self.warm.wait(300)
 
 
 def _more(text) -> list:
