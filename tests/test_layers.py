@@ -111,12 +111,12 @@ def test_zero_grad_freeze_and_repr():
 def test_every_layer_lives_on_the_device_it_is_given():
     from xnn.layers import AvgPool2d, Conv2d, MaxPool2d, SoftmaxCrossEntropy
     from xnn.layers.adain import AdaIN
-    from xnn.layers.upsample import Upsample2d
+    from xnn.layers.upsample import Upsample2d, UpsampleConv2d
     standin = xnn.device("standin")
     for layer in (Linear(2, 2, device=standin), Conv2d(1, 1, 3, device=standin), ReLU(device=standin),
                   Softmax(device=standin), Flatten(device=standin), ReflectionPad2d(1, device=standin),
                   MaxPool2d(2, device=standin), AvgPool2d(2, device=standin), Upsample2d(device=standin),
-                  AdaIN(device=standin), SoftmaxCrossEntropy(device=standin)):
+                  UpsampleConv2d(2, 2, device=standin), AdaIN(device=standin), SoftmaxCrossEntropy(device=standin)):
         assert layer.device is standin, layer
         assert all(standin.owns(p) for p in layer.params.values()), layer
 

@@ -128,3 +128,67 @@ def test_residual_refuses_a_body_that_changes_the_shape():
         layer.forward(numpy.zeros((1, 3, 5, 5), numpy.float32))
     with pytest.raises(AttributeError, match="Residual's parameters are its body's"):
         layer.params = {"x": numpy.zeros(1)}
+
+
+def upsample_conv_direct(x, w):
+    """x2 nearest upsampling, reflection padding 1 and a 3x3 cross-correlation, by loops over the
+    kernel, float64: the definition UpsampleConv2d replaces."""
+    up = x.repeat(2, axis=2).repeat(2, axis=3)
+    pad = numpy.pad(up, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="reflect")
+    n, c, h, wd = up.shape
+    y = numpy.zeros((n, w.shape[0], h, wd))
+    for a in range(3):
+        for b in range(3):
+            y += numpy.einsum("oc,nchw->nohw", w[:, :, a, b], pad[:, :, a:a + h, b:b + wd])
+    return y
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 2, 1, 3), (1, 4, 3, 1)])
+def test_upsample_conv_equals_upsample_then_reflect_padded_conv(dev, rng, shape):
+    """Values against the direct definition, and forward and backward against Upsample2d then
+    Conv2d(padding 1, reflect), float64, on every backend; 1-pixel sides included (their edge
+    padding folds both borders onto one row)."""
+    from xnn.layers import Upsample2d, UpsampleConv2d
+    n, c, h, w = shape
+    fused = UpsampleConv2d(c, 3, seed=7).to(dev, numpy.float64)
+    up = Upsample2d(2, device=dev)
+    conv = Conv2d(c, 3, 3, padding=1, padding_mode="reflect", bias=False, seed=7).to(dev, numpy.float64)
+    numpy.testing.assert_array_equal(xnn.to_numpy(fused.params["W"]), xnn.to_numpy(conv.params["W"]))
+    x = rng.standard_normal(shape)
+    y = fused.forward(dev.asarray(x))
+    numpy.testing.assert_allclose(xnn.to_numpy(y), upsample_conv_direct(x, xnn.to_numpy(conv.params["W"])),
+                                  rtol=1e-12, atol=1e-12)
+    numpy.testing.assert_allclose(xnn.to_numpy(y), xnn.to_numpy(conv.forward(up.forward(dev.asarray(x)))),
+                                  rtol=1e-12, atol=1e-12)
+    dy = rng.standard_normal(y.shape)
+    dx = fused.backward(dev.asarray(dy))
+    dx_ref = up.backward(conv.backward(dev.asarray(dy)))
+    numpy.testing.assert_allclose(xnn.to_numpy(dx), xnn.to_numpy(dx_ref), rtol=1e-11, atol=1e-11)
+    numpy.testing.assert_allclose(xnn.to_numpy(fused.grads["W"]), xnn.to_numpy(conv.grads["W"]),
+                                  rtol=1e-11, atol=1e-11)
+
+
+def test_upsample_conv_gradients(dev, rng):
+    from xnn.layers import UpsampleConv2d
+    check_layer(UpsampleConv2d(3, 2, seed=1).to(dev, numpy.float64), rng.standard_normal((2, 3, 3, 4)), dev)
+
+
+def test_upsample_conv_frozen_keeps_its_weights_and_follows_a_new_w(rng):
+    """Frozen: no weight gradient, the same output twice; a replaced or in-place changed W is used
+    on the next forward when not frozen."""
+    from xnn.layers import UpsampleConv2d
+    layer = UpsampleConv2d(2, 2, seed=0, dtype=numpy.float64)
+    x = rng.standard_normal((1, 2, 3, 3))
+    y0 = layer.forward(x)
+    layer.params["W"] *= 2                                   # in place, as an optimiser step may do
+    numpy.testing.assert_allclose(layer.forward(x), 2 * y0, rtol=1e-12)
+    layer.freeze()
+    y1 = layer.forward(x)
+    numpy.testing.assert_array_equal(layer.forward(x), y1)
+    assert layer.backward(numpy.ones_like(y1)).shape == x.shape and layer.grads == {}
+    layer.unfreeze()
+    layer.needs_input_grad = False
+    layer.forward(x)
+    assert layer.backward(numpy.ones_like(y1)) is None and layer.grads["W"].shape == (2, 2, 3, 3)
+    with pytest.raises(ValueError, match=r"expects \(N, 2, H, W\)"):
+        layer.forward(rng.standard_normal((1, 3, 3, 3)))

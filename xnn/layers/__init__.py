@@ -9,8 +9,8 @@ from .norm import InstanceNorm2d
 from .padding import ReflectionPad2d
 from .pool import AvgPool2d, MaxPool2d
 from .shape import Flatten
-from .upsample import Upsample2d
+from .upsample import Upsample2d, UpsampleConv2d
 
 __all__ = ["Layer", "Linear", "ReLU", "Softmax", "SoftmaxCrossEntropy", "Conv2d", "MaxPool2d",
-           "AvgPool2d", "Flatten", "ReflectionPad2d", "Upsample2d", "InstanceNorm2d", "AdaIN", "adain", "adain_mix",
+           "AvgPool2d", "Flatten", "ReflectionPad2d", "Upsample2d", "UpsampleConv2d", "InstanceNorm2d", "AdaIN", "adain", "adain_mix",
            "channel_stats", "he_normal", "xavier_uniform"]
