@@ -190,5 +190,30 @@ def test_upsample_conv_frozen_keeps_its_weights_and_follows_a_new_w(rng):
     layer.needs_input_grad = False
     layer.forward(x)
     assert layer.backward(numpy.ones_like(y1)) is None and layer.grads["W"].shape == (2, 2, 3, 3)
-    with pytest.raises(ValueError, match=r"expects \(N, 2, H, W\)"):
+    with pytest.raises(ValueError, match=r"UpsampleConv2d expects \(N, 2, H, W\)"):
         layer.forward(rng.standard_normal((1, 3, 3, 3)))
+    layer.freeze()                                           # frozen: the phase weights are built once
+    assert layer._phase_weights() is layer._phase_weights()
+    layer.to(dtype=numpy.float32)                            # moved while frozen: built again, in float32
+    assert layer.forward(x.astype(numpy.float32)).dtype == numpy.float32
+
+
+def test_upsample_conv_lives_on_its_device_in_its_dtype(dev, rng):
+    from xnn.layers import UpsampleConv2d
+    layer = UpsampleConv2d(2, 3, seed=0, dtype=numpy.float64, device=dev)
+    assert layer.params["W"].dtype == numpy.float64 and dev.owns(layer.params["W"])
+    y = layer.forward(dev.asarray(rng.standard_normal((1, 2, 3, 3))))
+    assert dev.owns(y) and y.shape == (1, 3, 6, 6) and y.dtype == numpy.float64
+    # the default seed's weights are Conv2d's default seed's, as for the two layers it replaces
+    numpy.testing.assert_array_equal(xnn.to_numpy(UpsampleConv2d(2, 3).params["W"]),
+                                     xnn.to_numpy(Conv2d(2, 3, 3, bias=False).params["W"]))
+
+
+def test_upsample_conv_float32_stays_float32(rng):
+    """A float32 layer gives float32 outputs, input gradients and weight gradients (its phase
+    weights are built in the weights' dtype)."""
+    from xnn.layers import UpsampleConv2d
+    layer = UpsampleConv2d(3, 2, seed=0)
+    y = layer.forward(rng.standard_normal((1, 3, 4, 4)).astype(numpy.float32))
+    dx = layer.backward(numpy.ones_like(y))
+    assert y.dtype == dx.dtype == layer.grads["W"].dtype == layer.params["W"].dtype == numpy.float32
