@@ -71,7 +71,13 @@ class UpsampleConv2d(Layer):
         self.conv = Conv2d(in_channels, 4 * out_channels, 3, padding=0, bias=False, device=self.device)
         ref = Conv2d(in_channels, out_channels, 3, padding=1, bias=False, seed=seed, dtype=dtype)
         self._set_params(W=ref.params["W"])     # the same initial weights as the two layers it replaces
-        self._w2 = None
+        self._w2 = self._taps = None
+
+    def _phase_taps(self, dtype):
+        """PHASE_TAPS on the layer's device in ``dtype``: copied there once, not on every call."""
+        if self._taps is None or self._taps.dtype != dtype:
+            self._taps = self.device.asarray(PHASE_TAPS.astype(dtype))
+        return self._taps
 
     def _phase_weights(self):
         """W2, rebuilt from W on every call (an optimiser may change W in place; it costs O*C*324
@@ -79,7 +85,7 @@ class UpsampleConv2d(Layer):
         w = self.params["W"]
         if self.frozen and self._w2 is not None and self._w2[0] is w:
             return self._w2[1]
-        taps = self.xp.asarray(PHASE_TAPS, dtype=w.dtype)
+        taps = self._phase_taps(w.dtype)
         w2 = self.xp.einsum("ark,bsl,ockl->abocrs", taps, taps, w).reshape(4 * self.out_channels,
                                                                           self.in_channels, 3, 3)
         self._w2 = (w, self.xp.ascontiguousarray(w2))
@@ -103,7 +109,7 @@ class UpsampleConv2d(Layer):
         dz = dy.transpose(0, 2, 3, 1).reshape(n, h, 2, w, 2, o).transpose(0, 1, 3, 2, 4, 5).reshape(n, h, w, 4 * o)
         dxpad = self.conv.backward(dz.transpose(0, 3, 1, 2))
         if not self.frozen:
-            taps = self.xp.asarray(PHASE_TAPS, dtype=self.params["W"].dtype)
+            taps = self._phase_taps(self.params["W"].dtype)
             dw2 = self.conv.grads["W"].reshape(2, 2, o, self.in_channels, 3, 3)
             self.grads["W"] = self.xp.einsum("ark,bsl,abocrs->ockl", taps, taps, dw2)
         if dxpad is None:
@@ -135,4 +141,4 @@ class UpsampleConv2d(Layer):
         return self
 
     def _clear_cache(self):
-        self._w2 = None
+        self._w2 = self._taps = None
