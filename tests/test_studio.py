@@ -130,6 +130,10 @@ def test_bad_settings_are_refused_in_the_page_before_a_job_exists(studio):
                        None, None, False, "", api_name="/paint")
     with pytest.raises(AppError, match="no style"):
         instant(client, CHELSEA, names=())
+    for line in ("content_image=/etc/hostname", "init_image=/tmp/x.png", "weights=/tmp"):
+        with pytest.raises(AppError, match="names a file; the studio takes files as uploads only"):
+            client.predict(handle_file(str(CHELSEA)), None, ["starry_night"], "", "style.yaml", 64, 5, None, None,
+                           False, line, api_name="/paint")
     assert {p for p in root.iterdir() if p.name.startswith("studio-")} == {
         p for p in before if p.name.startswith("studio-")}
 

@@ -26,6 +26,9 @@ from .uploads import check_image_header, keep_image, keep_video, new_folder, rea
 REPO = pathlib.Path(__file__).resolve().parents[2]
 PAINT_PRESETS = ("style.yaml", "style_jcjohnson.yaml", "style_hires.yaml")
 ADAIN = "AdaIN (any style)"
+#: keys that name files or folders to read besides those of type path (weights: a folder; ray_address
+#: would reach out of this machine)
+FILE_KEYS = {"weights", "ray_address", "init_image"}
 
 
 def _quoted(path) -> str:
@@ -215,9 +218,20 @@ class Studio:
             n += 1
         return self.root / f"studio-{kind}-{stamp}-{n}"
 
-    def _submit(self, kind, config, overrides, fields=lambda cfg: {}):
+    def _submit(self, kind, config, overrides, fields=lambda cfg: {}, more=""):
         """Check the run's config as the CLI will (a typo is refused now, in the page), then queue it
-        with the job fields ``fields(cfg)`` gives."""
+        with the job fields ``fields(cfg)`` gives.  ``more`` (the page's free-form settings) may not
+        name files: the studio reads only uploads and the examples."""
+        from .. import experiments
+        extra = _more(more)
+        schema = experiments.schema_for(experiments.get(read_yaml(self.repo / "configs" / config)["experiment"]))
+        for kv in extra:
+            key = kv.split("=", 1)[0].strip()
+            field = schema.get(key)
+            if key in FILE_KEYS or (field is not None and not isinstance(field, dict) and "path" in field.kind):
+                raise XnnError(f"more settings: {key} names a file; the studio takes files as uploads only "
+                               "(use the CLI for files on disk)")
+        overrides = list(overrides) + extra
         cfg, _ = self.config(config, overrides)
         return self.queue.submit(kind, f"configs/{config}", self._run_dir(kind), overrides, **fields(cfg))
 
@@ -249,9 +263,8 @@ class Studio:
             sets.append(f"style_weight={float(style_weight)}")
         if content_weight not in (None, ""):
             sets.append(f"content_weight={float(content_weight)}")
-        sets += _more(more)
         return self._submit("paint", preset, sets, lambda cfg: {
-            "total": sum(n for _, n in stages(cfg)), "preview": "progress.png", "result": cfg["output_image"]})
+            "total": sum(n for _, n in stages(cfg)), "preview": "progress.png", "result": cfg["output_image"]}, more)
 
     def video(self, clip, style_upload=None, example_styles=("starry_night",), blend_text="", temporal="flow",
               image_size=384, model=ADAIN, more=""):
@@ -269,9 +282,9 @@ class Studio:
                 raise XnnError(f"no model {model!r}; choose one of: {', '.join([ADAIN, *known])}")
             config = "fast_style.yaml"
             sets = [f"input={_quoted(clip_path)}", f"model={_quoted(known[model])}"]
-        sets += [f"temporal={temporal}", f"image_size={int(image_size)}"] + _more(more)
+        sets += [f"temporal={temporal}", f"image_size={int(image_size)}"]
         return self._submit("video", config, sets, lambda cfg: {
-            "total": frames, "step_key": "frame", "result": cfg["output"]})
+            "total": frames, "step_key": "frame", "result": cfg["output"]}, more)
 
     def train(self, photos=None, style_upload=None, example_style="starry_night", num_iterations=2000,
               image_size=128, style_weight=0.1, more=""):
@@ -288,13 +301,13 @@ class Studio:
         paths, _ = self.styles(style_upload, [example_style] if example_style and style_upload is None else [], "",
                                folder)
         sets = [f"dataset={dataset}", f"style_image={_quoted(paths[0])}", f"num_iterations={int(num_iterations)}",
-                f"image_size={int(image_size)}", f"style_weight={float(style_weight)}"] + _more(more)
+                f"image_size={int(image_size)}", f"style_weight={float(style_weight)}"]
         def fields(cfg):
             if photos and len(photos) <= cfg["hold_out"]:
                 raise XnnError(f"{len(photos)} photo(s): {cfg['hold_out']} are held out for the previews, so "
                                f"upload at least {cfg['hold_out'] + 1} (a few hundred train better)")
             return {"total": cfg["num_iterations"], "preview": "preview.png", "result": "model.npz"}
-        return self._submit("train", "train_fast_style.yaml", sets, fields)
+        return self._submit("train", "train_fast_style.yaml", sets, fields, more)
 
     # -- runs ----------------------------------------------------------------------------------
     def runs(self) -> list:
