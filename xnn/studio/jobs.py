@@ -199,9 +199,8 @@ class JobQueue:
             code = job.proc.returncode
             with self._lock:
                 job.ended = time.time()
+                # 130: it stopped as asked and saved; a run killed after STOP_GRACE_S did not save: failed
                 job.state = EXIT_STATES.get(code, "failed")
-                if job.stop_asked and code != 0 and job.state != "stopped":
-                    job.state = "stopped" if code in (-signal.SIGKILL, -signal.SIGINT) else job.state
                 job.message = _message(err, job, code)
 
 
