@@ -5,6 +5,7 @@ the page asked nothing of any host but 127.0.0.1."""
 import os
 import pathlib
 import shutil
+import time
 
 import pytest
 
@@ -56,3 +57,46 @@ def test_adain_in_a_real_browser(tmp_path):
     assert toasts == 0 and not errors, errors
     assert shot.stat().st_size > 50_000
     assert hosts == {url.split("/")[2]}, hosts            # nothing but the studio itself
+
+
+def test_closing_the_tab_does_not_stop_a_job(tmp_path):
+    """A Paint job started in one tab keeps running after that tab is closed; a new tab shows it
+    (the tab's latest job) and can stop it, which leaves it resumable."""
+    from xnn.studio import serve
+    weights_path("vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5")
+    studio, page_server, url = serve(tmp_path / "runs")
+    try:
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            page.get_by_role("tab", name="Paint").click()
+            panel = page.locator("#paint-start").locator("xpath=ancestor::div[@role='tabpanel']")
+            panel.locator("input[type=file]").first.set_input_files(str(REPO / "examples" / "chelsea.png"))
+            size = panel.get_by_label("image size (px; hires has its own schedule)").first
+            size.fill("64")
+            size.press("Enter")
+            panel.get_by_label("iterations").fill("3000")
+            page.click("#paint-start")
+            page.wait_for_function("() => document.querySelector('#paint-status').innerText.includes('running')",
+                                   timeout=120_000)
+            page.close()                                         # the user closes the tab
+            job = studio.queue.latest("paint")
+            done = studio.queue.progress(job.id)["done"]
+            end = time.time() + 60
+            while studio.queue.progress(job.id)["done"] <= done and time.time() < end:
+                time.sleep(1)
+            assert job.state == "running" and studio.queue.progress(job.id)["done"] > done
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            page.get_by_role("tab", name="Paint").click()
+            page.wait_for_function("() => document.querySelector('#paint-status').innerText.includes('running')",
+                                   timeout=60_000)
+            page.click("#paint-stop")
+            page.wait_for_function("() => document.querySelector('#paint-status').innerText.includes('stopped')",
+                                   timeout=120_000)
+            browser.close()
+    finally:
+        studio.close()
+        page_server.close()
+    assert job.state == "stopped" and (job.run_dir / "checkpoint.npz").is_file()
