@@ -1,7 +1,7 @@
 """The studio's screenshots in docs/ (docs/studio_*.jpg), taken as a user works: in Debian's
 Chromium, driven by Playwright, against a studio started by this script.
 
-    XNN_HOME=../shared/data python docs/make_studio_screenshots.py [--out docs] [--runs /tmp/studio-shots]
+    XNN_HOME=../shared/data python docs/make_studio_screenshots.py [--out docs] [--runs runs/studio-shots]
 
 Instant: the cat with Starry Night.  Paint: style.yaml at 256 px, captured while it runs (the
 live preview, the loss curve and the ETA) and again after Stop.  Video: the example clip at
@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import shutil
 import sys
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 
 
 def tab(page, name):
@@ -29,18 +26,22 @@ def tab(page, name):
 def main():
     from playwright.sync_api import sync_playwright
 
+    from tests.studio_page import CHROMIUM, FLAGS, start_paint, wait_status
     from xnn.studio import serve
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(REPO / "docs"))
-    ap.add_argument("--runs", default="/tmp/studio-shots")
+    ap.add_argument("--runs", default=str(REPO / "runs" / "studio-shots"),
+                    help="the studio's folder for these runs (new or empty)")
     args = ap.parse_args()
     out = pathlib.Path(args.out)
-    shutil.rmtree(args.runs, ignore_errors=True)
+    runs = pathlib.Path(args.runs)
+    if runs.exists() and any(runs.iterdir()):
+        sys.exit(f"--runs {runs} is not empty; give a new folder")
     studio, server, url = serve(args.runs)
     hosts = set()
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=FLAGS)
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.on("request", lambda r: hosts.add(r.url.split("/")[2]))
             page.goto(url)
@@ -54,22 +55,13 @@ def main():
             print("instant:", page.locator("#instant-took").inner_text())
             page.screenshot(path=str(out / "studio_instant.jpg"), full_page=True, type="jpeg", quality=85)
 
-            tab(page, "Paint")
-            panel = page.locator("#paint-start").locator("xpath=ancestor::div[@role='tabpanel']")
-            panel.locator("input[type=file]").first.set_input_files(str(REPO / "examples/chelsea.png"))
-            size = panel.get_by_label("image size (px; hires has its own schedule)").first
-            size.fill("256")
-            size.press("Enter")
-            panel.get_by_label("iterations").fill("150")
-            page.click("#paint-start")
-            page.wait_for_function("() => document.querySelector('#paint-status').innerText.includes('to go')",
-                                   timeout=120_000)
+            start_paint(page, REPO / "examples/chelsea.png", 256, 150)
+            wait_status(page, "paint", "to go")
             time.sleep(14)
             print("paint:", page.locator("#paint-status").inner_text())
             page.screenshot(path=str(out / "studio_paint.jpg"), full_page=True, type="jpeg", quality=85)
             page.click("#paint-stop")
-            page.wait_for_function("() => document.querySelector('#paint-status').innerText.includes('stopped')",
-                                   timeout=120_000)
+            wait_status(page, "paint", "stopped")
             print("paint:", page.locator("#paint-status").inner_text())
 
             tab(page, "Video")
@@ -80,8 +72,7 @@ def main():
             vsize.fill("256")
             vsize.press("Enter")
             page.click("#video-start")
-            page.wait_for_function("() => document.querySelector('#video-status').innerText.includes('done')",
-                                   timeout=600_000)
+            wait_status(page, "video", "done", 600_000)
             print("video:", page.locator("#video-status").inner_text())
             time.sleep(3)
             page.screenshot(path=str(out / "studio_video.jpg"), full_page=True, type="jpeg", quality=85)

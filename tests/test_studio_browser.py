@@ -4,23 +4,19 @@ saves a screenshot and checks that the result is a picture, that no error was sh
 the page asked nothing of any host but 127.0.0.1."""
 import os
 import pathlib
-import shutil
 import time
 
 import pytest
 
 from .conftest import REPO, weights_path
+from .studio_page import CHROMIUM, FLAGS, start_paint, wait_status
 
 pytest.importorskip("gradio", reason="the studio extra (pip install 'xnn[studio]') is not installed")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-CHROMIUM = os.environ.get("XNN_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="no Chromium (Debian: apt-get install chromium)"),
               pytest.mark.filterwarnings("ignore:.*no_silent_downcasting", "ignore:The copy keyword")]
 #: where the screenshot goes (CI keeps it in the test's tmp folder)
 SHOT_DIR = os.environ.get("XNN_SCREENSHOTS")
-#: flags a root, offline, headless Chromium needs (no sandbox as root; no calls home)
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 
 
 def test_adain_in_a_real_browser(tmp_path):
@@ -70,16 +66,7 @@ def test_closing_the_tab_does_not_stop_a_job(tmp_path):
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(url)
-            page.get_by_role("tab", name="Paint").click()
-            panel = page.locator("#paint-start").locator("xpath=ancestor::div[@role='tabpanel']")
-            panel.locator("input[type=file]").first.set_input_files(str(REPO / "examples" / "chelsea.png"))
-            size = panel.get_by_label("image size (px; hires has its own schedule)").first
-            size.fill("64")
-            size.press("Enter")
-            panel.get_by_label("iterations").fill("3000")
-            page.click("#paint-start")
-            page.wait_for_function("() => document.querySelector('#paint-status').innerText.includes('running')",
-                                   timeout=120_000)
+            start_paint(page, REPO / "examples" / "chelsea.png", 64, 3000)
             page.close()                                         # the user closes the tab
             job = studio.queue.latest("paint")
             done = studio.queue.progress(job.id)["done"]
@@ -90,11 +77,9 @@ def test_closing_the_tab_does_not_stop_a_job(tmp_path):
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(url)
             page.get_by_role("tab", name="Paint").click()
-            page.wait_for_function("() => document.querySelector('#paint-status').innerText.includes('running')",
-                                   timeout=60_000)
+            wait_status(page, "paint", "running", 60_000)
             page.click("#paint-stop")
-            page.wait_for_function("() => document.querySelector('#paint-status').innerText.includes('stopped')",
-                                   timeout=120_000)
+            wait_status(page, "paint", "stopped")
             browser.close()
     finally:
         studio.close()

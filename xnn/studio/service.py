@@ -26,9 +26,9 @@ from .uploads import check_image_header, keep_image, keep_video, new_folder, rea
 REPO = pathlib.Path(__file__).resolve().parents[2]
 PAINT_PRESETS = ("style.yaml", "style_jcjohnson.yaml", "style_hires.yaml")
 ADAIN = "AdaIN (any style)"
-#: keys that name files or folders to read besides those of type path (weights: a folder; ray_address
-#: would reach out of this machine)
-FILE_KEYS = {"weights", "ray_address", "init_image"}
+#: keys that name files or places to read besides those of type path (weights: a folder; ray_address:
+#: another machine)
+FILE_KEYS = {"weights", "ray_address"}
 
 
 def _quoted(path) -> str:
@@ -100,8 +100,11 @@ class Studio:
             paths.append(known[name])
         if upload is not None:
             up = self.allowed(upload)
-            check_image_header(up, "style image")
-            paths.append(keep_image(up, folder, "style", "style image") if folder is not None else up)
+            if folder is not None:           # a job's input: checked, decoded and kept as style.png
+                paths.append(keep_image(up, folder, "style", "style image"))
+            else:                            # read in this process by the caller: the header is checked now
+                check_image_header(up, "style image")
+                paths.append(up)
         if not paths:
             raise XnnError("no style: pick an example painting or upload one")
         blend = None
