@@ -304,3 +304,19 @@ def test_without_the_extra_the_command_is_one_line(monkeypatch, capsys, tmp_path
     assert main(["studio", "--runs", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("xnn: error: the studio needs its extra: pip install 'xnn[studio]'") and "\n" not in err
+
+
+def test_bad_command_lines_are_one_line(studio, capsys, tmp_path):
+    """A port that is not a number, a port in use (the module's server holds one) and a runs folder
+    that cannot be made: one `xnn: error:` line each, exit 2."""
+    from xnn.cli import main
+    _, client, _ = studio
+    port = int(client.src.rstrip("/").rsplit(":", 1)[1])
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for argv, message in ((["studio", "--port", "abc"], "argument --port: invalid int value: 'abc'"),
+                          (["studio", "--port", str(port), "--runs", str(tmp_path / "r")], f"--port {port}: cannot serve"),
+                          (["studio", "--runs", str(blocker / "runs")], "cannot make the studio's folders")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("xnn: error:") and message in err and "\n" not in err, err

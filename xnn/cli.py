@@ -21,7 +21,7 @@ import warnings
 
 from . import experiments
 from .config import apply_override, read_yaml, validate
-from .errors import XnnError
+from .errors import ArgumentParser, XnnError
 from .experiments import base as run_base
 from .stop import StopFlag
 
@@ -35,15 +35,8 @@ data and weights are read from $XNN_HOME (default ~/.cache/xnn) and downloaded t
 first use; XNN_HOME=../shared/data works offline in the development setup."""
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad argument is an XnnError (one line) instead of a usage block."""
-
-    def error(self, message):
-        raise XnnError(f"{message} (see {self.prog} --help)")
-
-
 def build_parser(prog="run.py"):
-    p = _Parser(prog=prog, description="Run an xnn experiment from a YAML config.",
+    p = ArgumentParser(prog=prog, description="Run an xnn experiment from a YAML config.",
                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", nargs="?", help="experiment config (YAML), e.g. configs/style.yaml")
     p.add_argument("--device", metavar="NAME",

@@ -11,12 +11,11 @@ as the CLI would (image and checkpoint saved, ``--resume`` continues it).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import threading
 
-from ..errors import XnnError
+from ..errors import ArgumentParser, XnnError
 
 HOST = "127.0.0.1"
 
@@ -42,16 +41,20 @@ def serve(root="runs", port=None, device="auto", quiet=True):
     threading.Thread(target=studio.warm_up, name="xnn-studio-warm-up", daemon=True).start()
     page = build(studio)
     page.queue(default_concurrency_limit=4)
-    _, url, _ = page.launch(server_name=HOST, server_port=port, share=False, prevent_thread_lock=True,
-                            quiet=quiet, show_error=True, theme=THEME, ssr_mode=False, pwa=False,
-                            mcp_server=False, enable_monitoring=False, max_file_size="500mb",
-                            allowed_paths=[str(studio.root), str(studio.examples)],
-                            footer_links=[])
+    try:
+        _, url, _ = page.launch(server_name=HOST, server_port=port, share=False, prevent_thread_lock=True,
+                                quiet=quiet, show_error=True, theme=THEME, ssr_mode=False, pwa=False,
+                                mcp_server=False, enable_monitoring=False, max_file_size="500mb",
+                                allowed_paths=[str(studio.root), str(studio.examples)], footer_links=[])
+    except OSError as e:                 # Gradio: "Cannot find empty port ..."
+        studio.close()
+        raise XnnError(f"--port {port}: cannot serve on {HOST} ({str(e).splitlines()[0]}); choose another "
+                       "port") from None
     return studio, page, url
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="xnn studio", description="The xnn studio: a local web page (127.0.0.1 only).")
+    p = ArgumentParser(prog="xnn studio", description="The xnn studio: a local web page (127.0.0.1 only).")
     p.add_argument("--port", type=int, default=7860, help="port on 127.0.0.1 (default 7860)")
     p.add_argument("--runs", default="runs", metavar="DIR",
                    help="the folder the studio keeps its runs and uploads in (default runs/)")

@@ -51,8 +51,12 @@ class Studio:
                            "configs/style.yaml")
         folders = studio_folders(root)
         self.root, self.uploads, self.cache = folders["root"], folders["uploads"], folders["cache"]
-        self.uploads.mkdir(parents=True, exist_ok=True)
-        self.cache.mkdir(parents=True, exist_ok=True)
+        try:
+            self.uploads.mkdir(parents=True, exist_ok=True)
+            self.cache.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise XnnError(f"--runs {self.root}: cannot make the studio's folders there ({e.strerror}); "
+                           "give a folder you can write to") from None
         self.examples = self.repo / "examples"
         self.device_name = device
         self.queue = JobQueue(cwd=self.repo, env=environment(**(env or {})))
