@@ -274,7 +274,7 @@ def test_environment_forces_an_algorithm(dev, rng, monkeypatch):
     strided = Conv2d(2, 2, 3, stride=2).to(dev)           # Winograd does not apply: im2col
     strided.forward(dev.asarray(rng.standard_normal((1, 2, 6, 6)).astype(numpy.float32)))
     assert strided.last_algorithms["fwd"] == "im2col"
-    monkeypatch.setenv("XNN_CONV_ALGO", "fft")
+    monkeypatch.setenv("XNN_CONV_ALGO", "fftw")
     with pytest.raises(ValueError, match="XNN_CONV_ALGO"):
         layer.forward(dev.asarray(rng.standard_normal((1, 2, 6, 6))))
 
@@ -295,13 +295,13 @@ def test_auto_follows_a_fixed_rule(dev, rng, monkeypatch):
 
 def test_autotune_candidates_are_the_algorithms_that_apply():
     """Winograd F(m x m) needs a 3x3 stride-1 kernel and at least one whole m x m output tile; the tap
-    sum any stride-1 kernel."""
-    assert ca.candidates(3, 3, 1, 1, 1, 9) == ["im2col", "tapsum"]
-    assert ca.candidates(3, 3, 1, 1, 2, 3) == ["im2col", "tapsum", "winograd2"]
-    assert ca.candidates(3, 3, 1, 1, 9, 3) == ["im2col", "tapsum", "winograd2"]
+    sum and the FFT any stride-1 kernel."""
+    assert ca.candidates(3, 3, 1, 1, 1, 9) == ["im2col", "tapsum", "fft"]
+    assert ca.candidates(3, 3, 1, 1, 2, 3) == ["im2col", "tapsum", "fft", "winograd2"]
+    assert ca.candidates(3, 3, 1, 1, 9, 3) == ["im2col", "tapsum", "fft", "winograd2"]
     assert sorted(ca.candidates(3, 3, 1, 1, 4, 4)) == sorted(ALGOS)
     assert ca.candidates(3, 3, 2, 2, 8, 8) == ["im2col"]
-    assert ca.candidates(5, 5, 1, 1, 8, 8) == ["im2col", "tapsum"]
+    assert ca.candidates(5, 5, 1, 1, 8, 8) == ["im2col", "tapsum", "fft"]
 
 
 @pytest.mark.parametrize("m", [2, 4])
@@ -333,7 +333,9 @@ def test_winograd_needs_a_3x3_stride_1_kernel():
     with pytest.raises(ValueError, match="3x3 stride-1"):
         Conv2d(2, 2, 3, stride=2, algorithm="winograd2")
     with pytest.raises(ValueError, match="unknown conv algorithm"):
-        Conv2d(2, 2, 3, algorithm="fft")
+        Conv2d(2, 2, 3, algorithm="fftw")
+    with pytest.raises(ValueError, match="needs stride 1"):
+        Conv2d(2, 2, 3, stride=2, algorithm="fft")
 
 
 @pytest.mark.parametrize("algo", ALGOS)
@@ -455,6 +457,21 @@ def test_forward_chunks_keep_every_temporary_within_the_device_budget(rng, monke
         rows = every[0][1] - every[0][0]                    # the bands of each image cover its rows once
         assert sorted(every) == sorted([(r, min(r + rows, extent[0])) for r in range(0, extent[0], rows)] * n)
         return
+    if algo == "fft":           # bands of output rows plus the kernel's kh - 1, at an FFT size
+        bands, real = [], ca._fft_band
+        monkeypatch.setattr(ca, "_fft_band", lambda *a: bands.append((a[-5], a[-1])) or real(*a))
+        y = ca.conv_nhwc(dev, xpad, ca.prepare_weights(dev, wt, algo), None, algo, (ho, wo), 3, 3)
+        want = conv_loops(x.transpose(0, 3, 1, 2), wt, numpy.zeros(o), 0).transpose(0, 2, 3, 1)
+        assert rel_error(y, want) < 1e-12
+        per_row = ca.fft_row_bytes(c, o, ca.fft_length(wo + 2), 8)
+        (fh,) = {f for f, _ in bands}
+        blocks = [b for _, b in bands]
+        assert len(blocks) > n and sorted(b[2:] for b in blocks if b[0] == 0) == sorted(b[2:] for b in blocks
+                                                                                          if b[0] == 1)
+        assert all(n1 - n0 == 1 and fh >= r1 - r0 + 2 for n0, n1, r0, r1 in blocks)
+        assert sorted(r for b in blocks if b[0] == 0 for r in range(b[2], b[3])) == list(range(ho))
+        assert fh * per_row <= 1.16 * dev.chunk_bytes
+        return
     calls = spy_chunks(monkeypatch)
     if algo == "im2col":                                  # stride 1 by default
         y = ca.conv_nhwc(dev, xpad, ca.prepare_weights(dev, wt, algo), None, algo, (ho, wo), 3, 3)
@@ -493,6 +510,21 @@ def test_tile_size_and_padded_extent_follow_the_algorithm():
     assert ca.padded_extent("winograd2", 5, 4, 3, 3, 1, 1) == (6 + 2, 4 + 2)
 
 
+def test_fft_length_is_the_next_5_smooth_number():
+    smooth = [m for m in range(1, 2100) if _only_factors(m, (2, 3, 5))]
+    for k in range(1, 2000):
+        want = min(m for m in smooth if m >= k)
+        assert ca.fft_length(k) == want, k
+        assert want <= 1.16 * k
+
+
+def _only_factors(m, primes):
+    for p in primes:
+        while m % p == 0:
+            m //= p
+    return m == 1
+
+
 def test_default_choice_boundaries():
     """The rule of default_choice's docstring at its edges."""
     choose = ca.default_choice
@@ -505,10 +537,13 @@ def test_default_choice_boundaries():
     assert choose(3, 3, 1, 1, 32, 1, 3, 256) == "im2col"        # not one whole tile high
     assert choose(3, 3, 1, 1, 32, 1, 30, 30) == "winograd4"     # 8 x 8 tiles (partial ones count)
     assert choose(3, 3, 1, 1, 32, 1, 28, 28) == "im2col"        # 7 x 7 tiles
-    assert choose(9, 9, 1, 1, 16, 1, 64, 64, 3) == "tapsum"     # large kernel, fewer outputs than inputs
-    assert choose(5, 5, 1, 1, 16, 1, 64, 64, 15) == "tapsum"
-    assert choose(9, 9, 1, 1, 3, 1, 64, 64, 16) == "im2col"     # more outputs than inputs: im2col's columns
-    assert choose(9, 9, 1, 1, 16, 1, 64, 64, 16) == "im2col"
+    assert choose(9, 9, 1, 1, 16, 1, 64, 64, 3) == "fft"        # large kernel, few channel pairs
+    assert choose(9, 9, 1, 1, 3, 1, 64, 64, 16) == "fft"
+    assert choose(5, 5, 1, 1, 16, 1, 64, 64, 8) == "fft"        # 5x5, 128 pairs
+    assert choose(4, 6, 1, 1, 16, 1, 64, 64, 8) == "im2col"     # 24 taps: not a large kernel
+    assert choose(5, 5, 1, 1, 16, 1, 64, 64, 9) == "tapsum"     # 144 pairs, fewer outputs than inputs
+    assert choose(9, 9, 1, 1, 64, 1, 64, 64, 3) == "tapsum"
+    assert choose(9, 9, 1, 1, 16, 1, 64, 64, 16) == "im2col"    # 256 pairs, as many outputs as inputs
     assert choose(3, 3, 1, 1, 64, 1, 64, 64, 3) == "winograd4"  # 3x3: Winograd's rule
     assert choose(9, 9, 2, 2, 16, 1, 64, 64, 3) == "im2col"     # stride 2
     assert choose(9, 9, 1, 1, 16, 1, 64, 64) == "im2col"        # outputs not known
@@ -521,9 +556,9 @@ def test_forced_algorithm_reads_the_environment(monkeypatch):
     assert ca.forced_algorithm() == "auto"
     monkeypatch.setenv("XNN_CONV_ALGO", " WinoGrad2 ")
     assert ca.forced_algorithm() == "winograd2"
-    monkeypatch.setenv("XNN_CONV_ALGO", "fft")
-    with pytest.raises(ValueError, match=r"^XNN_CONV_ALGO='fft' is not one of auto, autotune, im2col, "
-                                         r"winograd2, winograd4, tapsum$"):
+    monkeypatch.setenv("XNN_CONV_ALGO", "fftw")
+    with pytest.raises(ValueError, match=r"^XNN_CONV_ALGO='fftw' is not one of auto, autotune, im2col, "
+                                         r"winograd2, winograd4, tapsum, fft$"):
         ca.forced_algorithm()
 
 
@@ -554,7 +589,7 @@ def test_convolve_uses_the_chosen_algorithms_weights_and_times_autotune_once(rng
     assert len(timed) == 2 * len(ALGOS)                                           # remembered: not timed again
     ca.clear_choices()
     speed = {"im2col": [3.0, 2.5], "winograd2": [1.0, 4.0], "winograd4": [2.0, 1.5],
-             "tapsum": [2.0, 5.0]}   # two runs each
+             "tapsum": [2.0, 5.0], "fft": [1.2, 3.0]}   # two runs each
 
     def elapsed(fn):
         asked.clear()
@@ -587,7 +622,7 @@ def test_conv2d_defaults_initialisers_and_exact_messages():
     a = numpy.sqrt(6 / (16 * 9 + 32 * 9))
     assert a * 0.99 < numpy.abs(xavier).max() <= a
     assert Conv2d(2, 3, 3, init="xavier", dtype=numpy.float64).params["W"].dtype == numpy.float64
-    choices = "auto, autotune, im2col, winograd2, winograd4, tapsum"
+    choices = "auto, autotune, im2col, winograd2, winograd4, tapsum, fft"
     for kwargs, message in [
             (dict(kernel_size=(3, 3, 3)), "Conv2d kernel_size must be a positive int or a pair of them, got (3, 3, 3)"),
             (dict(kernel_size=3, stride=0), "Conv2d stride must be a positive int or a pair of them, got 0"),
@@ -595,7 +630,7 @@ def test_conv2d_defaults_initialisers_and_exact_messages():
                                                   "ints (H and W are padded alike), got (1, 2)"),
             (dict(kernel_size=3, padding_mode="reflection"), "unknown padding_mode 'reflection'; choose 'zeros' or "
                                                              "'reflect'"),
-            (dict(kernel_size=3, algorithm="fft"), f"unknown conv algorithm 'fft'; choose one of {choices}"),
+            (dict(kernel_size=3, algorithm="fftw"), f"unknown conv algorithm 'fftw'; choose one of {choices}"),
             (dict(kernel_size=5, algorithm="winograd4"), "conv algorithm 'winograd4' needs a 3x3 stride-1 kernel; "
                                                          f"choose one of {choices}")]:
         with pytest.raises(ValueError) as info:

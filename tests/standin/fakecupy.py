@@ -500,9 +500,13 @@ linalg = types.SimpleNamespace()
 for _n in _NAMES["linalg"]:
     if hasattr(numpy.linalg, _n):
         setattr(linalg, _n, (lambda fn, n: lambda *a, **k: _call(n, fn, a, k))(getattr(numpy.linalg, _n), _n))
+fft = types.SimpleNamespace()
+for _n in _NAMES["fft"]:
+    if callable(getattr(numpy.fft, _n, None)):
+        setattr(fft, _n, (lambda fn, n: lambda *a, **k: _call(n, fn, a, k))(getattr(numpy.fft, _n), _n))
 
 _OWN = {"ndarray": ndarray, "asarray": asarray, "array": array, "ascontiguousarray": ascontiguousarray,
-        "asnumpy": asnumpy, "cuda": cuda, "random": random, "lib": lib, "linalg": linalg,
+        "asnumpy": asnumpy, "cuda": cuda, "random": random, "lib": lib, "linalg": linalg, "fft": fft,
         "get_default_memory_pool": get_default_memory_pool}
 _cache: dict = {}
 

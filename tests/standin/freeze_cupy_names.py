@@ -26,6 +26,7 @@ names = {
     "random": public(cupy.random),
     "random_generator": public(cupy.random.Generator),
     "linalg": public(cupy.linalg),
+    "fft": public(cupy.fft),
 }
 out = pathlib.Path(__file__).with_name("cupy_names.json")
 out.write_text(json.dumps(names, indent=0) + "\n")

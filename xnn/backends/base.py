@@ -2,8 +2,9 @@
 
 A :class:`Device` bundles an array namespace (``numpy`` or ``cupy``) with the few
 operations that are not plain ``xp`` calls: moving arrays to and from the host,
-a seeded random generator, synchronisation, and the windowed-view kernels that
-convolution needs (im2col / col2im on channels-last data).
+a seeded random generator, synchronisation, the windowed-view kernels that
+convolution needs (im2col / col2im on channels-last data) and the real FFTs of the
+FFT convolution.
 
 The generic kernels below use only ``xp`` functions that NumPy and CuPy share, so
 a backend overrides one only where it has a faster way of its own.
@@ -112,6 +113,18 @@ class Device:
         win = self.windows(x, kh, kw, sh, sw)
         n, ho, wo = win.shape[:3]
         return self.xp.ascontiguousarray(win).reshape(n * ho * wo, kh * kw * x.shape[3])
+
+    def rfft2(self, x, shape, axes):
+        """Real-to-complex 2-D FFT of ``x`` over ``axes``, zero-padded (or cut) to ``shape``.
+
+        float32 in, complex64 out (float64: complex128); the last of ``axes`` gets
+        shape[1] // 2 + 1 frequencies.  Generic version: ``xp.fft.rfft2``.
+        """
+        return self.xp.fft.rfft2(x, s=shape, axes=axes)
+
+    def irfft2(self, spectrum, shape, axes):
+        """Inverse of :meth:`rfft2`: a real array with ``shape`` along ``axes``."""
+        return self.xp.fft.irfft2(spectrum, s=shape, axes=axes)
 
     def col2im(self, cols, padded_shape, kh: int, kw: int, sh: int, sw: int):
         """Adjoint of :meth:`im2col`: scatter-add window gradients back to pixels.

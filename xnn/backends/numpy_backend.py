@@ -14,6 +14,9 @@ two BLAS threads, 0.88 s with one).  When another process shares the cores, Open
 busy-waiting threads make small GEMMs collapse (the same epoch: 5.2 s with two threads
 under load against 0.88 s with one); ``XNN_BLAS_THREADS=N`` then limits BLAS to N
 threads for the whole process (needs threadpoolctl).
+
+The real FFTs are SciPy's (``scipy.fft``, 4x faster than ``numpy.fft`` on float32 here and
+threaded): one thread inside ``parallel_map``, the workers outside it.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy
+import scipy.fft
 from numpy.lib.stride_tricks import as_strided
 
 from ..errors import DeviceMismatchError
@@ -83,6 +87,15 @@ class NumpyDevice(Device):
                 return list(self._executor.map(fn, items))
         finally:
             self._busy = False
+
+    def _fft_workers(self) -> int:
+        return 1 if self._busy else self.workers
+
+    def rfft2(self, x, shape, axes):
+        return scipy.fft.rfft2(x, s=shape, axes=axes, workers=self._fft_workers())
+
+    def irfft2(self, spectrum, shape, axes):
+        return scipy.fft.irfft2(spectrum, s=shape, axes=axes, workers=self._fft_workers())
 
     def asarray(self, host, dtype=None):
         if not isinstance(host, (numpy.ndarray, numpy.generic, int, float, list, tuple)):

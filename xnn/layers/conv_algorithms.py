@@ -36,6 +36,19 @@ Algorithms (``ALGORITHMS``):
   accumulated band by band (each band adds its part to the outputs it reaches; columns
   j >= Wo are never read).  Memory traffic per output pixel is about kh*kw*O values
   instead of im2col's kh*kw*C: 81x3 against 81x16 for that layer.
+* ``"fft"`` — stride 1, any kernel; for large kernels with few channels (the fast style
+  network's 9x9 first and last layers).  The padded input is cut into bands of output rows
+  (each band's input is its rows plus kh - 1 more), and per band, with ^ the real 2-D DFT
+  of size (fh, fw) >= the band's input (zero-padded):
+
+      Y^[u, v, o] = sum_c X^[u, v, c] * conj(K^[u, v, c, o]),   y = irfft2(Y^)[:rows, :Wo]
+
+  i.e. circular cross-correlation, which equals the ordinary one on the valid outputs
+  because fh and fw cover the whole band input (nothing wraps around).  K^, the kernels'
+  spectra, comes from two small GEMMs with DFT matrices (the kernel has only kh x kw
+  non-zero taps), computed once per call, or once per band size while the layer is frozen
+  (:class:`FFTKernels`).  Work per output pixel is about (C + O) FFT butterflies and C*O
+  complex products instead of kh*kw*C*O multiplies.
 
 Choosing (:func:`convolve`, the one entry point layers call): ``"auto"`` applies a
 fixed rule of the shape (:func:`default_choice`), so a seed gives the same numbers in
@@ -55,7 +68,7 @@ import numpy
 
 from .padding import pad_to_extent
 
-ALGORITHMS = ("im2col", "winograd2", "winograd4", "tapsum")
+ALGORITHMS = ("im2col", "winograd2", "winograd4", "tapsum", "fft")
 #: bound on the largest temporary of one chunk (bytes)
 CHUNK_BYTES = 24 * 2**20
 #: smallest chunk budget: chunks are sized to about twice the prepared weights, at least this
@@ -94,14 +107,14 @@ def tile_size(algorithm: str) -> int:
 
 
 def applicable(algorithm: str, kh: int, kw: int, sh: int, sw: int) -> bool:
-    if algorithm == "tapsum":
+    if algorithm in ("tapsum", "fft"):
         return (sh, sw) == (1, 1)
     return algorithm == "im2col" or (algorithm in ALGORITHMS and (kh, kw, sh, sw) == (3, 3, 1, 1))
 
 
 def requirement(algorithm: str) -> str:
     """What an algorithm needs of a kernel, for error messages."""
-    return "stride 1" if algorithm == "tapsum" else "a 3x3 stride-1 kernel"
+    return "stride 1" if algorithm in ("tapsum", "fft") else "a 3x3 stride-1 kernel"
 
 
 def padded_extent(algorithm: str, ho: int, wo: int, kh: int, kw: int, sh: int, sw: int):
@@ -130,9 +143,12 @@ def prepare_weights(dev, w, algorithm: str):
 
     im2col: Wm (kh*kw*C, O), rows in (a, b, c) order.
     tapsum: Wt (kh*kw*O, C), rows in (a, b, o) order.
+    fft: :class:`FFTKernels` of K (kh, kw, C, O).
     winograd: U (alpha^2, C, O) with U[k] = (kron(G, G) @ W_flat)[k], i.e. G W G^T per (o, c).
     """
     o, c, kh, kw = w.shape
+    if algorithm == "fft":
+        return FFTKernels(dev, dev.xp.ascontiguousarray(w.transpose(2, 3, 1, 0)))
     if algorithm == "tapsum":
         return dev.xp.ascontiguousarray(w.transpose(2, 3, 0, 1).reshape(kh * kw * o, c))
     wm = w.transpose(2, 3, 1, 0).reshape(kh * kw, c * o)
@@ -141,6 +157,56 @@ def prepare_weights(dev, w, algorithm: str):
         return dev.xp.ascontiguousarray(wm.reshape(kh * kw * c, o))
     _, gg, _ = device_matrices(dev, m, w.dtype)
     return (gg @ wm).reshape(-1, c, o)
+
+
+class FFTKernels:
+    """Kernels K (kh, kw, C, O) and their conjugate spectra, by FFT size (fh, fw).
+
+    An instance lives as long as its weights do: a frozen layer keeps it (so each band size's
+    spectrum is computed once), a training layer prepares a new one every call.  ``max_bytes``
+    bounds what is kept; larger spectra are recomputed each time.
+    """
+    max_bytes = 256 * 2**20
+
+    def __init__(self, dev, k):
+        self.dev, self.k = dev, k
+        self.size = k.size                  # what chunk_limit sees: the spatial kernels
+        self.itemsize = k.dtype.itemsize
+        self._spectra, self._kept = {}, 0
+
+    def spectrum(self, fh: int, fw: int):
+        """conj(rfft2(K zero-padded to (fh, fw))): (fh, fw // 2 + 1, C, O), complex."""
+        hit = self._spectra.get((fh, fw))
+        if hit is not None:
+            return hit
+        xp, k = self.dev.xp, self.k
+        kh, kw, c, o = k.shape
+        ctype = xp.result_type(k.dtype, xp.complex64)
+        # K^*[u, v] = sum_{a, b} k[a, b] exp(+2 pi i (u a / fh + v b / fw)): a (fh x kh) and a
+        # (fw // 2 + 1 x kw) DFT matrix, made on the device; the angles reduced mod 1 first
+        eh = xp.exp(2j * xp.pi * ((xp.arange(fh)[:, None] * xp.arange(kh)[None, :]) % fh / fh)).astype(ctype)
+        ew = xp.exp(2j * xp.pi * ((xp.arange(fw // 2 + 1)[:, None] * xp.arange(kw)[None, :]) % fw / fw)).astype(ctype)
+        rows = xp.matmul(ew, k.reshape(kh, kw, c * o).astype(ctype))                 # (kh, fw2, C*O)
+        spec = (eh @ rows.reshape(kh, -1)).reshape(fh, fw // 2 + 1, c, o)
+        if self._kept + spec.nbytes <= self.max_bytes:
+            self._spectra[(fh, fw)] = spec
+            self._kept += spec.nbytes
+        return spec
+
+
+def fft_length(n: int) -> int:
+    """The smallest 2^a 3^b 5^c >= n: a length every FFT library does fast."""
+    best, p5 = None, 1
+    while p5 < 2 * n:
+        p35 = p5
+        while p35 < 2 * n:
+            p = p35
+            while p < n:
+                p *= 2
+            best = p if best is None else min(best, p)
+            p35 *= 3
+        p5 *= 5
+    return best
 
 
 def flipped_weights(w):
@@ -257,6 +323,40 @@ def _tapsum(dev, xpad, wt, bias, out, kh, kw, limit):
             out[i] += bias
 
 
+def _fft_band(dev, xpad, kernels, bias, out, fh, fw, kh, kw, block):
+    """Output rows [r0, r1) of images [n0, n1) by FFT: the band's input is rows r0 .. r1 + kh - 1."""
+    n0, n1, r0, r1 = block
+    wo = out.shape[2]
+    band = xpad[n0:n1, r0:r1 + kh - 1, :wo + kw - 1]
+    spec = dev.rfft2(band, (fh, fw), (1, 2))                                  # (nb, fh, fw2, C)
+    mixed = dev.xp.matmul(spec[..., None, :], kernels.spectrum(fh, fw))       # (nb, fh, fw2, 1, O)
+    y = dev.irfft2(mixed[..., 0, :], (fh, fw), (1, 2))                        # (nb, fh, fw, O), real
+    target = out[n0:n1, r0:r1]
+    if bias is None:
+        target[...] = y[:, :r1 - r0, :wo]
+    else:
+        dev.xp.add(y[:, :r1 - r0, :wo], bias, out=target)
+
+
+def fft_row_bytes(c: int, o: int, fw: int, itemsize: int) -> int:
+    """Bytes of one FFT row of a band: the input's and the output's spectra (complex) and the real result."""
+    return (fw // 2 + 1) * (c + o) * 2 * itemsize + fw * o * itemsize
+
+
+def _fft(dev, xpad, kernels, bias, out, kh, kw, limit):
+    """out (N, Ho, Wo, O) by FFT, in bands of output rows (or groups of images), all of one FFT
+    size (fh, fw).  A band of r output rows is transformed at fh = fft_length(r + kh - 1) >= its
+    input rows, and the bands are cut so that (r + kh - 1) rows take at most ``limit`` bytes
+    (:func:`fft_row_bytes`; fft_length adds at most 16 %)."""
+    n, ho, wo, o = out.shape
+    c = xpad.shape[3]
+    fw = fft_length(wo + kw - 1)
+    row_bytes = fft_row_bytes(c, o, fw, kernels.itemsize)
+    blocks = _chunks(n, ho, row_bytes, dev.workers, max(row_bytes, limit - (kh - 1) * row_bytes))
+    fh = fft_length(max(b[3] - b[2] for b in blocks) + kh - 1)
+    dev.parallel_map(lambda b: _fft_band(dev, xpad, kernels, bias, out, fh, fw, kh, kw, b), blocks)
+
+
 def conv_nhwc(dev, xpad, wprep, bias, algorithm: str, out_hw, kh: int, kw: int, sh: int = 1, sw: int = 1):
     """y (N, Ho, Wo, O), C-contiguous, of the padded channels-last input ``xpad``.
 
@@ -266,6 +366,11 @@ def conv_nhwc(dev, xpad, wprep, bias, algorithm: str, out_hw, kh: int, kw: int, 
     xp = dev.xp
     n, _, _, c = xpad.shape
     ho, wo = out_hw
+    if algorithm == "fft":
+        o = wprep.k.shape[-1]
+        out = xp.empty((n, ho, wo, o), dtype=xpad.dtype)
+        _fft(dev, xpad, wprep, bias, out, kh, kw, chunk_limit(wprep.size * wprep.itemsize, dev))
+        return out
     o = wprep.shape[0] // (kh * kw) if algorithm == "tapsum" else wprep.shape[-1]
     out = xp.empty((n, ho, wo, o), dtype=xpad.dtype)
     item = xpad.dtype.itemsize
@@ -312,6 +417,8 @@ def weight_grad_nhwc(dev, xpad, dy, kh: int, kw: int, sh: int, sw: int, cols=Non
 
 # ------------------------------------------------------------ selection
 _CHOICE: dict = {}
+#: the largest C * O the "auto" rule gives to the FFT
+FFT_MAX_CHANNEL_PAIRS = 128
 
 
 #: what Conv2d(algorithm=...) and XNN_CONV_ALGO accept
@@ -329,8 +436,11 @@ def forced_algorithm():
 def default_choice(kh, kw, sh, sw, cin, n, ho, wo, cout=None):
     """The deterministic rule behind "auto" (same shape, same algorithm, every run).
 
-    The tap sum for stride-1 kernels of 5x5 and more with fewer output than input channels
-    (the fast style network's conv6, 9x9 16 -> 3 at 512x512: 274 -> 75 ms on one core).
+    The FFT for stride-1 kernels of 5x5 and more with few channel pairs (C * O <= 128: the
+    fast style network's 9x9 conv1, 3 -> 16, and conv6, 16 -> 3; at 512x512 on one core
+    53 -> 29 ms against im2col and 60 -> 30 ms against the tap sum); its kernel spectra take
+    C * O complex numbers a frequency, too many for wide layers.  The tap sum for the other
+    large stride-1 kernels with fewer output than input channels.
 
     Winograd F(4x4) for 3x3 stride-1 convolutions, except where timing on the
     benchmark machine (docs/benchmarks.md) showed im2col ahead: few input channels
@@ -341,8 +451,11 @@ def default_choice(kh, kw, sh, sw, cin, n, ho, wo, cout=None):
     which can pick differently from one process to the next (results then differ in
     the last bits).
     """
-    if (sh, sw) == (1, 1) and kh * kw >= 25 and cout is not None and cout < cin:
-        return "tapsum"
+    if (sh, sw) == (1, 1) and kh * kw >= 25 and cout is not None:
+        if cin * cout <= FFT_MAX_CHANNEL_PAIRS:
+            return "fft"
+        if cout < cin:
+            return "tapsum"
     if (kh, kw, sh, sw) != (3, 3, 1, 1) or cin < 16 or min(ho, wo) < 4:
         return "im2col"
     tiles = n * -(-ho // 4) * -(-wo // 4)
@@ -353,7 +466,7 @@ def candidates(kh, kw, sh, sw, ho, wo):
     """Algorithms worth timing for a shape (Winograd needs a 3x3 stride-1 kernel and >= 1 whole tile)."""
     out = ["im2col"]
     if (sh, sw) == (1, 1):
-        out.append("tapsum")
+        out += ["tapsum", "fft"]
     if (kh, kw, sh, sw) == (3, 3, 1, 1):
         if min(ho, wo) >= 2:
             out.append("winograd2")
