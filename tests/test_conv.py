@@ -763,3 +763,36 @@ def test_pad_to_extent_writes_every_element(rng, shape, p, mode, extent):
     assert got.shape == want.shape and got.dtype == x.dtype
     numpy.testing.assert_array_equal(got, want)
     assert pad_to_extent(numpy, x, 0, mode, shape[1:3]) is x                      # nothing to pad: no copy
+
+
+def test_fft_kernel_spectra_are_kept_per_size_within_their_bound(dev, rng):
+    """conj(rfft2(K padded to (fh, fw))) in the kernels' complex precision, computed once per size and
+    kept while the total stays within max_bytes (a frozen layer's FFTKernels lives as long as its weights)."""
+    k = rng.standard_normal((3, 5, 2, 4))                                   # (kh, kw, C, O)
+    for dtype, ctype in ((numpy.float64, numpy.complex128), (numpy.float32, numpy.complex64)):
+        kernels = ca.FFTKernels(dev, dev.asarray(k.astype(dtype)))
+        spec = kernels.spectrum(8, 9)
+        assert spec.dtype == ctype and spec.shape == (8, 5, 2, 4)
+        padded = numpy.zeros((8, 9, 2, 4))
+        padded[:3, :5] = k
+        want = numpy.conj(numpy.fft.rfft2(padded, axes=(0, 1)))
+        got = dev.to_numpy(spec)
+        for part in (numpy.real, numpy.imag):                               # rel_error takes real arrays
+            assert rel_error(part(got), part(want)) < (1e-12 if dtype == numpy.float64 else 1e-6)
+        assert kernels.spectrum(8, 9) is spec                               # kept: not computed again
+        assert kernels.spectrum(10, 9) is not spec and kernels.spectrum(10, 9).shape == (10, 5, 2, 4)
+    kernels = ca.FFTKernels(dev, dev.asarray(k))
+    one = 8 * 5 * 2 * 4 * 16                                                # bytes of an (8, 9) spectrum
+    kernels.max_bytes = one                                                 # room for exactly one
+    first = kernels.spectrum(8, 9)
+    assert kernels.spectrum(8, 9) is first
+    other = kernels.spectrum(8, 10)                                         # the same bytes: over the bound
+    assert kernels.spectrum(8, 10) is not other
+    numpy.testing.assert_array_equal(dev.to_numpy(kernels.spectrum(8, 10)), dev.to_numpy(other))
+    assert kernels.spectrum(8, 9) is first
+
+
+def test_fft_row_bytes_counts_both_spectra_and_the_real_result():
+    # a 540-wide FFT row: 271 complex frequencies of C + O channels, 540 real outputs of O channels
+    assert ca.fft_row_bytes(3, 16, 540, 4) == 271 * 19 * 8 + 540 * 16 * 4
+    assert ca.fft_row_bytes(16, 3, 15, 8) == 8 * 19 * 16 + 15 * 3 * 8
