@@ -28,6 +28,7 @@ error, the same for every mode: the mean |out_t - warp(out_{t-1})| on consistent
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy
 
@@ -57,20 +58,24 @@ class VideoStylizer:
         self.mean = self.std = None
         self.prev_out = None
 
-    def _fresh(self, frames, steps) -> list:
+    def _fresh(self, frames, steps_of) -> list:
         """Each frame stylised on its own (float (h, w, 3) in [0, 1]), with the smoothed content
-        statistics when ``temporal`` is not none."""
+        statistics when ``temporal`` is not none; ``steps_of()`` waits for the frames' steps."""
         size = frames[0].shape[:2]
         feats = self.stylizer.encode_frames(frames)
         content_stats = None if self.temporal == "none" else self._smoothed(channel_stats(feats, self.stylizer.eps),
-                                                                             steps)
+                                                                             steps_of())
         return self.stylizer.decode_frames(feats, self.target, size, self.alpha, content_stats)
 
     def process(self, frames):
         """Yield (uint8 output frame, metrics row) for each uint8 (h, w, 3) frame, in order."""
         t0 = time.perf_counter()
-        steps = [self.state.step(f) for f in frames]
-        fresh = self._fresh(frames, steps)
+        # the motion between input frames needs only the inputs: it is found on a thread of its own
+        # (OpenCV runs outside the GIL) while the network paints, which leaves cores idle between layers
+        with ThreadPoolExecutor(1, thread_name_prefix="xnn-motion") as motion:
+            pending = motion.submit(lambda: [self.state.step(f) for f in frames])
+            fresh = self._fresh(frames, pending.result)
+            steps = pending.result()
         seconds = (time.perf_counter() - t0) / len(frames)
         for frame, step, out in zip(frames, steps, fresh):
             if self.original_colors:
@@ -116,6 +121,6 @@ class NetworkVideoStylizer(VideoStylizer):
         super().__init__(None, None, temporal=temporal, original_colors=original_colors, flow_weight=flow_weight)
         self.net = net
 
-    def _fresh(self, frames, steps) -> list:
+    def _fresh(self, frames, steps_of) -> list:
         from ..models.fast_style import stylise_batch
         return stylise_batch(self.net, frames)
