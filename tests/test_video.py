@@ -301,19 +301,19 @@ def test_a_run_checks_its_frames_against_its_input(tmp_path, clip, need_weights,
     assert code == 0 and check["passed"] and check["sampled"] == 16 and check["frames_in_output"] == 16
     assert check["structure_correlation_min"] >= check["threshold"] and not check["failing_frames"]
     from xnn.video.stylize import VideoStylizer
-    real = VideoStylizer.process
+    real = VideoStylizer.finish          # every engine's frames come out of finish (process calls it)
     other = load_image(REPO / "examples" / "chelsea.png")
 
     seen = []
 
-    def wrong(self, frames):
-        for out_frame, row in real(self, frames):
+    def wrong(self, painted):
+        for out_frame, row in real(self, painted):
             seen.append(1)
             if len(seen) > 9:
                 from xnn.data.images import resize_to
                 out_frame = resize_to(other, out_frame.shape[:2])
             yield out_frame, row
-    monkeypatch.setattr(VideoStylizer, "process", wrong)
+    monkeypatch.setattr(VideoStylizer, "finish", wrong)
     capsys.readouterr()
     code, out = run_video(tmp_path, "bad", f"input={clip}", "image_size=80")
     err = capsys.readouterr().err
@@ -404,20 +404,20 @@ def test_folder_of_frames_plays_at_fps(tmp_path, pan, need_weights):
 
 
 def _on_frame(monkeypatch, n, action):
-    """Run ``action()`` as the n-th stylised frame comes out of VideoStylizer.process;
-    returns the original process, to put back for a resume."""
+    """Run ``action()`` as the n-th stylised frame comes out of VideoStylizer.finish (every engine's
+    frames do; process calls it); returns the original finish, to put back for a resume."""
     from xnn.video import stylize
-    process, made = stylize.VideoStylizer.process, []
+    finish, made = stylize.VideoStylizer.finish, []
 
-    def wrapped(self, frames):
-        for item in process(self, frames):
+    def wrapped(self, painted):
+        for item in finish(self, painted):
             made.append(1)
             if len(made) == n:
                 action()
             yield item
 
-    monkeypatch.setattr(stylize.VideoStylizer, "process", wrapped)
-    return process
+    monkeypatch.setattr(stylize.VideoStylizer, "finish", wrapped)
+    return finish
 
 
 def _ctrl_c():
@@ -436,7 +436,7 @@ def test_stop_keeps_what_is_done_and_resume_finishes(tmp_path, clip, need_weight
     partial = vio.probe(out / "output.mp4")
     assert partial.frames == 8 and partial.has_audio          # the two batches begun are finished
     assert (out / "segments" / "000000.mp4").is_file()
-    monkeypatch.setattr(stylize.VideoStylizer, "process", process)
+    monkeypatch.setattr(stylize.VideoStylizer, "finish", process)
     assert main(["--resume", str(out), "--quiet"]) == 0
     src = vio.probe(out / "output.mp4")
     assert src.frames == 16 and src.has_audio and not (out / "segments").exists()
@@ -452,7 +452,7 @@ def test_resume_after_an_abort_logs_each_frame_once(tmp_path, clip, need_weights
     process = _on_frame(monkeypatch, 6, _abort)
     code, out = run_video(tmp_path, "run", f"input={clip}", "image_size=64", "temporal=none", "batch_size=4")
     assert code == 130 and len((out / "metrics.jsonl").read_text().splitlines()) == 5
-    monkeypatch.setattr(stylize.VideoStylizer, "process", process)
+    monkeypatch.setattr(stylize.VideoStylizer, "finish", process)
     assert main(["--resume", str(out), "--quiet"]) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["frame"] for r in rows] == list(range(16))
@@ -571,3 +571,77 @@ def test_video_stylizer_runs_on_every_device(dev, mode, pan):
     vs = VideoStylizer(st, target, temporal=mode)
     outs = [o for o, _ in vs.process(pan[:3])] + [o for o, _ in vs.process(pan[3:5])]
     assert len(outs) == 5 and all(o.shape == (64, 96, 3) and o.dtype == numpy.uint8 for o in outs)
+
+
+# ----------------------------------------------------------------------------- engine: local's two stages
+
+class _RecordingStylizer:
+    """A stand-in VideoStylizer: paint and finish log what they do; finish puts out the frames' numbers."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def process(self, frames):
+        yield from self.finish(self.paint(frames))
+
+    def paint(self, frames):
+        import threading
+        self.log.append(("paint", [int(f) for f in frames], threading.current_thread().name))
+        return [int(f) for f in frames]
+
+    def finish(self, painted):
+        for f in painted:
+            self.log.append(("out", f))
+            yield f, {}
+
+
+def _local_frames(monkeypatch, n, first=0, stop_after=None, unreadable=None, batch=2, chunk=4, warmup=0):
+    """engine: local's frames() over frames 0..n-1 (numbered, not pictures), with the reader and the
+    stylizer replaced; returns (what came out, the log of paint / out events, the error raised)."""
+    import types
+    from xnn.engines import local
+    from xnn.errors import XnnError
+
+    def reader(src, start, stop, size):
+        for i in range(start, stop):
+            if i == unreadable:
+                raise XnnError(f"cannot read frame {i}")
+            log.append(("read", i))
+            yield i
+    monkeypatch.setattr(vio, "read_frames", reader)
+    log, out = [], []
+    job = types.SimpleNamespace(cfg={"chunk_frames": chunk, "batch_size": batch, "warmup_frames": warmup},
+                                video_stylizer=lambda device, stylizer: _RecordingStylizer(log))
+    source = types.SimpleNamespace(frames=n)
+    try:
+        for start, f, _ in local.frames(job, source, None, first, None,
+                                        lambda: stop_after is not None and len(out) >= stop_after):
+            out.append((start, f))
+    except XnnError as e:
+        return out, log, str(e)
+    return out, log, None
+
+
+def test_local_engine_paints_one_batch_ahead_and_keeps_the_order(monkeypatch):
+    out, log, error = _local_frames(monkeypatch, 9)
+    assert error is None and out == [(0, 0), (0, 1), (0, 2), (0, 3), (4, 4), (4, 5), (4, 6), (4, 7), (8, 8)]
+    # batches end at batch_size or at a segment's end, are painted on the painter's thread, and the next
+    # batch is read (and handed to that thread) before this one comes out
+    paints = [e for e in log if e[0] == "paint"]
+    assert [e[1] for e in paints] == [[0, 1], [2, 3], [4, 5], [6, 7], [8]]
+    assert all(e[2].startswith("xnn-paint") for e in paints)
+    assert log.index(("read", 3)) < log.index(("out", 0)) and log.index(("read", 8)) < log.index(("out", 6))
+    # a resume at frame 5 with 2 warm-up frames: 3 and 4 are painted and finished here, not put out
+    out, log, _ = _local_frames(monkeypatch, 9, first=5, warmup=2)
+    assert out == [(5, 5), (5, 6), (5, 7), (5, 8)]                # segments count from the resume
+    assert [e for e in log if e[0] != "read"][:3] == [("paint", [3, 4], "MainThread"), ("out", 3), ("out", 4)]
+
+
+def test_local_engine_stops_and_fails_where_it_did_before_the_two_stages(monkeypatch):
+    out, log, _ = _local_frames(monkeypatch, 9, stop_after=3)    # asked during the second batch
+    assert out == [(0, 0), (0, 1), (0, 2), (0, 3)]               # that batch comes out; the one ahead does not
+    assert ("out", 4) not in log
+    out, log, error = _local_frames(monkeypatch, 9, unreadable=5)
+    assert out == [(0, 0), (0, 1), (0, 2), (0, 3)] and error == "cannot read frame 5"
+    out, log, error = _local_frames(monkeypatch, 9, unreadable=0)
+    assert out == [] and error == "cannot read frame 0"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import XnnError
 from . import ImageResult
@@ -37,24 +38,51 @@ def images(job, paths, device, should_stop, stylizer=None):
 def frames(job, source, size, first, device, should_stop, stylizer=None):
     """Yield (chunk start, frame, metrics row) for frames ``first`` .. end, in order, read in one pass
     (one entry into the video, at ``first`` less the warm-up frames); stops at a batch boundary once
-    ``should_stop()``.  Chunks (``chunk_frames``) only mark where the output's segments begin."""
+    ``should_stop()``.  Chunks (``chunk_frames``) only mark where the output's segments begin.
+
+    Two stages overlap: a thread paints batch k + 1 (the network, :meth:`VideoStylizer.paint`)
+    while this one finishes batch k (the temporal blend, which needs the previous output) and the
+    caller writes it."""
     from ..video.io import read_frames
     cfg = job.cfg
     vs = job.video_stylizer(device, stylizer)
     warm = max(0, first - cfg["warmup_frames"])
     reader = read_frames(source, warm, source.frames, size)
+    chunk = cfg["chunk_frames"]
+
+    def batch_at(i):
+        """(segment start, frames) of the batch that starts at frame i: it ends at batch_size frames
+        or at the segment's end."""
+        start = first + (i - first) // chunk * chunk
+        return start, [f for _, f in zip(range(min(cfg["batch_size"], start + chunk - i)), reader)]
+
     try:
         if first > warm:
             for _ in vs.process([f for _, f in zip(range(first - warm), reader)]):
                 pass
-        i, chunk = first, cfg["chunk_frames"]
-        while not should_stop():
-            start = first + (i - first) // chunk * chunk           # the segment frame i belongs to
-            group = [f for _, f in zip(range(min(cfg["batch_size"], start + chunk - i)), reader)]
-            if not group:
-                return
-            for out, row in vs.process(group):
-                yield start, out, row
-            i += len(group)
+        with ThreadPoolExecutor(1, thread_name_prefix="xnn-paint") as painter:
+            def paint_next(i):
+                """(segment start, frames, the painting batch's future, a read error): the batch at frame
+                i is read here and painted on the painter's thread; no future at the end or a stop."""
+                if should_stop():
+                    return None, 0, None, None
+                try:
+                    start, group = batch_at(i)
+                except XnnError as e:       # an unreadable frame: raised after the batch before it is out
+                    return None, 0, None, e
+                return start, len(group), (painter.submit(vs.paint, group) if group else None), None
+
+            i = first
+            start, count, ahead, error = paint_next(i)
+            while ahead is not None:
+                painted = ahead.result()
+                i += count
+                this_start, (start, count, ahead, error) = start, paint_next(i)
+                for out, row in vs.finish(painted):
+                    yield this_start, out, row
+                if should_stop():           # asked while this batch came out: the one painted ahead is dropped
+                    return
+            if error is not None:
+                raise error
     finally:
         reader.close()

@@ -68,7 +68,15 @@ class VideoStylizer:
         return self.stylizer.decode_frames(feats, self.target, size, self.alpha, content_stats)
 
     def process(self, frames):
-        """Yield (uint8 output frame, metrics row) for each uint8 (h, w, 3) frame, in order."""
+        """Yield (uint8 output frame, metrics row) for each uint8 (h, w, 3) frame, in order:
+        :meth:`paint` then :meth:`finish`."""
+        yield from self.finish(self.paint(frames))
+
+    def paint(self, frames) -> tuple:
+        """The first stage of :meth:`process`: each frame stylised on its own, and the motion from
+        the previous frame.  Batches are painted in order, one at a time, and may be painted one
+        batch ahead of :meth:`finish` on another thread (``engine: local`` does).
+        Returns (frames, steps, fresh outputs, seconds a frame)."""
         t0 = time.perf_counter()
         # the motion between input frames needs only the inputs: it is found on a thread of its own
         # (OpenCV runs outside the GIL) while the network paints, which leaves cores idle between layers
@@ -76,7 +84,12 @@ class VideoStylizer:
             pending = motion.submit(lambda: [self.state.step(f) for f in frames])
             fresh = self._fresh(frames, pending.result)
             steps = pending.result()
-        seconds = (time.perf_counter() - t0) / len(frames)
+        return frames, steps, fresh, (time.perf_counter() - t0) / len(frames)
+
+    def finish(self, painted):
+        """The second stage: yield (uint8 output frame, metrics row) for the frames of one painted
+        batch, blending in the previous output (``temporal: flow``); batches in order."""
+        frames, steps, fresh, seconds = painted
         for frame, step, out in zip(frames, steps, fresh):
             if self.original_colors:
                 out = transfer_luminance(frame / 255.0, out)
