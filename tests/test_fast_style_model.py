@@ -69,3 +69,26 @@ def test_model_file_round_trip_and_refusals(tmp_path):
     numpy.savez(tmp_path / "cut.npz", **arrays)
     with pytest.raises(XnnError, match=r"does not fit this model: missing \['conv6.b'\]"):
         fast_style.load_model(tmp_path / "cut.npz")
+
+
+def test_a_model_applied_by_a_job_is_frozen_and_keeps_its_prepared_weights(tmp_path):
+    """configs/fast_style.yaml, the studio and the video path get their network from FastStyleJob: frozen,
+    so each layer prepares its weights (conv6's FFT kernel spectra, the 3x3 layers' Winograd weights)
+    once, not for every picture, and the pictures are those of the unfrozen network."""
+    from xnn.style.feedforward import FastStyleJob
+    dev = xnn.device("cpu")
+    path = tmp_path / "model.npz"
+    fast_style.save_model(fast_style.transformer(0.25, seed=3), 0.25, path)
+    net, width = FastStyleJob(str(path), {}).stylizer(dev)
+    assert width == 0.25 and all(layer.frozen for _, layer in net)
+    image = numpy.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=numpy.uint8)
+    first = fast_style.stylise(net, image)
+    prepared = dict(net["conv6"]._wcache)
+    assert set(prepared) == {("fft", "fwd")}
+    spectra = prepared[("fft", "fwd")][1]._spectra
+    assert len(spectra) == 1
+    kept = next(iter(spectra.values()))
+    numpy.testing.assert_array_equal(fast_style.stylise(net, image), first)
+    assert next(iter(net["conv6"]._wcache[("fft", "fwd")][1]._spectra.values())) is kept
+    unfrozen, _ = fast_style.load_model(path, dev)
+    assert rel_error(fast_style.stylise(unfrozen, image), first) < 1e-6

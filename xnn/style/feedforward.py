@@ -188,9 +188,12 @@ class FastStyleJob:
     cfg: dict
 
     def stylizer(self, device):
-        """(the network on ``device``, its width)."""
+        """(the network on ``device``, frozen, its width).  Frozen: its layers keep their prepared
+        weights (Winograd's, the FFT's kernel spectra) from one picture to the next instead of
+        preparing them for every call, and its convolutions keep no input for a backward."""
         from ..models.fast_style import load_model
-        return load_model(self.model, device)
+        net, width = load_model(self.model, device)
+        return net.freeze(), width
 
     def image_step(self, device, stylizer=None):
         net, width = stylizer or self.stylizer(device)
