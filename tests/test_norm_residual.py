@@ -40,6 +40,31 @@ def test_instance_norm_values_against_loops(dev, rng, memory):
     assert channels_last(dx) == (memory == "channels_last")
 
 
+@pytest.mark.parametrize("memory", ["nchw", "channels_last"])
+def test_instance_norm_in_bands_of_rows(rng, memory, monkeypatch):
+    """An array of at least SPLIT_ELEMENTS values is normalised in bands of rows on the CPU's
+    workers (three sweeps: the sums, the centring with its squares, the scaling); the bands
+    together give the definition."""
+    from xnn.layers import layout
+    dev = xnn.device("cpu")
+    monkeypatch.setattr(dev, "workers", 3)                         # bands of 22, 21 and 21 rows
+    monkeypatch.setattr(layout, "SPLIT_ELEMENTS", 4096)
+    x = rng.standard_normal((2, 8, 64, 40)) * 3 + 5
+    layer = InstanceNorm2d(8).to(dev, numpy.float64)
+    gamma, beta = rng.standard_normal(8), rng.standard_normal(8)
+    layer.params["gamma"][...], layer.params["beta"][...] = gamma, beta
+    bands = []
+    real = dev.parallel_map
+    monkeypatch.setattr(dev, "parallel_map", lambda fn, parts: bands.append(len(parts)) or real(fn, parts))
+    xd = x.transpose(0, 2, 3, 1).copy().transpose(0, 3, 1, 2) if memory == "channels_last" else x.copy()
+    y = layer.forward(xd)
+    assert bands == [3, 3, 3]
+    numpy.testing.assert_allclose(y, instance_norm_loops(x, gamma, beta, 1e-5), rtol=1e-12, atol=1e-12)
+    assert channels_last(y) == (memory == "channels_last")
+    numpy.testing.assert_allclose(layer._xhat, instance_norm_loops(x, numpy.ones(8), numpy.zeros(8), 1e-5),
+                                  rtol=1e-12, atol=1e-12)
+
+
 def test_instance_norm_gradients(dev, rng):
     x = rng.standard_normal((2, 3, 4, 5)) * 2 - 1
     layer = InstanceNorm2d(3)
