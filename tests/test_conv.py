@@ -537,6 +537,13 @@ def test_default_choice_boundaries():
     assert choose(3, 3, 1, 1, 32, 1, 3, 256) == "im2col"        # not one whole tile high
     assert choose(3, 3, 1, 1, 32, 1, 30, 30) == "winograd4"     # 8 x 8 tiles (partial ones count)
     assert choose(3, 3, 1, 1, 32, 1, 28, 28) == "im2col"        # 7 x 7 tiles
+    assert choose(3, 3, 1, 1, 64, 1, 28, 28) == "winograd4"     # ... enough with 64 input channels
+    assert choose(3, 3, 1, 1, 64, 1, 24, 24) == "winograd4"     # 6 x 6 tiles
+    assert choose(3, 3, 1, 1, 64, 1, 20, 24) == "winograd2"     # 5 x 6 of 4x4, 10 x 12 of 2x2
+    assert choose(3, 3, 1, 1, 512, 1, 14, 14) == "winograd2"    # 7 x 7 tiles of 2x2 (VGG's conv5 at 224)
+    assert choose(3, 3, 1, 1, 512, 1, 13, 13) == "winograd2"    # partial tiles count
+    assert choose(3, 3, 1, 1, 512, 1, 12, 14) == "im2col"       # 6 x 7 tiles of 2x2
+    assert choose(3, 3, 1, 1, 63, 1, 14, 14) == "im2col"        # fewer than 64 input channels
     assert choose(9, 9, 1, 1, 16, 1, 64, 64, 3) == "fft"        # large kernel, few channel pairs
     assert choose(9, 9, 1, 1, 3, 1, 64, 64, 16) == "fft"
     assert choose(5, 5, 1, 1, 16, 1, 64, 64, 8) == "fft"        # 5x5, 128 pairs

@@ -445,8 +445,11 @@ def default_choice(kh, kw, sh, sw, cin, n, ho, wo, cout=None):
     Winograd F(4x4) for 3x3 stride-1 convolutions, except where timing on the
     benchmark machine (docs/benchmarks.md) showed im2col ahead: few input channels
     (conv1_1's 3, MNIST's 1: a short GEMM, nothing for Winograd to save) and few
-    output tiles (VGG's conv5_x at 224 px: 16 tiles, transform overheads dominate).
-    The GPU uses the same rule (F(4x4) also moves fewer bytes per output pixel than
+    output tiles, where the transforms' overheads dominate.  With 64 input channels or
+    more, 36 tiles of 4x4 are enough (VGG's conv4_x at 224 px, 28x28: 49 tiles, about 1.8x
+    faster than im2col at 256 and 512 channels), and below that F(2x2) where it has 49
+    tiles of 2x2 (conv5_x at 224 px, 14x14: 1.2-1.4x faster than im2col at 128-512
+    channels; F(4x4) is no faster there).  The GPU uses the same rule (F(4x4) also moves fewer bytes per output pixel than
     im2col) until GPU timings say otherwise; "autotune" times the candidates instead,
     which can pick differently from one process to the next (results then differ in
     the last bits).
@@ -458,8 +461,10 @@ def default_choice(kh, kw, sh, sw, cin, n, ho, wo, cout=None):
             return "tapsum"
     if (kh, kw, sh, sw) != (3, 3, 1, 1) or cin < 16 or min(ho, wo) < 4:
         return "im2col"
-    tiles = n * -(-ho // 4) * -(-wo // 4)
-    return "winograd4" if tiles >= 64 else "im2col"
+    tiles4, tiles2 = n * -(-ho // 4) * -(-wo // 4), n * -(-ho // 2) * -(-wo // 2)
+    if tiles4 >= 64 or (cin >= 64 and tiles4 >= 36):
+        return "winograd4"
+    return "winograd2" if cin >= 64 and tiles2 >= 49 else "im2col"
 
 
 def candidates(kh, kw, sh, sw, ho, wo):
