@@ -449,10 +449,10 @@ def default_choice(kh, kw, sh, sw, cin, n, ho, wo, cout=None):
     more, 36 tiles of 4x4 are enough (VGG's conv4_x at 224 px, 28x28: 49 tiles, about 1.8x
     faster than im2col at 256 and 512 channels), and below that F(2x2) where it has 49
     tiles of 2x2 (conv5_x at 224 px, 14x14: 1.2-1.4x faster than im2col at 128-512
-    channels; F(4x4) is no faster there).  The GPU uses the same rule (F(4x4) also moves fewer bytes per output pixel than
-    im2col) until GPU timings say otherwise; "autotune" times the candidates instead,
-    which can pick differently from one process to the next (results then differ in
-    the last bits).
+    channels; F(4x4) is no faster there).  The GPU uses the same rule (F(4x4) also moves
+    fewer bytes per output pixel than im2col) until GPU timings say otherwise; "autotune"
+    times the candidates instead, which can pick differently from one process to the next
+    (results then differ in the last bits).
     """
     if (sh, sw) == (1, 1) and kh * kw >= 25 and cout is not None:
         if cin * cout <= FFT_MAX_CHANNEL_PAIRS:
