@@ -797,6 +797,12 @@ def test_fft_kernel_spectra_are_kept_per_size_within_their_bound(dev, rng):
     assert kernels.spectrum(8, 10) is not other
     numpy.testing.assert_array_equal(dev.to_numpy(kernels.spectrum(8, 10)), dev.to_numpy(other))
     assert kernels.spectrum(8, 9) is first
+    kernels = ca.FFTKernels(dev, dev.asarray(k))
+    kernels.max_bytes = 2 * one                      # room for two (8, 5)-frequency spectra, then nothing more
+    kept = [kernels.spectrum(8, fw) for fw in (9, 8)]
+    assert all(kernels.spectrum(8, fw) is spec for fw, spec in zip((9, 8), kept))
+    third = kernels.spectrum(7, 9)                                          # smaller, but over the bound
+    assert kernels.spectrum(7, 9) is not third
 
 
 def test_fft_row_bytes_counts_both_spectra_and_the_real_result():
