@@ -809,3 +809,23 @@ def test_fft_row_bytes_counts_both_spectra_and_the_real_result():
     # a 540-wide FFT row: 271 complex frequencies of C + O channels, 540 real outputs of O channels
     assert ca.fft_row_bytes(3, 16, 540, 4) == 271 * 19 * 8 + 540 * 16 * 4
     assert ca.fft_row_bytes(16, 3, 15, 8) == 8 * 19 * 16 + 15 * 3 * 8
+
+
+def test_fft_computes_the_kernel_spectrum_once_per_call_not_per_band(rng, monkeypatch):
+    """The bands run on the CPU's workers at once; the spectrum they share is made before them (two
+    workers missing an empty cache together would each compute it and count its bytes twice)."""
+    import copy
+    dev = copy.copy(xnn.device("cpu"))
+    dev.chunk_bytes, dev.workers = 2**14, 2
+    x = rng.standard_normal((1, 30, 14, 3))
+    w = rng.standard_normal((4, 3, 5, 5))
+    kernels = ca.prepare_weights(dev, w, "fft")
+    calls, bands, real = [], [], kernels.spectrum
+    monkeypatch.setattr(kernels, "spectrum", lambda fh, fw: calls.append((fh, fw)) or real(fh, fw))
+    real_band = ca._fft_band
+    monkeypatch.setattr(ca, "_fft_band", lambda *a: bands.append(a[-1]) or real_band(*a))
+    y = ca.conv_nhwc(dev, x, kernels, None, "fft", (26, 10), 5, 5)
+    want = conv_loops(x.transpose(0, 3, 1, 2), w, numpy.zeros(4), 0).transpose(0, 2, 3, 1)
+    assert rel_error(y, want) < 1e-12
+    assert len(bands) > 2 and len(calls) == 1
+    assert kernels._kept == next(iter(kernels._spectra.values())).nbytes

@@ -164,9 +164,10 @@ class FFTKernels:
 
     An instance lives as long as its weights do: a frozen layer keeps it (so each band size's
     spectrum is computed once), a training layer prepares a new one every call.  ``max_bytes``
-    bounds what is kept; larger spectra are recomputed each time.
+    bounds what is kept (a long-running server sees many picture sizes); spectra past it are
+    recomputed each time.
     """
-    max_bytes = 256 * 2**20
+    max_bytes = 64 * 2**20           # per layer: a few band sizes (a 1080p band's is 9 MB at C x O = 48)
 
     def __init__(self, dev, k):
         self.dev, self.k = dev, k
@@ -323,13 +324,13 @@ def _tapsum(dev, xpad, wt, bias, out, kh, kw, limit):
             out[i] += bias
 
 
-def _fft_band(dev, xpad, kernels, bias, out, fh, fw, kh, kw, block):
+def _fft_band(dev, xpad, kernel_spectrum, bias, out, fh, fw, kh, kw, block):
     """Output rows [r0, r1) of images [n0, n1) by FFT: the band's input is rows r0 .. r1 + kh - 1."""
     n0, n1, r0, r1 = block
     wo = out.shape[2]
     band = xpad[n0:n1, r0:r1 + kh - 1, :wo + kw - 1]
     spec = dev.rfft2(band, (fh, fw), (1, 2))                                  # (nb, fh, fw2, C)
-    mixed = dev.xp.matmul(spec[..., None, :], kernels.spectrum(fh, fw))       # (nb, fh, fw2, 1, O)
+    mixed = dev.xp.matmul(spec[..., None, :], kernel_spectrum)                # (nb, fh, fw2, 1, O)
     y = dev.irfft2(mixed[..., 0, :], (fh, fw), (1, 2))                        # (nb, fh, fw, O), real
     target = out[n0:n1, r0:r1]
     if bias is None:
@@ -354,7 +355,8 @@ def _fft(dev, xpad, kernels, bias, out, kh, kw, limit):
     row_bytes = fft_row_bytes(c, o, fw, kernels.itemsize)
     blocks = _chunks(n, ho, row_bytes, dev.workers, max(row_bytes, limit - (kh - 1) * row_bytes))
     fh = fft_length(max(b[3] - b[2] for b in blocks) + kh - 1)
-    dev.parallel_map(lambda b: _fft_band(dev, xpad, kernels, bias, out, fh, fw, kh, kw, b), blocks)
+    spectrum = kernels.spectrum(fh, fw)                 # here, once: not by each worker at the same time
+    dev.parallel_map(lambda b: _fft_band(dev, xpad, spectrum, bias, out, fh, fw, kh, kw, b), blocks)
 
 
 def conv_nhwc(dev, xpad, wprep, bias, algorithm: str, out_hw, kh: int, kw: int, sh: int = 1, sw: int = 1):
