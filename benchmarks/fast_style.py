@@ -36,8 +36,8 @@ def main(argv=None):
     from xnn.data.images import load_image, resize_to
     from xnn.models import fast_style
     dev = xnn.device(args.device)
-    net, width = fast_style.load_model(args.model, dev)
-    net.freeze()                                  # as configs/fast_style.yaml and the studio run it
+    from xnn.style.feedforward import FastStyleJob
+    net, width = FastStyleJob(args.model, {}).stylizer(dev)      # the network as fast_style.yaml applies it
     photo = load_image(ROOT / "examples" / "chelsea.png")
     print(f"model {args.model} (width {width:g}), device {dev.name}, threads {getattr(dev, 'workers', 1)}, "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -75,11 +75,11 @@ def frames(job, source, size, first, device, should_stop, stylizer=None):
             i = first
             start, count, ahead, error = paint_next(i)
             while ahead is not None:
-                painted = ahead.result()
+                painted, painted_start = ahead.result(), start
                 i += count
-                this_start, (start, count, ahead, error) = start, paint_next(i)
+                start, count, ahead, error = paint_next(i)
                 for out, row in vs.finish(painted):
-                    yield this_start, out, row
+                    yield painted_start, out, row
                 if should_stop():           # asked while this batch came out: the one painted ahead is dropped
                     return
             if error is not None:

@@ -171,8 +171,6 @@ class FFTKernels:
 
     def __init__(self, dev, k):
         self.dev, self.k = dev, k
-        self.size = k.size                  # what chunk_limit sees: the spatial kernels
-        self.itemsize = k.dtype.itemsize
         self._spectra, self._kept = {}, 0
 
     def spectrum(self, fh: int, fw: int):
@@ -352,7 +350,7 @@ def _fft(dev, xpad, kernels, bias, out, kh, kw, limit):
     n, ho, wo, o = out.shape
     c = xpad.shape[3]
     fw = fft_length(wo + kw - 1)
-    row_bytes = fft_row_bytes(c, o, fw, kernels.itemsize)
+    row_bytes = fft_row_bytes(c, o, fw, kernels.k.dtype.itemsize)
     blocks = _chunks(n, ho, row_bytes, dev.workers, max(row_bytes, limit - (kh - 1) * row_bytes))
     fh = fft_length(max(b[3] - b[2] for b in blocks) + kh - 1)
     spectrum = kernels.spectrum(fh, fw)                 # here, once: not by each worker at the same time
@@ -371,7 +369,7 @@ def conv_nhwc(dev, xpad, wprep, bias, algorithm: str, out_hw, kh: int, kw: int, 
     if algorithm == "fft":
         o = wprep.k.shape[-1]
         out = xp.empty((n, ho, wo, o), dtype=xpad.dtype)
-        _fft(dev, xpad, wprep, bias, out, kh, kw, chunk_limit(wprep.size * wprep.itemsize, dev))
+        _fft(dev, xpad, wprep, bias, out, kh, kw, chunk_limit(wprep.k.nbytes, dev))     # the spatial kernels
         return out
     o = wprep.shape[0] // (kh * kw) if algorithm == "tapsum" else wprep.shape[-1]
     out = xp.empty((n, ho, wo, o), dtype=xpad.dtype)
