@@ -196,6 +196,28 @@ def test_dis_flow_finds_a_pan_and_the_metric_measures_what_it_says():
     assert temporal.temporal_error(prev_f, cur_f, backward, numpy.zeros_like(mask)) is None
 
 
+def test_consistency_and_temporal_error_match_their_definitions():
+    # the check and the metric written with the flow's and the colours' sums as reductions (the
+    # definitions above them); the module writes those sums out for speed
+    rng = numpy.random.default_rng(3)
+    h, w = 40, 56
+    ys, xs = numpy.mgrid[0:h, 0:w]
+    b = numpy.stack([2 + numpy.sin(ys / 7), numpy.cos(xs / 9)], axis=2).astype(numpy.float32)   # a smooth motion
+    f = -b + (rng.standard_normal((h, w, 2)) * 0.6).astype(numpy.float32)                      # back, roughly
+    fw = temporal.warp(f, b)
+    tx, ty = xs.astype(numpy.float32) + b[..., 0], ys.astype(numpy.float32) + b[..., 1]
+    inside = (tx >= 0) & (tx <= w - 1) & (ty >= 0) & (ty <= h - 1)
+    b64, fw64 = b.astype(numpy.float64), fw.astype(numpy.float64)
+    margin = 0.01 * ((b64 ** 2).sum(axis=2) + (fw64 ** 2).sum(axis=2)) + 0.5 - ((b64 + fw64) ** 2).sum(axis=2)
+    mask = temporal.consistent(b, f)
+    assert 0.2 < mask.mean() < 0.9
+    decided = numpy.abs(margin) > 1e-4          # float32 rounding may go either way on the threshold itself
+    assert decided.mean() > 0.99 and (mask == (inside & (margin >= 0)))[decided].all()
+    prev, cur = rng.random((h, w, 3)).astype(numpy.float32), rng.random((h, w, 3)).astype(numpy.float32)
+    per_pixel = numpy.abs(cur - temporal.warp(prev, b)).mean(axis=2)
+    assert temporal.temporal_error(prev, cur, b, mask) == pytest.approx(per_pixel[mask].mean() * 255, rel=1e-5)
+
+
 def test_scene_cuts_are_found():
     a = load_image(REPO / "examples" / "coffee.png")[:200, :300]
     b = load_image(REPO / "examples" / "astronaut.png")[:200, :300]
@@ -221,6 +243,13 @@ def test_restore_contrast():
     import cv2
     numpy.testing.assert_allclose(cv2.GaussianBlur(restored, (0, 0), 4), cv2.GaussianBlur(blended, (0, 0), 4),
                                   atol=0.03)
+    # the formula, with a blur per image and per square (the module blurs the four stacked, in place)
+    blur = lambda a: cv2.GaussianBlur(a, (0, 0), 2.0)   # noqa: E731
+    m_b, m_f = blur(blended), blur(fresh)
+    gain = numpy.minimum(numpy.sqrt(numpy.maximum(blur(fresh * fresh) - m_f * m_f, 0)
+                                    / numpy.maximum(blur(blended * blended) - m_b * m_b, 1e-6)), 3.0)
+    numpy.testing.assert_allclose(restored, numpy.clip(m_b + (blended - m_b) * gain, 0, 1), atol=1e-6)
+    assert restored.dtype == numpy.float32 and temporal.restore_contrast(blended.astype(float), fresh).dtype == float
 
 
 def test_stats_smoothing_is_an_average_that_restarts_at_cuts():
@@ -586,7 +615,9 @@ class _RecordingStylizer:
 
     def paint(self, frames):
         import threading
+        import cv2
         self.log.append(("paint", [int(f) for f in frames], threading.current_thread().name))
+        self.log.append(("opencv threads", cv2.getNumThreads()))
         return [int(f) for f in frames]
 
     def finish(self, painted):
@@ -634,7 +665,23 @@ def test_local_engine_paints_one_batch_ahead_and_keeps_the_order(monkeypatch):
     # a resume at frame 5 with 2 warm-up frames: 3 and 4 are painted and finished here, not put out
     out, log, _ = _local_frames(monkeypatch, 9, first=5, warmup=2)
     assert out == [(5, 5), (5, 6), (5, 7), (5, 8)]                # segments count from the resume
-    assert [e for e in log if e[0] != "read"][:3] == [("paint", [3, 4], "MainThread"), ("out", 3), ("out", 4)]
+    assert [e for e in log if e[0] not in ("read", "opencv threads")][:3] == [("paint", [3, 4], "MainThread"),
+                                                                               ("out", 3), ("out", 4)]
+
+
+def test_local_engine_runs_opencv_on_one_thread_and_puts_the_setting_back(monkeypatch):
+    import cv2
+    before = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(3)
+        out, log, _ = _local_frames(monkeypatch, 5)
+        assert len(out) == 5
+        assert [e[1] for e in log if e[0] == "opencv threads"] == [1, 1, 1]   # while each batch is painted
+        assert cv2.getNumThreads() == 3                                        # the caller's setting again
+        _local_frames(monkeypatch, 9, unreadable=5)                            # also after an error
+        assert cv2.getNumThreads() == 3
+    finally:
+        cv2.setNumThreads(before)
 
 
 def test_local_engine_stops_and_fails_where_it_did_before_the_two_stages(monkeypatch):

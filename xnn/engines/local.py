@@ -44,6 +44,7 @@ def frames(job, source, size, first, device, should_stop, stylizer=None):
     while this one finishes batch k (the temporal blend, which needs the previous output) and the
     caller writes it."""
     from ..video.io import read_frames
+    from ..video.temporal import opencv_threads
     cfg = job.cfg
     vs = job.video_stylizer(device, stylizer)
     warm = max(0, first - cfg["warmup_frames"])
@@ -57,10 +58,12 @@ def frames(job, source, size, first, device, should_stop, stylizer=None):
         return start, [f for _, f in zip(range(min(cfg["batch_size"], start + chunk - i)), reader)]
 
     try:
-        if first > warm:
-            for _ in vs.process([f for _, f in zip(range(first - warm), reader)]):
-                pass
-        with ThreadPoolExecutor(1, thread_name_prefix="xnn-paint") as painter:
+        # OpenCV on one thread: the network keeps the cores busy
+        with opencv_threads(1), ThreadPoolExecutor(1, thread_name_prefix="xnn-paint") as painter:
+            if first > warm:
+                for _ in vs.process([f for _, f in zip(range(first - warm), reader)]):
+                    pass
+
             def paint_next(i):
                 """(segment start, frames, the painting batch's future, a read error): the batch at frame
                 i is read here and painted on the painter's thread; no future at the end or a stop."""
