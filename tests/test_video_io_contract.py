@@ -43,7 +43,7 @@ def reference(frames, path, codec, options, fps=12):
 
 
 @pytest.mark.parametrize("suffix,codec,options", [
-    (".mp4", "libx264", {"crf": "18", "bf": "0"}),
+    (".mp4", "libx264", {"crf": "18", "bf": "0", "preset": "veryfast"}),
     (".webm", "libvpx-vp9", {"crf": "32", "b": "0", "row-mt": "1"})])
 def test_segments_are_encoded_as_documented(tmp_path, footage, suffix, codec, options):
     frames = footage[:8]
@@ -436,3 +436,17 @@ def test_no_seek_before_the_first_key_frame_or_from_zero(monkeypatch):
     late = vio.VideoSource(path="x.mp4", kind="video", frames=10, fps=12, size=(2, 2),
                            index=vio.FrameIndex(numpy.arange(0, 1000, 100), numpy.array([6])))
     assert list(vio._from_key_frame(late, 3, 5)) == []             # no key frame at or before 3
+
+
+def test_frames_are_shrunk_by_area_averaging_and_enlarged_by_lanczos():
+    import cv2
+    from xnn.data.images import resize_to
+    rng = numpy.random.default_rng(5)
+    frame = rng.integers(0, 256, (40, 60, 3), dtype=numpy.uint8)
+    small = vio._resized(frame, (20, 30))                 # 2x smaller: the mean of each 2x2 block
+    blocks = frame.reshape(20, 2, 30, 2, 3).astype(float).mean(axis=(1, 3))
+    assert small.dtype == numpy.uint8 and numpy.abs(small - blocks).max() <= 0.5
+    numpy.testing.assert_array_equal(small, cv2.resize(frame, (30, 20), interpolation=cv2.INTER_AREA))
+    numpy.testing.assert_array_equal(vio._resized(frame, (80, 120)), resize_to(frame, (80, 120)))
+    numpy.testing.assert_array_equal(vio._resized(frame, (30, 90)), resize_to(frame, (30, 90)))  # wider: not a shrink
+    assert vio._resized(frame, (40, 60)) is frame
