@@ -136,22 +136,18 @@ def restore_contrast(blended, fresh, sigma: float = 2.0, max_gain: float = 3.0) 
     Averaging two stylised frames whose brush strokes differ flattens the strokes.  With local
     means m and variances v over a Gaussian window of ``sigma`` pixels, the result is
     m_b + (blended - m_b) * sqrt(v_f / v_b): the stable texture of the blend with the contrast of
-    a fresh stylisation (the gain is capped at ``max_gain``).  The four blurs (of both images and
-    of their squares) are one blur of the four stacked; the arithmetic is done in place.
+    a fresh stylisation (the gain is capped at ``max_gain``).  The arithmetic is done in place.
     """
     cv2 = require_cv2()
-    c = blended.shape[2]
-    stack = numpy.concatenate([blended, fresh, blended * blended, fresh * fresh], axis=2)
-    blurred = cv2.GaussianBlur(stack, (0, 0), sigma)
-    m_b, m_f, v_b, v_f = (blurred[..., i * c:(i + 1) * c] for i in range(4))
+    blur = lambda a: cv2.GaussianBlur(a, (0, 0), sigma)   # noqa: E731
+    m_b, m_f = blur(blended), blur(fresh)
+    v_b = blur(blended * blended)
     v_b -= m_b * m_b
-    numpy.maximum(v_b, 1e-6, out=v_b)
+    v_f = blur(fresh * fresh)
     v_f -= m_f * m_f
-    numpy.maximum(v_f, 0, out=v_f)
-    gain = numpy.divide(v_f, v_b, out=v_f)
-    numpy.sqrt(gain, out=gain)
-    numpy.minimum(gain, max_gain, out=gain)
-    out = numpy.subtract(blended, m_b, dtype=numpy.result_type(blended, m_b))
+    gain = numpy.divide(numpy.maximum(v_f, 0, out=v_f), numpy.maximum(v_b, 1e-6, out=v_b), out=v_f)
+    numpy.minimum(numpy.sqrt(gain, out=gain), max_gain, out=gain)
+    out = blended - m_b
     out *= gain
     out += m_b
     return numpy.clip(out, 0, 1, out=out)
@@ -180,8 +176,9 @@ def temporal_error(prev_out, cur_out, backward, mask) -> float | None:
     scale = 255.0 if prev_out.dtype != numpy.uint8 else 1.0
     a = warp(numpy.asarray(prev_out, numpy.float32), backward)
     diff = numpy.abs(numpy.asarray(cur_out, numpy.float32) - a)
-    # the mean over the masked pixels of their mean over the channels, in one mean
-    return float(diff[mask].mean(dtype=numpy.float64) * scale)
+    # the channels' sum written out: NumPy's reduction over a length-3 last axis is 4x slower
+    per_pixel = diff[..., 0] + diff[..., 1] + diff[..., 2]
+    return float(per_pixel[mask].mean(dtype=numpy.float64) * scale / 3)
 
 
 @dataclasses.dataclass
