@@ -43,7 +43,7 @@ def reference(frames, path, codec, options, fps=12):
 
 
 @pytest.mark.parametrize("suffix,codec,options", [
-    (".mp4", "libx264", {"crf": "18", "bf": "0", "preset": "veryfast"}),
+    (".mp4", "libx264", {"crf": "16", "bf": "0", "preset": "veryfast"}),
     (".webm", "libvpx-vp9", {"crf": "32", "b": "0", "row-mt": "1"})])
 def test_segments_are_encoded_as_documented(tmp_path, footage, suffix, codec, options):
     frames = footage[:8]

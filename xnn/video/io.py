@@ -363,12 +363,12 @@ class SegmentWriter:
     """Encode uint8 (h, w, 3) frames into one self-contained video file (its own key frame first).
 
     H.264 (VP9 for .webm) at constant frame rate ``fps``; 4:2:0 chroma when h and w are even
-    (what every player reads), 4:4:4 otherwise, x264's veryfast preset.  ``crf`` is the quality (lower:
-    better, larger).
+    (what every player reads), 4:4:4 otherwise; x264's veryfast preset.  ``crf`` is the quality
+    (lower: better, larger; VP9 gets ``crf + 16``).
     Written under a temporary name and renamed on :meth:`close`.
     """
 
-    def __init__(self, path, fps, size, crf: int = 18):
+    def __init__(self, path, fps, size, crf: int = 16):
         av = require_av()
         self.path = pathlib.Path(path)
         codec = CONTAINERS[self.path.suffix.lower()][0]
@@ -381,10 +381,10 @@ class SegmentWriter:
             self._s.width, self._s.height = w, h
             self._s.pix_fmt = "yuv420p" if h % 2 == 0 and w % 2 == 0 else "yuv444p"
             self._s.codec_context.time_base = 1 / fractions.Fraction(fps)
-            # x264's veryfast preset: 4x faster than its default (medium) on 512x288 frames, at 0.2 dB
-            # less PSNR for the same crf (a camera clip, 44.5 dB against 44.7) and no larger a file
+            # x264's veryfast preset at crf 16 against its default (medium) at crf 18, 60 stylised
+            # 512x288 frames: 5.0 against 35 ms a frame, 33.9 against 34.2 dB PSNR, 10 % larger files
             self._s.options = {"crf": str(crf), "bf": "0", "preset": "veryfast"} if codec == "libx264" else \
-                {"crf": str(crf + 14), "b": "0", "row-mt": "1"}
+                {"crf": str(crf + 16), "b": "0", "row-mt": "1"}
         except (av.FFmpegError, OSError, ValueError) as e:
             raise XnnError(f"cannot write video {self.path}: {e}") from None
 
