@@ -320,3 +320,33 @@ def test_bad_command_lines_are_one_line(studio, capsys, tmp_path):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("xnn: error:") and message in err and "\n" not in err, err
+
+
+def test_a_stop_asked_while_the_run_starts_is_not_lost(tmp_path):
+    """A studio started where SIGINT is ignored (launched in the background by a shell) passes that on
+    to its runs until they install their stop handler; a stop asked in those first seconds used to be
+    dropped and the run went on to the end.  The queue now waits for the run to listen first."""
+    import signal
+    from xnn.experiments.base import read_jsonl
+    from xnn.studio.jobs import JobQueue, environment
+    q = JobQueue(cwd=REPO, env=environment())
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)     # what the run inherits at its start
+    try:
+        job = q.submit("paint", "configs/style.yaml", tmp_path / "run",
+                       ["image_size=64", "num_iterations=2000", "optimizer=adam", "print_iter=1"], total=2000)
+        deadline = time.time() + 30
+        while job.proc is None and time.time() < deadline:
+            time.sleep(0.01)
+        assert job.proc is not None
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert "is stopping" in q.stop(job.id)                      # at once: the run is still starting
+    deadline = time.time() + 300
+    while not job.finished and time.time() < deadline:
+        time.sleep(0.2)
+    try:
+        assert job.state == "stopped", (job.state, job.message)
+        iters = [r["iter"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "iter" in r]
+        assert iters and max(iters) < 2000
+    finally:
+        q.shutdown()

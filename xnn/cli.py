@@ -161,9 +161,11 @@ def run(args) -> int:
     ctx = None
     try:
         ctx = run_base.RunContext(run_dir, cfg, device, resumed=resumed, quiet=args.quiet, stop=stop)
-        ctx.write_config()
-        ctx.info(f"xnn: {kind} on {device.name}, run folder {run_dir}")
         with stop.installed(), warnings.catch_warnings():
+            # config.yaml is written once Ctrl-C is caught: the studio signals a stop only after it
+            # appears (xnn/studio/jobs.py), so no stop is lost to a run still starting
+            ctx.write_config()
+            ctx.info(f"xnn: {kind} on {device.name}, run folder {run_dir}")
             # a diverging run is reported once, as an error naming the key to change, not as
             # NumPy's overflow / invalid-value warnings on every step
             warnings.filterwarnings("ignore", r"(overflow|invalid value|divide by zero) encountered",

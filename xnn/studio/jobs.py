@@ -20,6 +20,7 @@ step it is in, saves what it has and a checkpoint, and exits with code 130 ("sto
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import itertools
 import os
@@ -60,6 +61,8 @@ class Job:
     ended: float | None = None
     proc: subprocess.Popen | None = dataclasses.field(default=None, repr=False)
     stop_asked: bool = False
+    config_mtime: float | None = None   # of run_dir/config.yaml before the run started (a resume's)
+    stop_pending: bool = False          # a stop waits for the run to listen for it
 
     @property
     def finished(self) -> bool:
@@ -114,10 +117,31 @@ class JobQueue:
             if job.state != "running":
                 return f"job {job.id} has already ended ({job.state})"
             job.stop_asked = True
-            proc = job.proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
+            proc, pending, job.stop_pending = job.proc, job.stop_pending, True
+        if proc is not None and proc.poll() is None and not pending:
+            threading.Thread(target=self._stop_when_listening, args=(job, proc), daemon=True,
+                             name=f"xnn-studio-stop-{job.id}").start()
         return f"job {job.id} is stopping: it saves its image and a checkpoint first"
+
+    @staticmethod
+    def _stop_when_listening(job, proc):
+        """SIGINT to the run once it catches it: a run writes its config.yaml right after
+        installing its stop handler (xnn.cli.run).  Sent earlier, the signal would be lost: a
+        process started where SIGINT is ignored (a studio launched in the background) ignores it
+        until then, and an ordinary one would be killed before it could save."""
+        config = job.run_dir / "config.yaml"
+        while proc.poll() is None:
+            try:
+                if config.stat().st_mtime != job.config_mtime:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.05)
+        else:
+            return
+        with contextlib.suppress(OSError):
+            proc.send_signal(signal.SIGINT)
+        job.stop_pending = False
 
     def position(self, job_id) -> int | None:
         """1 for the next job to start, None when the job is not waiting."""
@@ -186,6 +210,10 @@ class JobQueue:
                     return
                 job = self.jobs[self._waiting.popleft()]
                 job.state, job.started = "running", time.time()
+                try:
+                    job.config_mtime = (job.run_dir / "config.yaml").stat().st_mtime
+                except OSError:
+                    job.config_mtime = None
                 try:
                     job.run_dir.parent.mkdir(parents=True, exist_ok=True)
                     job.proc = subprocess.Popen(job.command(), cwd=self.cwd, env=self.env,
