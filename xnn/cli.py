@@ -162,8 +162,8 @@ def run(args) -> int:
     try:
         ctx = run_base.RunContext(run_dir, cfg, device, resumed=resumed, quiet=args.quiet, stop=stop)
         with stop.installed(), warnings.catch_warnings():
-            # config.yaml is written once Ctrl-C is caught: the studio signals a stop only after it
-            # appears (xnn/studio/jobs.py), so no stop is lost to a run still starting
+            # config.yaml is written after the stop handler is in place: the studio sends a stop
+            # only once the file appears (xnn/studio/jobs.py), so none is lost to a run still starting
             ctx.write_config()
             ctx.info(f"xnn: {kind} on {device.name}, run folder {run_dir}")
             # a diverging run is reported once, as an error naming the key to change, not as
