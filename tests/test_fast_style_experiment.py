@@ -215,6 +215,15 @@ def test_bad_inputs_are_one_line_and_leave_no_run_folder(tmp_path, capsys, photo
                           "truncated.npz", absent=[out])
     assert_one_line_error(capsys, [APPLY, "--set", f"model={tmp_path / 'nope.npz'}", "--device", "cpu", "--out", out],
                           "not found", absent=[out])
+    # a picture given as the model: said so, not NumPy's advice to load it as a pickle
+    line = assert_one_line_error(capsys, [APPLY, "--set", f"model={REPO / 'examples' / 'chelsea.png'}", "--device",
+                                          "cpu", "--out", out], "chelsea.png: it is a PNG image, not an .npz archive",
+                                 absent=[out])
+    assert "pickle" not in line
+    empty_model = tmp_path / "empty.npz"
+    empty_model.write_bytes(b"")
+    assert_one_line_error(capsys, [APPLY, "--set", f"model={empty_model}", "--device", "cpu", "--out", out],
+                          "empty.npz: the file is empty", absent=[out])
     assert_one_line_error(capsys, [APPLY, "--set", f"model={model}", "--set", "temporal=stats", "--device", "cpu",
                                    "--out", out], "a network's video takes none or flow", absent=[out])
 

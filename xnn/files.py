@@ -31,6 +31,28 @@ def _umask() -> int:
     return mask
 
 
+#: what a file that is not an .npz archive usually is, by its first bytes
+_SIGNATURES = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+               (b"\x89HDF", "an HDF5 file (Keras .h5 weights?)"), (b"MATLAB", "a MATLAB .mat file"),
+               (b"\x80", "a Python pickle"))
+
+
+def _not_zip(path) -> str | None:
+    """Why ``path`` cannot be an .npz (a zip archive) from its first bytes, or None when it may be one.
+    NumPy would otherwise try anything that is neither zip nor .npy as a pickle, and say so."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return None                 # numpy.load says what is wrong
+    if head[:2] == b"PK" or head.startswith(b"\x93NUMPY"):   # a zip, or an .npy (numpy.load tells)
+        return None
+    if not head:
+        return "the file is empty"
+    kind = next((name for magic, name in _SIGNATURES if head.startswith(magic)), None)
+    return f"it is {kind}, not an .npz archive" if kind else "it is not an .npz archive (a zip file)"
+
+
 def _reason(e: BaseException) -> str:
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
@@ -90,6 +112,8 @@ def read_npz(path, what: str, text_keys=()) -> dict:
     a truncated or non-zip file, pickled objects or strings where numbers belong are
     refused, naming the entry.
     """
+    if pathlib.Path(path).is_file() and (why := _not_zip(path)):
+        raise XnnError(f"cannot read {what} {path}: {why}")
     try:
         data = numpy.load(path, allow_pickle=False)
         if not isinstance(data, numpy.lib.npyio.NpzFile):  # a plain .npy array
