@@ -129,6 +129,9 @@ def _clean_up(run_dir: pathlib.Path, before: set, created: bool) -> None:
 
 def run(args) -> int:
     import xnn
+    from .backends.numpy_backend import retain_freed_memory
+
+    retain_freed_memory()       # this process is xnn's: large arrays reuse freed memory (XNN_RETAIN_MEMORY=0: off)
 
     raw, name, run_dir, resumed = _resolve(args)
     kind = raw.get("experiment")

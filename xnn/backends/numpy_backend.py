@@ -32,6 +32,36 @@ from ..errors import DeviceMismatchError
 from .base import Device
 
 
+#: glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+
+
+def retain_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory for the next array instead of giving it back to the
+    system; True when set (glibc), False elsewhere or with ``XNN_RETAIN_MEMORY=0``.
+
+    By default glibc maps every block of 32 MB or more afresh and unmaps it when freed, so each
+    such array (a 64-channel activation of a 512 px image, a batch of video frames) costs page
+    faults and the kernel's zeroing of every page, serialised across threads, on every step.
+    Here every block comes from one heap (one arena, no per-block mappings) whose free memory
+    is only given back above 1 GB: a 512 px style step took 0.84-0.90x the time, with 1/28 the
+    page faults and a lower peak (docs/benchmarks.md).  It is a setting of the whole process, so
+    ``import xnn`` does not make it: the command line (``run.py``) does, and a program of
+    one's own can call this once at its start.
+    """
+    if os.environ.get("XNN_RETAIN_MEMORY", "1").strip() == "0":
+        return False
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):     # not glibc (macOS, musl, Windows)
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return all(mallopt(param, value) == 1
+               for param, value in ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**30), (_M_ARENA_MAX, 1)))
+
+
 def usable_cores() -> int:
     """The cores this process may run on: its affinity set (taskset, a container's cpuset)."""
     try:
