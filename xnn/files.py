@@ -112,7 +112,7 @@ def read_npz(path, what: str, text_keys=()) -> dict:
     a truncated or non-zip file, pickled objects or strings where numbers belong are
     refused, naming the entry.
     """
-    if pathlib.Path(path).is_file() and (why := _not_zip(path)):
+    if isinstance(path, (str, os.PathLike)) and pathlib.Path(path).is_file() and (why := _not_zip(path)):
         raise XnnError(f"cannot read {what} {path}: {why}")
     try:
         data = numpy.load(path, allow_pickle=False)

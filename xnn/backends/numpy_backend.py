@@ -44,8 +44,8 @@ def retain_freed_memory() -> bool:
     such array (a 64-channel activation of a 512 px image, a batch of video frames) costs page
     faults and the kernel's zeroing of every page, serialised across threads, on every step.
     Here every block comes from one heap (one arena, no per-block mappings) whose free memory
-    is only given back above 1 GB: a 512 px style step took 0.84-0.90x the time, with 1/28 the
-    page faults and a lower peak (docs/benchmarks.md).  It is a setting of the whole process, so
+    is only given back above 1 GB: a 512 px style iteration took 0.81-0.93x the time, with 1/28
+    the page faults and no higher peak (docs/benchmarks.md).  It is a setting of the whole process, so
     ``import xnn`` does not make it: the command line (``run.py``) does, and a program of
     one's own can call this once at its start.
     """
