@@ -5,6 +5,8 @@
     python docs/make_gallery.py --device gpu             # the same on a GPU (not measured yet)
     python docs/make_gallery.py --preset style           # one preset's rows only
     python docs/make_gallery.py --set image_size=256 --sheet /tmp/quick.jpg    # a quick look, not the gallery
+    python docs/make_gallery.py --preset style --out runs/gallery_new --keep-rows-from docs/gallery.jpg
+                                                         # re-render style.yaml's rows, keep the others' cells
 
 Each image is a normal run (`run.py PRESET --set content_image=... --set style_image=... --seed 0`)
 in `runs/gallery/<preset>/<photo>-<painting>/`; finished runs are skipped and unfinished ones
@@ -150,12 +152,21 @@ def contact_sheet(args):
     from PIL import Image, ImageDraw
     cell, pad, label_w = args.cell, 6, 110
     head = cell // 2 + 24             # the paintings, half size, above their columns
-    rows = [(preset, photo) for photo in PHOTOS for preset in args.preset
-            if any(finished(run_dir(args.out, preset, photo, p)) for p in PAINTINGS)]   # rows with nothing yet: left out
+    if args.keep_rows_from:           # every row, the other presets' from the old sheet
+        rows = [(preset, photo) for photo in PHOTOS for preset in PRESETS]
+    else:
+        rows = [(preset, photo) for photo in PHOTOS for preset in args.preset
+                if any(finished(run_dir(args.out, preset, photo, p)) for p in PAINTINGS)]   # rows with nothing yet: left out
     heights = [row_height(ROOT / "examples" / photo, cell) for _, photo in rows]   # landscape rows are lower
     width = label_w + (1 + len(PAINTINGS)) * (cell + pad)
     sheet = Image.new("RGB", (width, head + sum(h + pad for h in heights) + 24), "white")
     draw = ImageDraw.Draw(sheet)
+    old = None
+    if args.keep_rows_from:
+        old = Image.open(args.keep_rows_from).convert("RGB")
+        if old.size != sheet.size:
+            sys.exit(f"{args.keep_rows_from} is {old.size[0]}x{old.size[1]}, not a whole sheet of this layout "
+                     f"({sheet.width}x{sheet.height} with --cell {cell}); its rows cannot be kept")
 
     def x_of(column):                 # column 0 is the photo, 1.. the paintings
         return label_w + column * (cell + pad)
@@ -172,6 +183,10 @@ def contact_sheet(args):
     missing = len(args.preset) * len(PHOTOS) * len(PAINTINGS)
     y = head
     for (preset, photo), h in zip(rows, heights):
+        if preset not in args.preset:   # a row kept from the old sheet as it was
+            sheet.paste(old.crop((0, y, width, y + h + pad)), (0, y))
+            y += h + pad
+            continue
         draw.text((6, y + h // 2 - 6), f"{preset}.yaml", fill="black")
         paste(ROOT / "examples" / photo, x_of(0), y, (cell, h))
         for j, painting in enumerate(PAINTINGS, 1):
@@ -203,6 +218,9 @@ def parse_args(argv=None):
     p.add_argument("--sheet", type=pathlib.Path, default=ROOT / "docs" / "gallery.jpg")
     p.add_argument("--cell", type=int, default=220, help="thumbnail side in the sheet")
     p.add_argument("--sheet-only", action="store_true", help="only rebuild the sheet from finished runs")
+    p.add_argument("--keep-rows-from", type=pathlib.Path, metavar="SHEET",
+                   help="a whole sheet this script made (every preset, the same --cell): the rows of the presets "
+                        "not chosen with --preset are copied from it, so one preset can be re-rendered alone")
     args = p.parse_args(argv)
     args.preset = args.preset or PRESETS
     args.out, args.sheet = args.out.resolve(), args.sheet.resolve()   # the runs start in ROOT, not here

@@ -143,3 +143,41 @@ def test_a_relative_out_folder_means_the_same_to_the_runs_and_the_sheet(gallery,
     todo = gallery.commands(args)
     assert len(todo) == len(gallery.PHOTOS) * len(gallery.PAINTINGS) - 1
     assert all(cmd[cmd.index("--out") + 1].startswith(str(tmp_path / "relout")) for _, _, cmd in todo)
+
+
+def test_one_preset_re_rendered_keeps_the_other_rows_of_the_old_sheet(gallery, tmp_path):
+    """--keep-rows-from: the chosen preset's rows come from its new runs, every other row is copied
+    from the old whole sheet; a sheet of another layout is refused with one line."""
+    cell = 60
+    old_runs, new_runs = tmp_path / "old", tmp_path / "new"
+    for preset in gallery.PRESETS:
+        for photo in gallery.PHOTOS:
+            for painting in gallery.PAINTINGS:
+                fake_run(gallery.run_dir(old_runs, preset, photo, painting), (0, 0, 255))
+    old_sheet = tmp_path / "old.jpg"
+    gallery.contact_sheet(gallery.parse_args(["--out", str(old_runs), "--sheet", str(old_sheet), "--cell", str(cell)]))
+    fake_run(gallery.run_dir(new_runs, "style", "coffee.png", "shipwreck.jpg"), (255, 0, 0))
+    new_sheet = tmp_path / "new.jpg"
+    gallery.contact_sheet(gallery.parse_args(["--out", str(new_runs), "--sheet", str(new_sheet), "--cell", str(cell),
+                                              "--preset", "style", "--keep-rows-from", str(old_sheet)]))
+    old, new = (np.asarray(Image.open(p).convert("RGB")).astype(int) for p in (old_sheet, new_sheet))
+    assert old.shape == new.shape
+    heights = {"chelsea.png": 40, "coffee.png": 40, "astronaut.png": 60}
+    pad, label_w, head = 6, 110, cell // 2 + 24
+    y, tops = head, {}
+    for photo in gallery.PHOTOS:
+        for preset in gallery.PRESETS:
+            tops[preset, photo] = y
+            y += heights[photo] + pad
+
+    def at(sheet, preset, photo, painting):
+        return sheet[tops[preset, photo] + 4, label_w + (1 + gallery.PAINTINGS.index(painting)) * (cell + pad) + 4]
+
+    for photo in gallery.PHOTOS:
+        for painting in gallery.PAINTINGS:
+            assert np.abs(at(new, "style_jcjohnson", photo, painting) - [0, 0, 255]).max() < 40   # kept
+            expected = [255, 0, 0] if (photo, painting) == ("coffee.png", "shipwreck.jpg") else [200, 200, 200]
+            assert np.abs(at(new, "style", photo, painting) - expected).max() < 40               # new or grey
+    with pytest.raises(SystemExit, match="not a whole sheet"):
+        gallery.contact_sheet(gallery.parse_args(["--out", str(new_runs), "--sheet", str(new_sheet), "--cell", "80",
+                                                  "--preset", "style", "--keep-rows-from", str(old_sheet)]))
