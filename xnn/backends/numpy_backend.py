@@ -33,7 +33,7 @@ from .base import Device
 
 
 #: glibc's mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 
 
 def retain_freed_memory() -> bool:
@@ -44,9 +44,9 @@ def retain_freed_memory() -> bool:
     such array (a 64-channel activation of a 512 px image, a batch of video frames) costs page
     faults and the kernel's zeroing of every page, serialised across threads, on every step.
     Here every block comes from malloc's heaps (no per-block mappings), whose free memory is
-    only given back above 1 GB, with one heap (arena) per core: a 512 px style iteration took
-    0.81-0.93x the time, with no higher peak (docs/benchmarks.md).  One arena for all threads
-    cut the page faults further but made the fast style network 1.1x slower on 2 cores.  It is a setting of the whole process, so
+    only given back above 1 GB: a 512 px style iteration took 0.77-0.96x the time, with no
+    higher peak (docs/benchmarks.md).  Limiting the threads' heaps (arenas) as well cut the
+    page faults further but made the fast style network and the MNIST CNN slower on 2 cores.  It is a setting of the whole process, so
     ``import xnn`` does not make it: the command line (``run.py``) does, and a program of
     one's own can call this once at its start.
     """
@@ -60,7 +60,7 @@ def retain_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     return all(mallopt(param, value) == 1
-               for param, value in ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**30), (_M_ARENA_MAX, usable_cores())))
+               for param, value in ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**30)))
 
 
 def usable_cores() -> int:
