@@ -181,6 +181,7 @@ def contact_sheet(args):
         paste(ROOT / "examples" / painting, x_of(j), 4, (cell, cell // 2))
         draw.text((x_of(j), cell // 2 + 6), pathlib.Path(painting).stem.replace("_", " "), fill="black")
     missing = len(args.preset) * len(PHOTOS) * len(PAINTINGS)
+    kept_cells = []
     y = head
     for (preset, photo), h in zip(rows, heights):
         if preset not in args.preset:   # a row kept from the old sheet as it was
@@ -194,12 +195,17 @@ def contact_sheet(args):
             if finished(folder):
                 missing -= 1
                 paste(folder / "output.png", x_of(j), y, (cell, h))
+            elif old is not None:       # not re-rendered (yet): the old sheet's cell stays
+                sheet.paste(old.crop((x_of(j), y, x_of(j) + cell, y + h)), (x_of(j), y))
+                kept_cells.append(f"{pathlib.Path(photo).stem} x {pathlib.Path(painting).stem}")
             else:
                 draw.rectangle([x_of(j), y, x_of(j) + cell - 1, y + h - 1], fill=(200, 200, 200))
                 draw.text((x_of(j) + 8, y + h // 2 - 6), "not rendered yet", fill="black")
         y += h + pad
     caption = "seed 0; " + (", ".join(args.set) if args.set else "presets as committed")
-    if missing:
+    if kept_cells:
+        caption += f"; {', '.join(args.preset)}: {len(kept_cells)} cell(s) from the earlier sheet"
+    elif missing:
         caption += f"; {missing} of {len(args.preset) * len(PHOTOS) * len(PAINTINGS)} images not rendered yet"
     draw.text((6, sheet.height - 20), f"xnn style transfer gallery ({caption})", fill="black")
     args.sheet.parent.mkdir(parents=True, exist_ok=True)
@@ -220,7 +226,8 @@ def parse_args(argv=None):
     p.add_argument("--sheet-only", action="store_true", help="only rebuild the sheet from finished runs")
     p.add_argument("--keep-rows-from", type=pathlib.Path, metavar="SHEET",
                    help="a whole sheet this script made (every preset, the same --cell): the rows of the presets "
-                        "not chosen with --preset are copied from it, so one preset can be re-rendered alone")
+                        "not chosen with --preset, and their cells not rendered yet, are copied from it, so one "
+                        "preset can be re-rendered alone")
     args = p.parse_args(argv)
     args.preset = args.preset or PRESETS
     args.out, args.sheet = args.out.resolve(), args.sheet.resolve()   # the runs start in ROOT, not here
