@@ -46,9 +46,9 @@ def retain_freed_memory() -> bool:
     Here every block comes from malloc's heaps (no per-block mappings), whose free memory is
     only given back above 1 GB: a 512 px style step took 0.81x the time, a 512x512 fast style
     picture 0.85x (docs/benchmarks.md).  Limiting the threads' heaps (arenas) as well cut the
-    page faults further but made the fast style network and the MNIST CNN slower on 2 cores.  It is a setting of the whole process, so
-    ``import xnn`` does not make it: the command line (``run.py``) does, and a program of
-    one's own can call this once at its start.
+    page faults further but made the fast style network and the MNIST CNN slower on 2 cores.
+    It is a setting of the whole process, so ``import xnn`` does not make it: the command line
+    (``run.py``, ``xnn studio``) does, and a program of one's own can call this once at its start.
     """
     if os.environ.get("XNN_RETAIN_MEMORY", "1").strip() == "0":
         return False
