@@ -129,9 +129,6 @@ def _clean_up(run_dir: pathlib.Path, before: set, created: bool) -> None:
 
 def run(args) -> int:
     import xnn
-    from .backends.numpy_backend import retain_freed_memory
-
-    retain_freed_memory()       # this process is xnn's: large arrays reuse freed memory (XNN_RETAIN_MEMORY=0: off)
 
     raw, name, run_dir, resumed = _resolve(args)
     kind = raw.get("experiment")
@@ -196,6 +193,8 @@ def run(args) -> int:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from .backends.numpy_backend import retain_freed_memory
+    retain_freed_memory()       # this process is xnn's (a run or the studio): large arrays reuse freed memory
     prog = "run.py"
     if argv and argv[0] == "run":  # the `xnn run CONFIG` console script form
         argv, prog = argv[1:], "xnn run"

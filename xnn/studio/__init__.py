@@ -60,8 +60,6 @@ def main(argv=None) -> int:
                    help="the folder the studio keeps its runs and uploads in (default runs/)")
     p.add_argument("--device", default="auto", help="cpu, gpu or auto, for the instant pictures (default auto)")
     args = p.parse_args(argv)
-    from ..backends.numpy_backend import retain_freed_memory
-    retain_freed_memory()        # the server is xnn's process, as run.py's is (XNN_RETAIN_MEMORY=0: off)
     studio, page, url = serve(args.runs, args.port, args.device)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):    # also where a shell started us with SIGINT ignored
