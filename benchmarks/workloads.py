@@ -156,17 +156,19 @@ def xnn_cnn_train(dev, rng, steps=10):
     from xnn.layers import SoftmaxCrossEntropy
     from xnn.models.mnist import cnn
     from xnn.optim import SGD
+    from xnn import DataParallel
     net = cnn((32, 64), 128, device=dev)
     crit = SoftmaxCrossEntropy(device=dev)
     opt = SGD(net.trainable_params(), 0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
     x = dev.asarray(rng.random((CNN_BATCH, 1, 28, 28), dtype=numpy.float32))
     y = dev.asarray(rng.integers(0, 10, CNN_BATCH))
+    # as configs/mnist_cnn.yaml trains (train.parts: auto): the batch in one part per CPU worker
+    parallel = DataParallel(net, crit, dev.workers if dev.kind == "cpu" else 1)
 
     def step():
         for _ in range(steps):
-            crit.forward(net.forward(x), y)
-            net.backward(crit.backward())
-            opt.step(net.grads)
+            parallel.forward_backward(x, y)
+            opt.step(parallel.grads)
         dev.synchronize()
     return step, steps * 3 * CNN_BATCH * _cnn_fwd_flops(), f"{steps * CNN_BATCH} images"
 

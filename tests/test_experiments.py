@@ -190,6 +190,28 @@ def test_cnn_config_runs_a_few_steps(tmp_path):
     assert json.loads((out / "summary.json").read_text())["test_accuracy"] > 0.25  # chance is 0.1 (measured 0.355)
 
 
+def test_cnn_batches_in_parts_train_as_whole_batches(tmp_path):
+    """train.parts cuts each batch across the cores (xnn.DataParallel): the same training up to float
+    rounding; auto is one part per CPU worker for the CNN and 1 for the MLP."""
+    from xnn import device
+    from xnn.experiments.mnist import data_parallel_parts
+    losses = {}
+    for parts in (1, 3):
+        out = tmp_path / f"parts{parts}"
+        assert main([str(REPO / "configs" / "mnist_cnn.yaml"), "--set", "train.limit=600", "--set", "train.val_size=100",
+                     "--set", "test_limit=200", "--set", "model.channels=[4, 8]", "--set", "model.fc=16",
+                     "--set", "train.epochs=1", "--set", f"train.parts={parts}", "--device", "cpu", "--quiet",
+                     "--out", str(out)]) == 0
+        assert json.loads((out / "summary.json").read_text())["data_parallel_parts"] == parts
+        losses[parts] = [json.loads(line)["train_loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert numpy.allclose(losses[1], losses[3], rtol=1e-4), losses
+    cpu = device("cpu")
+    cfg = {"train": {"parts": "auto"}, "model": {"kind": "cnn"}}
+    assert data_parallel_parts(cfg, cpu) == cpu.workers
+    assert data_parallel_parts({**cfg, "model": {"kind": "mlp"}}, cpu) == 1
+    assert data_parallel_parts({**cfg, "train": {"parts": 5}}, cpu) == 5
+
+
 def test_same_seed_same_numbers_across_processes(tmp_path):
     """Separate processes (nothing shared in memory) give identical CNN training numbers."""
     import os

@@ -94,7 +94,7 @@ def test_engines_and_stylisation_steps_know_no_experiment():
 
 
 #: docs/design.md's package map, lowest first: a group may import from the groups before it
-LAYERS = [{"errors", "files", "config", "blend", "stop"}, {"backends"}, {"layers"}, {"model", "optim"},
+LAYERS = [{"errors", "files", "config", "blend", "stop"}, {"backends"}, {"layers"}, {"model", "optim", "data_parallel"},
           {"tiling", "data"}, {"models"}, {"video"}, {"style"}, {"engines"}, {"experiments"}, {"xnn"}, {"studio"},
           {"cli"}, {"__main__"}]
 

@@ -131,6 +131,7 @@ def test_local_ray_listens_on_loopback_only_with_token_auth(tmp_path, monkeypatc
     assert seen["node_ip"] in ("127.0.0.1", "::1")
 
 
+@pytest.mark.slow                   # 20 s; test_folder_on_ray_equals_local covers the same engine
 def test_fast_style_folder_on_ray_equals_local(tmp_path):
     """The fast style network's job on Ray actors: the same outputs as in this process."""
     from PIL import Image

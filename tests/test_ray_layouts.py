@@ -282,6 +282,7 @@ def _equals_local(inputs, cluster, tag):
         assert all(_psnr(local[k], ray[k]) >= floor[k] for k in local), [_psnr(local[k], ray[k]) for k in local]
 
 
+@pytest.mark.slow                   # a Ray cluster of several nodes per test: 30 s each
 @pytest.mark.timeout(240)
 def test_zero_cpu_head_and_two_workers_equal_local(inputs):
     """Ray's advice for large clusters: a head with 0 CPUs.  Runs finish, on the workers, as engine: local."""
@@ -292,6 +293,7 @@ def test_zero_cpu_head_and_two_workers_equal_local(inputs):
         c.shutdown()
 
 
+@pytest.mark.slow                   # a Ray cluster of several nodes per test: 30 s each
 @pytest.mark.timeout(240)
 def test_one_plus_one_equals_local(inputs):
     c = _cluster(1, [1])

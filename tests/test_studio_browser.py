@@ -55,6 +55,7 @@ def test_adain_in_a_real_browser(tmp_path):
     assert hosts == {url.split("/")[2]}, hosts            # nothing but the studio itself
 
 
+@pytest.mark.slow                   # 28 s: waits for a paint job to make progress
 def test_closing_the_tab_does_not_stop_a_job(tmp_path):
     """A Paint job started in one tab keeps running after that tab is closed; a new tab shows it
     (the tab's latest job) and can stop it, which leaves it resumable."""

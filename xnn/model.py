@@ -11,6 +11,8 @@
 """
 from __future__ import annotations
 
+import copy
+
 import numpy
 
 from .backends import device as get_device
@@ -76,6 +78,11 @@ class Sequential:
     def zero_grad(self):
         for layer in self.layers.values():
             layer.zero_grad()
+
+    def replica(self) -> "Sequential":
+        """The same network of layer twins (:meth:`Layer.replica`): shared parameter arrays, its own
+        gradients and caches; what :class:`xnn.DataParallel` runs on the other parts of a batch."""
+        return Sequential([(name, layer.replica()) for name, layer in self.layers.items()])
 
     # ------------------------------------------------------------ passes
     def _index(self, name):
@@ -187,6 +194,11 @@ class Residual(Layer):
     # the body's parameters and gradients, under the body's names
     params = property(lambda self: self.body.params, lambda self, v: self._set_nothing(v))
     grads = property(lambda self: self.body.grads, lambda self, v: self._set_nothing(v))
+
+    def replica(self):
+        twin = copy.copy(self)
+        twin.body = self.body.replica()
+        return twin
 
     @staticmethod
     def _set_nothing(value):

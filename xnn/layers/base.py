@@ -9,6 +9,8 @@ GPU start from the same numbers) and then copied once to the layer's device.
 """
 from __future__ import annotations
 
+import copy
+
 import numpy
 
 from ..backends import Device, cpu, device as get_device
@@ -125,6 +127,24 @@ class Layer:
 
     def _clear_cache(self):
         """Drop cached forward state (arrays of the old device)."""
+
+    def replica(self):
+        """A twin of this layer for another part of the same batch (:class:`xnn.DataParallel`).
+
+        It shares the parameter arrays themselves (an optimiser's in-place step, or
+        ``load_state_dict``, reaches both) and has its own parameter dict, gradients and forward
+        caches, so two threads can run the twins at once.  Layers held by this one (an
+        ``UpsampleConv2d``'s inner convolution) get twins of their own.  ``to()`` gives the
+        layer new arrays, which its twins do not see: make twins after moving a model.
+        """
+        twin = copy.copy(self)
+        twin.params = dict(self.params)
+        twin.grads = {}
+        for name, value in vars(self).items():
+            if isinstance(value, Layer):
+                setattr(twin, name, value.replica())
+        twin._clear_cache()
+        return twin
 
     def __repr__(self):
         shapes = ", ".join(f"{k}{tuple(v.shape)}" for k, v in self.params.items())

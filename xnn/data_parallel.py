@@ -1,0 +1,66 @@
+"""Data parallelism on one device: a batch cut into parts, each part run through a twin of the
+model on a worker of its own, the gradients summed.
+
+    dp = DataParallel(net, SoftmaxCrossEntropy(check_labels=False), parts=2)
+    loss, logits = dp.forward_backward(x, labels)     # the whole batch's mean loss and its logits
+    opt.step(dp.grads)                                # the gradient of that mean loss
+
+Why.  On the CPU, xnn's layers split large arrays into bands for the device's workers, but the
+arrays of a small network (the MNIST CNN: 64 images of 28x28) are too small for that to pay:
+handing a band to a thread costs about 0.1 ms.  Cutting the batch instead gives each worker
+whole layers to run, one hand-off a step.  The MNIST CNN's training step on 2 cores took 0.70
+of the time of the whole batch through one model (docs/benchmarks.md); the MLP's was slower
+this way (its GEMMs use the BLAS's own threads better), so ``configs/mnist_*.yaml`` use it for
+the CNN only.
+
+The maths.  The loss must be a mean over the batch's samples (``SoftmaxCrossEntropy`` is).
+Part k (n_k of the N samples) computes L_k, the mean over its own samples, and its backward
+starts from dloss = n_k / N, so its gradients are those of (n_k / N) L_k.  The batch's loss is
+L = sum_k (n_k / N) L_k, and its gradient the sum of the parts' gradients: the whole batch
+through one model, up to float rounding (the sums are taken in another order).
+
+The parts run through ``device.parallel_map``: on the CPU backend on its worker threads, each
+with a one-thread BLAS (the layers inside run their own chunks in order); the generic backend
+(CuPy, whose kernels are asynchronous anyway) runs them one after another, which only makes
+each kernel smaller: use ``parts=1`` there.  The twins share the model's parameter arrays
+(:meth:`xnn.layers.Layer.replica`), so an optimiser stepping the model's parameters in place
+steps every twin; make the ``DataParallel`` after moving the model to its device.
+"""
+from __future__ import annotations
+
+from functools import reduce
+from operator import add
+
+
+class DataParallel:
+    """``parts`` twins of ``model`` and ``criterion``; :meth:`forward_backward` fills :attr:`grads`."""
+
+    def __init__(self, model, criterion, parts: int):
+        if int(parts) != parts or parts < 1:
+            raise ValueError(f"parts must be a positive integer, got {parts!r}")
+        self.model, self.parts = model, int(parts)
+        self.twins = [(model, criterion)] + [(model.replica(), criterion.replica()) for _ in range(self.parts - 1)]
+        #: "layer.param" -> the gradient of the last batch's mean loss (the keys of ``model.grads``)
+        self.grads: dict = {}
+
+    def bounds(self, n: int):
+        """[(start, stop)] of the non-empty parts of a batch of ``n``: sizes differ by at most one."""
+        cuts = [k * n // self.parts for k in range(self.parts + 1)]
+        return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+    def forward_backward(self, x, labels):
+        """(mean loss, logits) of the batch (x, labels); the batch's gradients go to :attr:`grads`."""
+        n = x.shape[0]
+
+        def run(job):
+            (net, crit), (a, b) = job
+            logits = net.forward(x[a:b])
+            loss = crit.forward(logits, labels[a:b])
+            net.backward(crit.backward((b - a) / n))
+            return loss * ((b - a) / n), logits, net.grads
+
+        results = self.model.device.parallel_map(run, list(zip(self.twins, self.bounds(n))))
+        self.grads = {k: reduce(add, (r[2][k] for r in results)) for k in results[0][2]}
+        loss = reduce(add, (r[0] for r in results))
+        logits = results[0][1] if len(results) == 1 else self.model.device.xp.concatenate([r[1] for r in results])
+        return loss, logits
