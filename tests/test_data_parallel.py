@@ -13,10 +13,10 @@ from .gradcheck import rel_error
 from .test_model import small_cnn
 
 
-@pytest.mark.parametrize("parts, n", [(2, 6), (3, 7), (4, 3)])
+@pytest.mark.parametrize("parts, n", [(1, 5), (2, 6), (3, 7), (4, 3)])
 def test_parts_equal_the_whole_batch_in_float64(dev, rng, parts, n):
-    """Loss, logits and every gradient, with parts of unequal sizes (7 = 2 + 2 + 3) and more parts
-    than samples (4 parts of a batch of 3: one part stays empty)."""
+    """Loss, logits and every gradient, with one part, parts of unequal sizes (7 = 2 + 2 + 3) and
+    more parts than samples (4 parts of a batch of 3: one part stays empty)."""
     net = small_cnn().to(dev, numpy.float64)
     x = dev.asarray(rng.standard_normal((n, 1, 8, 8)))
     labels = dev.asarray(rng.integers(0, 3, n))
@@ -27,6 +27,7 @@ def test_parts_equal_the_whole_batch_in_float64(dev, rng, parts, n):
     whole = {k: xnn.to_numpy(v).copy() for k, v in net.grads.items()}
 
     dp = xnn.DataParallel(net, crit, parts)
+    assert len(dp.twins) == parts and dp.grads == {}
     loss, logits = dp.forward_backward(x, labels)
     assert abs(float(loss) - whole_loss) < 1e-12 * abs(whole_loss)
     assert rel_error(xnn.to_numpy(logits), xnn.to_numpy(whole_logits)) < 1e-12

@@ -12,5 +12,5 @@ from .model import Residual, Sequential
 
 __version__ = "0.1.0"
 
-__all__ = ["device", "device_of", "to_numpy", "Device", "layers", "models", "optim", "Sequential", "Residual", "DataParallel",
-           "XnnError", "DeviceMismatchError", "__version__"]
+__all__ = ["device", "device_of", "to_numpy", "Device", "layers", "models", "optim", "Sequential", "Residual",
+           "DataParallel", "XnnError", "DeviceMismatchError", "__version__"]

@@ -8,10 +8,10 @@ model on a worker of its own, the gradients summed.
 Why.  On the CPU, xnn's layers split large arrays into bands for the device's workers, but the
 arrays of a small network (the MNIST CNN: 64 images of 28x28) are too small for that to pay:
 handing a band to a thread costs about 0.1 ms.  Cutting the batch instead gives each worker
-whole layers to run, one hand-off a step.  The MNIST CNN's training step on 2 cores took 0.70
-of the time of the whole batch through one model (docs/benchmarks.md); the MLP's was slower
-this way (its GEMMs use the BLAS's own threads better), so ``configs/mnist_*.yaml`` use it for
-the CNN only.
+whole layers to run, one hand-off a step.  On 2 cores the MNIST CNN's training step in two parts
+took 0.67-0.80 of the time of the whole batch through one model, and a whole epoch 0.75-0.86
+(docs/mnist.md); the MLP's step took 2.5x as long (its GEMMs use the BLAS's own threads
+better), so ``configs/mnist_*.yaml`` use it for the CNN only.
 
 The maths.  The loss must be a mean over the batch's samples (``SoftmaxCrossEntropy`` is).
 Part k (n_k of the N samples) computes L_k, the mean over its own samples, and its backward
@@ -62,5 +62,5 @@ class DataParallel:
         results = self.model.device.parallel_map(run, list(zip(self.twins, self.bounds(n))))
         self.grads = {k: reduce(add, (r[2][k] for r in results)) for k in results[0][2]}
         loss = reduce(add, (r[0] for r in results))
-        logits = results[0][1] if len(results) == 1 else self.model.device.xp.concatenate([r[1] for r in results])
+        logits = self.model.device.xp.concatenate([r[1] for r in results])
         return loss, logits
