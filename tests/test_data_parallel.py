@@ -110,3 +110,34 @@ def test_parts_run_on_the_cpu_workers():
     dp = xnn.DataParallel(net, SoftmaxCrossEntropy(), 2)
     dp.forward_backward(numpy.ones((4, 1, 2, 2), numpy.float32), numpy.zeros(4, numpy.int64))
     assert len(seen) == 2 and all(name.startswith("xnn") for name in seen), seen
+
+
+@pytest.mark.parametrize("parts, n", [(1, 3), (2, 5), (3, 2)])
+def test_inference_in_parts_equals_the_whole_batch(dev, rng, parts, n):
+    net = small_cnn().to(dev, numpy.float64).freeze()
+    x = dev.asarray(rng.standard_normal((n, 1, 8, 8)))
+    dp = xnn.DataParallel(net, parts=parts)
+    assert dp.device is net.device
+    assert rel_error(xnn.to_numpy(dp.forward(x)), xnn.to_numpy(net.forward(x))) < 1e-12
+    with pytest.raises(ValueError) as e:
+        dp.forward_backward(x, dev.asarray(numpy.zeros(n, numpy.int64)))
+    assert str(e.value) == "DataParallel.forward_backward needs the criterion (a loss) given when it was made"
+    assert len(xnn.DataParallel(net).twins) == 1          # one part unless asked
+
+
+def test_video_frames_go_through_twins_of_the_fast_network_on_a_multicore_cpu(tmp_path):
+    """configs/fast_style.yaml's video path: a batch of frames in one part per CPU worker, the same
+    frames as the network alone up to float rounding."""
+    from xnn.models import fast_style
+    from xnn.style.feedforward import FastStyleJob
+    model = tmp_path / "model.npz"
+    fast_style.save_model(fast_style.transformer(0.25, seed=3), 0.25, model)
+    job = FastStyleJob(str(model), {"temporal": "none", "original_colors": False, "flow_weight": 0.7})
+    dev = xnn.device("cpu")
+    vs = job.video_stylizer(dev)
+    net = vs.net.model if isinstance(vs.net, xnn.DataParallel) else vs.net
+    assert isinstance(vs.net, xnn.DataParallel) == (dev.workers > 1)
+    frames = list(numpy.random.default_rng(0).integers(0, 256, (3, 16, 20, 3), dtype=numpy.uint8))
+    alone = fast_style.stylise_batch(net, frames)
+    for a, b in zip(fast_style.stylise_batch(vs.net, frames), alone):
+        assert numpy.abs(a - b).max() < 1e-4

@@ -5,13 +5,17 @@ model on a worker of its own, the gradients summed.
     loss, logits = dp.forward_backward(x, labels)     # the whole batch's mean loss and its logits
     opt.step(dp.grads)                                # the gradient of that mean loss
 
+    y = DataParallel(frozen_net, parts=2).forward(x)  # inference: the batch's output, parts side by side
+
 Why.  On the CPU, xnn's layers split large arrays into bands for the device's workers, but the
 arrays of a small network (the MNIST CNN: 64 images of 28x28) are too small for that to pay:
 handing a band to a thread costs about 0.1 ms.  Cutting the batch instead gives each worker
 whole layers to run, one hand-off a step.  On 2 cores the MNIST CNN's training step in two parts
 took 0.67-0.80 of the time of the whole batch through one model, and a whole epoch 0.75-0.86
 (docs/mnist.md); the MLP's step took 2.5x as long (its GEMMs use the BLAS's own threads
-better), so ``configs/mnist_*.yaml`` use it for the CNN only.
+better), so ``configs/mnist_*.yaml`` use it for the CNN only.  Frozen, for inference
+(:meth:`DataParallel.forward`), it runs the fast style network's video batches: four 512x288
+frames in two parts took 0.77-0.89 of the time (docs/fast_style.md).
 
 The maths.  The loss must be a mean over the batch's samples (``SoftmaxCrossEntropy`` is).
 Part k (n_k of the N samples) computes L_k, the mean over its own samples, and its backward
@@ -33,13 +37,15 @@ from operator import add
 
 
 class DataParallel:
-    """``parts`` twins of ``model`` and ``criterion``; :meth:`forward_backward` fills :attr:`grads`."""
+    """``parts`` twins of ``model`` and ``criterion``; :meth:`forward_backward` fills :attr:`grads`,
+    :meth:`forward` is the batch's output (a ``criterion`` is only needed for training)."""
 
-    def __init__(self, model, criterion, parts: int):
+    def __init__(self, model, criterion=None, parts: int = 1):
         if int(parts) != parts or parts < 1:
             raise ValueError(f"parts must be a positive integer, got {parts!r}")
         self.model, self.parts = model, int(parts)
-        self.twins = [(model, criterion)] + [(model.replica(), criterion.replica()) for _ in range(self.parts - 1)]
+        self.twins = [(model, criterion)] + [(model.replica(), None if criterion is None else criterion.replica())
+                                             for _ in range(self.parts - 1)]
         #: "layer.param" -> the gradient of the last batch's mean loss (the keys of ``model.grads``)
         self.grads: dict = {}
 
@@ -48,8 +54,22 @@ class DataParallel:
         cuts = [k * n // self.parts for k in range(self.parts + 1)]
         return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
 
+    @property
+    def device(self):
+        return self.model.device
+
+    def forward(self, x):
+        """The model's output for the batch x, its parts run side by side and joined along axis 0."""
+        outs = self.device.parallel_map(lambda job: job[0][0].forward(x[job[1][0]:job[1][1]]),
+                                        list(zip(self.twins, self.bounds(x.shape[0]))))
+        return self.device.xp.concatenate(outs)
+
+    __call__ = forward
+
     def forward_backward(self, x, labels):
         """(mean loss, logits) of the batch (x, labels); the batch's gradients go to :attr:`grads`."""
+        if self.twins[0][1] is None:
+            raise ValueError("DataParallel.forward_backward needs the criterion (a loss) given when it was made")
         n = x.shape[0]
 
         def run(job):
@@ -59,8 +79,8 @@ class DataParallel:
             net.backward(crit.backward((b - a) / n))
             return loss * ((b - a) / n), logits, net.grads
 
-        results = self.model.device.parallel_map(run, list(zip(self.twins, self.bounds(n))))
+        results = self.device.parallel_map(run, list(zip(self.twins, self.bounds(n))))
         self.grads = {k: reduce(add, (r[2][k] for r in results)) for k in results[0][2]}
         loss = reduce(add, (r[0] for r in results))
-        logits = self.model.device.xp.concatenate([r[1] for r in results])
+        logits = self.device.xp.concatenate([r[1] for r in results])
         return loss, logits
