@@ -207,7 +207,8 @@ class FastStyleJob:
         from ..data_parallel import DataParallel
         from ..video.stylize import NetworkVideoStylizer
         net, _ = stylizer or self.stylizer(device)
-        net = DataParallel(net, parts=net.device.workers) if net.device.kind == "cpu" and net.device.workers > 1 else net
+        if net.device.kind == "cpu" and net.device.workers > 1:
+            net = DataParallel(net, parts=net.device.workers)
         return NetworkVideoStylizer(net, temporal=self.cfg["temporal"], original_colors=self.cfg["original_colors"],
                                     flow_weight=self.cfg["flow_weight"])
 
