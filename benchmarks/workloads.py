@@ -237,7 +237,7 @@ def xnn_fast_style(dev, rng, size=512):
 def xnn_train_step(dev, rng, size=TRAIN_SIZE, batch=TRAIN_BATCH):
     """One step of the train_style experiment (experiments.train_style.train_step): the network on a batch of
     photos, the perceptual objective through VGG19 to relu4_4, the backward, Adam."""
-    from xnn.experiments.train_style import train_step
+    from xnn.experiments.train_style import make_twins, train_step
     from xnn.models import fast_style
     from xnn.optim import Adam
     from xnn.style.perceptual import PerceptualObjective
@@ -248,9 +248,11 @@ def xnn_train_step(dev, rng, size=TRAIN_SIZE, batch=TRAIN_BATCH):
     net["conv1"].needs_input_grad = False       # as the experiment sets it (PyTorch: x needs no grad)
     opt = Adam(net.trainable_params(), 1e-3)
     x = dev.asarray(rng.uniform(0, 255, (batch, 3, size, size)).astype(numpy.float32))
+    # as configs/train_fast_style.yaml trains (parts: auto): the batch in one part per CPU worker
+    twins = make_twins(net, obj, dev.workers if dev.kind == "cpu" else 1)
 
     def step():
-        train_step(net, obj, opt, x)
+        train_step(net, obj, opt, x, twins)
         dev.synchronize()
     return step, train_step_flops(size, batch), f"step (batch {batch}, {size} px)"
 

@@ -146,6 +146,41 @@ def test_one_training_step_against_float64(rng):
         numpy.testing.assert_allclose(step32[name][big], step64[name][big], rtol=2e-2, atol=2e-5, err_msg=name)
 
 
+@pytest.mark.parametrize("parts", [2, 3])
+def test_a_step_in_parts_equals_the_whole_step_in_float64(dev, rng, parts):
+    """train_step with twins (train_style's parts): the terms and every weight gradient equal the whole
+    batch's, with a TV term (a sum over the batch, unlike the content and style means) that matters."""
+    from xnn.experiments.train_style import make_twins, train_step
+    from xnn.models import vgg19
+    from xnn.optim import SGD
+    from xnn.style.perceptual import PerceptualObjective
+    x = dev.asarray(rng.uniform(0, 255, (3, 3, 16, 16)))
+    style = dev.asarray(rng.uniform(-100, 100, (1, 3, 16, 16)))
+    results = []
+    for k in (1, parts):
+        vgg = vgg19(weights=None, device=dev, include_top=False, channels=(4, 4, 4, 4, 4), seed=2)
+        vgg.truncate("relu2_2")
+        vgg.net.to(dev, numpy.float64)
+        obj = PerceptualObjective(vgg, ["relu2_1"], ["relu1_2", "relu2_2"], content_weight=1.0,
+                                  style_weight=3.0, tv_weight=0.05).set_style(style)
+        net = fast_style.transformer(1 / 16, seed=4).to(dev, numpy.float64)
+        before = {n: xnn.to_numpy(v).copy() for n, v in net.params.items()}
+        twins = make_twins(net, obj, k)
+        assert len(twins) == k and twins[0] == (net, obj)
+        terms = train_step(net, obj, SGD(net.trainable_params(), lr=1.0), x, twins)
+        grads = {n: before[n] - xnn.to_numpy(v) for n, v in net.params.items()}     # SGD, lr 1: the gradient
+        results.append(({n: float(v) for n, v in terms.items()}, grads))
+    (terms1, grads1), (terms_k, grads_k) = results
+    assert terms1["tv"] > 0.01 * terms1["total"]
+    for n in terms1:
+        assert terms_k[n] == pytest.approx(terms1[n], rel=1e-10), n
+    for n in grads1:
+        if n.endswith("in_b.beta"):      # no effect on the output: a gradient of 0 up to rounding
+            assert numpy.abs(grads_k[n]).max() < 1e-6 * numpy.abs(grads1["conv6.b"]).max()
+            continue
+        assert numpy.abs(grads_k[n] - grads1[n]).max() <= 1e-8 * numpy.abs(grads1[n]).max(), n
+
+
 # ---------------------------------------------------------------- applying a model
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):

@@ -36,6 +36,13 @@ from functools import reduce
 from operator import add
 
 
+def part_bounds(n: int, parts: int):
+    """[(start, stop)] of the non-empty parts when a batch of ``n`` is cut into ``parts``: sizes differ
+    by at most one."""
+    cuts = [k * n // parts for k in range(parts + 1)]
+    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
 class DataParallel:
     """``parts`` twins of ``model`` and ``criterion``; :meth:`forward_backward` fills :attr:`grads`,
     :meth:`forward` is the batch's output (a ``criterion`` is only needed for training)."""
@@ -51,8 +58,7 @@ class DataParallel:
 
     def bounds(self, n: int):
         """[(start, stop)] of the non-empty parts of a batch of ``n``: sizes differ by at most one."""
-        cuts = [k * n // self.parts for k in range(self.parts + 1)]
-        return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+        return part_bounds(n, self.parts)
 
     @property
     def device(self):

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import math
 import time
+from functools import reduce
+from operator import add
 
 import numpy
 
 from ..config import Field
+from ..data_parallel import part_bounds
 from ..errors import XnnError
 from ..files import read_npz, require_keys, save_npz
 from ..models.vgg import check_input_size, deepest_layer, unknown_layers_problem as _layers_ok
@@ -54,6 +57,9 @@ SCHEMA = {
     "preview_iter": Field("int", 250, "stylise the held-out photos every N iterations (previews/)", min=1),
     "preview_size": Field("int", 512, "longer side of the preview photos (the size a result is usually made at)",
                           min=32, max=2048),
+    "parts": Field("int|auto", "auto", "cut each batch into this many parts, run side by side on the CPU's cores "
+                   "through twins of the network and of VGG19 (the same step up to float rounding); auto: one per "
+                   "core on the CPU, 1 on a GPU", min=1),
     "checkpoint_iter": Field("int", 500, "write model.npz and train_state.npz every N iterations", min=1),
 }
 
@@ -104,15 +110,35 @@ def prepare(cfg, device, resume_dir=None):
     return state
 
 
-def train_step(net, objective, opt, x) -> dict:
+def make_twins(net, objective, parts: int) -> list:
+    """[(network, objective)] for ``parts`` parts of each batch: the given pair first, then twins that
+    share the network's weights and the objective's targets (``replica()``), with caches of their own."""
+    return [(net, objective)] + [(net.replica(), objective.replica()) for _ in range(parts - 1)]
+
+
+def train_step(net, objective, opt, x, twins=None) -> dict:
     """One step on a batch of photos x (N, 3, H, W), 0..255 RGB on the device: y = net(x), the
     objective's terms and dL/dy, backward through the network, one optimiser step.  Returns the
-    terms (0-d device arrays, before the step)."""
-    y = net.forward(x)
-    terms, dy = objective.loss_and_grad(y, x)
-    net.backward(dy)
-    opt.step(net.grads)
-    return terms
+    terms (0-d device arrays, before the step).
+
+    ``twins`` (:func:`make_twins`) cuts the batch into one part per pair, run side by side on the
+    device's workers (on the CPU: whole layers a core instead of each layer in bands).  Part k of
+    n_k photos weighs its mean terms (content, style) by n_k / N and its TV (a sum) by 1, so the
+    parts' terms and weight gradients add up to the whole batch's (tested in float64)."""
+    twins = twins or [(net, objective)]
+    n = x.shape[0]
+
+    def run(job):
+        (part_net, part_objective), (a, b) = job
+        y = part_net.forward(x[a:b])
+        terms, dy = part_objective.loss_and_grad(y, x[a:b], (b - a) / n)
+        part_net.backward(dy)
+        return terms, part_net.grads
+
+    results = net.device.parallel_map(run, list(zip(twins, part_bounds(n, len(twins)))))
+    grads = {k: reduce(add, (r[1][k] for r in results)) for k in results[0][1]}
+    opt.step(grads)
+    return {k: reduce(add, (r[0][k] for r in results)) for k in results[0][0]}
 
 
 def _save(ctx, net, cfg, opt, iteration, elapsed_s):
@@ -145,6 +171,8 @@ def run(state, ctx):
 
     cfg, net, obj, photos, dev = state["cfg"], state["net"], state["objective"], state["photos"], ctx.device
     opt = Adam(net.trainable_params(), cfg["learning_rate"])
+    parts = cfg["parts"] if cfg["parts"] != "auto" else (dev.workers if dev.kind == "cpu" else 1)
+    twins = make_twins(net, obj, min(parts, cfg["batch_size"]))
     start, elapsed_before = 0, 0.0
     if state["resume"] is not None:
         st = state["resume"]
@@ -170,7 +198,7 @@ def run(state, ctx):
             stopped = True
             break
         rng = numpy.random.default_rng([cfg["seed"], it])            # batch it is the same on a resume
-        terms = train_step(net, obj, opt, to_input(photos.batch(cfg["batch_size"], cfg["image_size"], rng), dev))
+        terms = train_step(net, obj, opt, to_input(photos.batch(cfg["batch_size"], cfg["image_size"], rng), dev), twins)
         it += 1
         sums = dict(terms) if sums is None else {k: sums[k] + v for k, v in terms.items()}
         n_sum += 1
@@ -208,7 +236,7 @@ def run(state, ctx):
                "final_losses": {k: rows[-1][k] for k in ("content_loss", "style_loss", "tv_loss", "total_loss")}
                if rows else None,
                "photos": len(photos), "held_out": [name for name, _ in state["previews"]],
-               "skipped_files": photos.skipped, "width": cfg["width"], "device": dev.name,
+               "skipped_files": photos.skipped, "width": cfg["width"], "device": dev.name, "parts": len(twins),
                "model": str(ctx.path("model.npz"))}
     ctx.save_json("summary.json", summary)
     if photos.skipped:

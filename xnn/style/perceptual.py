@@ -17,6 +17,8 @@ in the features' memory order (channels-last for convolution outputs).
 """
 from __future__ import annotations
 
+import copy
+
 from ..backends import device_of
 from ..layers import layout
 
@@ -82,7 +84,18 @@ class PerceptualObjective:
         self.style_grams = {n: gram_batch(feats[n])[0].copy() for n in self.style_layers}
         return self
 
-    def loss_and_grad(self, y, x):
+    def replica(self):
+        """A twin for another part of a batch (:class:`xnn.DataParallel`'s idea): the same style
+        targets and weights, a twin of the VGG (its own caches), so two threads can use the two."""
+        twin = copy.copy(self)
+        twin.vgg = copy.copy(self.vgg)
+        twin.vgg.net = self.vgg.net.replica()
+        return twin
+
+    def loss_and_grad(self, y, x, mean_scale: float = 1.0):
+        """(terms, dy) of the batch (y, x).  ``mean_scale`` multiplies the terms that are means over the
+        batch (content, style) and their gradients, not TV (a sum over the batch): with n_k / N, the
+        terms and gradients of a part of n_k samples add up, over the parts, to the whole batch's."""
         from .losses import content_loss, tv_loss
         xp = device_of(y).xp
         targets = self.vgg.features(self._input(x), self.content_layers)
@@ -94,11 +107,11 @@ class PerceptualObjective:
             if name in targets:
                 loss, g = content_loss(feats[name], targets[name], "jcjohnson")
                 c_sum = c_sum + loss
-                g *= self.content_weight
+                g *= self.content_weight * mean_scale
             if name in self.style_grams:
                 loss, gs = style_loss_batch(feats[name], self.style_grams[name])
                 s_sum = s_sum + loss
-                gs *= self.style_weight
+                gs *= self.style_weight * mean_scale
                 g = gs if g is None else layout.add(xp, g, gs)
             inject[name] = g
         dy = self.vgg.backward(inject=inject)
@@ -107,7 +120,7 @@ class PerceptualObjective:
             tv, gtv = tv_loss(y)
             gtv *= self.tv_weight
             dy = dy + gtv
-        terms = {"content": self.content_weight * c_sum, "style": self.style_weight * s_sum,
+        terms = {"content": self.content_weight * mean_scale * c_sum, "style": self.style_weight * mean_scale * s_sum,
                  "tv": self.tv_weight * tv}
         terms["total"] = terms["content"] + terms["style"] + terms["tv"]
         return terms, dy
