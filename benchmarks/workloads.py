@@ -156,14 +156,14 @@ def xnn_cnn_train(dev, rng, steps=10):
     from xnn.layers import SoftmaxCrossEntropy
     from xnn.models.mnist import cnn
     from xnn.optim import SGD
-    from xnn import DataParallel
+    from xnn.data_parallel import DataParallel, default_parts
     net = cnn((32, 64), 128, device=dev)
     crit = SoftmaxCrossEntropy(device=dev)
     opt = SGD(net.trainable_params(), 0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
     x = dev.asarray(rng.random((CNN_BATCH, 1, 28, 28), dtype=numpy.float32))
     y = dev.asarray(rng.integers(0, 10, CNN_BATCH))
     # as configs/mnist_cnn.yaml trains (train.parts: auto): the batch in one part per CPU worker
-    parallel = DataParallel(net, crit, dev.workers if dev.kind == "cpu" else 1)
+    parallel = DataParallel(net, crit, default_parts(dev))
 
     def step():
         for _ in range(steps):
@@ -237,6 +237,7 @@ def xnn_fast_style(dev, rng, size=512):
 def xnn_train_step(dev, rng, size=TRAIN_SIZE, batch=TRAIN_BATCH):
     """One step of the train_style experiment (experiments.train_style.train_step): the network on a batch of
     photos, the perceptual objective through VGG19 to relu4_4, the backward, Adam."""
+    from xnn.data_parallel import default_parts
     from xnn.experiments.train_style import make_twins, train_step
     from xnn.models import fast_style
     from xnn.optim import Adam
@@ -249,7 +250,7 @@ def xnn_train_step(dev, rng, size=TRAIN_SIZE, batch=TRAIN_BATCH):
     opt = Adam(net.trainable_params(), 1e-3)
     x = dev.asarray(rng.uniform(0, 255, (batch, 3, size, size)).astype(numpy.float32))
     # as configs/train_fast_style.yaml trains (parts: auto): the batch in one part per CPU worker
-    twins = make_twins(net, obj, dev.workers if dev.kind == "cpu" else 1)
+    twins = make_twins(net, obj, default_parts(dev))
 
     def step():
         train_step(net, obj, opt, x, twins)

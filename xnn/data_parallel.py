@@ -36,6 +36,18 @@ from functools import reduce
 from operator import add
 
 
+def default_parts(device) -> int:
+    """The part count ``auto`` means: one per worker of a CPU device, 1 elsewhere (a GPU's kernels
+    gain nothing from smaller batches run one after another)."""
+    return device.workers if device.kind == "cpu" else 1
+
+
+def sum_by_key(dicts) -> dict:
+    """{key: the sum over ``dicts`` of dict[key]} for the keys of the first: the parts' gradients."""
+    dicts = list(dicts)
+    return {k: reduce(add, (d[k] for d in dicts)) for k in dicts[0]}
+
+
 def part_bounds(n: int, parts: int):
     """[(start, stop)] of the non-empty parts when a batch of ``n`` is cut into ``parts``: sizes differ
     by at most one."""
@@ -86,7 +98,7 @@ class DataParallel:
             return loss * ((b - a) / n), logits, net.grads
 
         results = self.device.parallel_map(run, list(zip(self.twins, self.bounds(n))))
-        self.grads = {k: reduce(add, (r[2][k] for r in results)) for k in results[0][2]}
+        self.grads = sum_by_key(r[2] for r in results)
         loss = reduce(add, (r[0] for r in results))
         logits = self.device.xp.concatenate([r[1] for r in results])
         return loss, logits

@@ -7,7 +7,7 @@ import time
 import numpy
 
 from ..config import Field
-from ..data_parallel import DataParallel
+from ..data_parallel import DataParallel, default_parts
 from ..data.mnist import batches, load_mnist
 from ..errors import XnnError
 from ..files import read_npz, require_keys, save_npz
@@ -61,7 +61,7 @@ def data_parallel_parts(cfg, device) -> int:
     parts = cfg["train"]["parts"]
     if parts != "auto":
         return parts
-    return device.workers if cfg["model"]["kind"] == "cnn" and device.kind == "cpu" else 1
+    return default_parts(device) if cfg["model"]["kind"] == "cnn" else 1
 
 
 def prepare(cfg, device, resume_dir=None):

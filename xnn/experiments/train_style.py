@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import math
 import time
-from functools import reduce
-from operator import add
 
 import numpy
 
 from ..config import Field
-from ..data_parallel import part_bounds
+from ..data_parallel import default_parts, part_bounds, sum_by_key
 from ..errors import XnnError
 from ..files import read_npz, require_keys, save_npz
 from ..models.vgg import check_input_size, deepest_layer, unknown_layers_problem as _layers_ok
@@ -136,9 +134,8 @@ def train_step(net, objective, opt, x, twins=None) -> dict:
         return terms, part_net.grads
 
     results = net.device.parallel_map(run, list(zip(twins, part_bounds(n, len(twins)))))
-    grads = {k: reduce(add, (r[1][k] for r in results)) for k in results[0][1]}
-    opt.step(grads)
-    return {k: reduce(add, (r[0][k] for r in results)) for k in results[0][0]}
+    opt.step(sum_by_key(r[1] for r in results))
+    return sum_by_key(r[0] for r in results)
 
 
 def _save(ctx, net, cfg, opt, iteration, elapsed_s):
@@ -171,7 +168,7 @@ def run(state, ctx):
 
     cfg, net, obj, photos, dev = state["cfg"], state["net"], state["objective"], state["photos"], ctx.device
     opt = Adam(net.trainable_params(), cfg["learning_rate"])
-    parts = cfg["parts"] if cfg["parts"] != "auto" else (dev.workers if dev.kind == "cpu" else 1)
+    parts = default_parts(dev) if cfg["parts"] == "auto" else cfg["parts"]
     twins = make_twins(net, obj, min(parts, cfg["batch_size"]))
     start, elapsed_before = 0, 0.0
     if state["resume"] is not None:

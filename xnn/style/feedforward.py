@@ -204,11 +204,11 @@ class FastStyleJob:
         worker, run side by side through twins of the network (:class:`xnn.DataParallel`: whole layers
         a core instead of each layer split in bands; 0.77-0.89 of the time a frame for four 512x288
         frames on 2 cores, docs/fast_style.md)."""
-        from ..data_parallel import DataParallel
+        from ..data_parallel import DataParallel, default_parts
         from ..video.stylize import NetworkVideoStylizer
         net, _ = stylizer or self.stylizer(device)
-        if net.device.kind == "cpu" and net.device.workers > 1:
-            net = DataParallel(net, parts=net.device.workers)
+        if default_parts(net.device) > 1:
+            net = DataParallel(net, parts=default_parts(net.device))
         return NetworkVideoStylizer(net, temporal=self.cfg["temporal"], original_colors=self.cfg["original_colors"],
                                     flow_weight=self.cfg["flow_weight"])
 
