@@ -300,7 +300,14 @@ def machine_info(device):
                            f"({blas[0].get('architecture')} kernels, {blas[0].get('num_threads')} threads)"
     except ImportError:
         pass
-    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "XNN_BLAS_THREADS", "XNN_RETAIN_MEMORY"):
+    try:
+        from xnn.backends.numpy_backend import NumpyDevice
+        from importlib.metadata import version as _version
+        info["numba"] = _version("numba") + (" (compiled Winograd transforms on)" if NumpyDevice().compiled_kernels
+                                             else " (compiled Winograd transforms off)")
+    except Exception:  # noqa: BLE001
+        info["numba"] = "not installed (generic Winograd transforms)"
+    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "XNN_BLAS_THREADS", "XNN_RETAIN_MEMORY", "XNN_NUMBA"):
         info[var] = os.environ.get(var, "(unset)")
     try:
         from importlib.metadata import version

@@ -114,6 +114,37 @@ class Device:
         n, ho, wo = win.shape[:3]
         return self.xp.ascontiguousarray(win).reshape(n * ho * wo, kh * kw * x.shape[3])
 
+    def winograd_input(self, sub, m: int, tr: int, tw: int, bt):
+        """V (alpha^2, P, C) = B^T d B of every tile d of a padded block, alpha = m + 2.
+
+        sub: (N, tr*m + 2, tw*m + 2, C), any strides; its alpha x alpha tiles start every m
+        rows and columns, P = N * tr * tw of them in (n, tile row, tile column) order.
+        ``bt`` is kron(B^T, B^T) (alpha^2, alpha^2) on this device.  Generic version: the
+        tiles gathered into one contiguous copy, then one GEMM with ``bt``.
+        """
+        alpha = m + 2
+        nb, c = sub.shape[0], sub.shape[3]
+        s_n, s_h, s_w, s_c = sub.strides
+        tiles = self.as_strided(sub, (alpha, alpha, nb, tr, tw, c), (s_h, s_w, s_n, m * s_h, m * s_w, s_c))
+        d = self.xp.ascontiguousarray(tiles).reshape(alpha * alpha, -1)          # (alpha^2, P*C)
+        return (bt @ d).reshape(alpha * alpha, -1, c)
+
+    def winograd_output(self, mm, m: int, at, bias, out, tr: int, tw: int):
+        """Write A^T M A (+ bias) of each tile's products into ``out``, cut to its size.
+
+        mm: (alpha^2, P, O), P = N * tr * tw as in :meth:`winograd_input`; ``at`` is
+        kron(A^T, A^T) (m^2, alpha^2); out: (N, rows, cols, O) with rows <= tr*m and
+        cols <= tw*m, tile (a, b)'s m x m block at rows a*m.., columns b*m.. .
+        Generic version: one GEMM with ``at``, then a transposing copy into ``out``.
+        """
+        nb, rows, cols, o = out.shape
+        y = (at @ mm.reshape(mm.shape[0], -1)).reshape(m, m, nb, tr, tw, o)
+        y = y.transpose(2, 3, 0, 4, 1, 5).reshape(nb, tr * m, tw * m, o)[:, :rows, :cols]
+        if bias is None:
+            out[...] = y
+        else:
+            self.xp.add(y, bias, out=out)
+
     def rfft2(self, x, shape, axes):
         """Real-to-complex 2-D FFT of ``x`` over ``axes``, zero-padded (or cut) to ``shape``.
 

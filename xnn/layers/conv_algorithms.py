@@ -261,27 +261,14 @@ def _im2col_chunk(dev, xpad, wm, bias, out, kh, kw, sh, sw, block):
 
 def _winograd_chunk(dev, xpad, u, bias, out, m, mats, block):
     n0, n1, t0, t1 = block
-    xp = dev.xp
     bb, aa = mats
-    alpha = m + 2
-    ho, wo, o = out.shape[1:]
-    c = xpad.shape[3]
+    ho, wo = out.shape[1:3]
     tw = -(-wo // m)
     sub = xpad[n0:n1, t0 * m:t1 * m + 2, :tw * m + 2]
-    s_n, s_h, s_w, s_c = sub.strides
-    nb, tr = n1 - n0, t1 - t0
-    tiles = dev.as_strided(sub, (alpha, alpha, nb, tr, tw, c), (s_h, s_w, s_n, m * s_h, m * s_w, s_c))
-    d = xp.ascontiguousarray(tiles).reshape(alpha * alpha, -1)          # (alpha^2, P*C)
-    v = (bb @ d).reshape(alpha * alpha, -1, c)                           # B^T d B per tile
-    mm = xp.matmul(v, u)                                                  # (alpha^2, P, O)
-    y = (aa @ mm.reshape(alpha * alpha, -1)).reshape(m, m, nb, tr, tw, o)  # A^T M A
-    y = y.transpose(2, 3, 0, 4, 1, 5).reshape(nb, tr * m, tw * m, o)
-    rows = min(tr * m, ho - t0 * m)
-    target = out[n0:n1, t0 * m:t0 * m + rows]
-    if bias is None:
-        target[...] = y[:, :rows, :wo]
-    else:
-        xp.add(y[:, :rows, :wo], bias, out=target)
+    v = dev.winograd_input(sub, m, t1 - t0, tw, bb)                       # (alpha^2, P, C): B^T d B
+    mm = dev.xp.matmul(v, u)                                              # (alpha^2, P, O)
+    target = out[n0:n1, t0 * m:min(t1 * m, ho)]
+    dev.winograd_output(mm, m, aa, bias, target, t1 - t0, tw)             # A^T M A (+ bias)
 
 
 def _tapsum_part(dev, flat, wt, o, kh, kw, wp, span, bands):

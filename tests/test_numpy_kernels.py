@@ -1,0 +1,118 @@
+"""The CPU backend's compiled Winograd transforms (xnn/backends/numpy_kernels.py, Numba) against
+the generic ones every backend shares (xnn/backends/base.py), on every 3x3 layer shape of the
+shipped networks, and against direct float64 loops through Conv2d."""
+import numpy
+import pytest
+
+import xnn
+from xnn.backends import numpy_kernels
+from xnn.backends.base import Device
+from xnn.backends.numpy_backend import NumpyDevice
+from xnn.layers import Conv2d
+from xnn.layers import conv_algorithms as ca
+
+from .gradcheck import rel_error
+from .test_conv import conv_loops, input_grad_loops, weight_grad_loops
+
+# (C, O) of the 3x3 stride-1 convolutions, forward and input gradient (O, C): VGG19 (style,
+# classification), the AdaIN decoder, the fast style network at width 0.5 and 1
+VGG = [(64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 512), (512, 512)]
+ADAIN = [(512, 256), (256, 256), (256, 128), (128, 128), (128, 64), (64, 64), (64, 3)]
+FAST = [(16, 32), (32, 64), (64, 64), (64, 32), (32, 16), (128, 128), (128, 64)]
+PAIRS = sorted(set(VGG + ADAIN + FAST + [(o, c) for c, o in VGG + ADAIN + FAST]))
+
+
+def generic(dev):
+    return lambda name: getattr(Device, name).__get__(dev)
+
+
+@pytest.fixture
+def cpu():
+    dev = NumpyDevice()
+    if not dev.compiled_kernels:
+        pytest.fail("the compiled kernels are off: numba missing (a dependency) or XNN_NUMBA=0", pytrace=False)
+    return dev
+
+
+def test_numba_is_present_and_used_by_default():
+    assert numpy_kernels.available()
+    assert xnn.device("cpu").compiled_kernels
+
+
+def test_xnn_numba_0_turns_them_off(monkeypatch):
+    monkeypatch.setenv("XNN_NUMBA", "0")
+    assert not NumpyDevice().compiled_kernels
+
+
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("c,o", PAIRS)
+def test_transforms_equal_the_generic_ones_on_every_layer_shape(cpu, rng, m, c, o):
+    """V = B^T d B and A^T M A (+ bias), float64: equal to the generic Kronecker GEMMs to rounding."""
+    bt, _, at = (numpy.asarray(a) for a in ca.winograd_matrices(m))
+    base = generic(cpu)
+    tr, tw, n = 3, 4, 2
+    # a block cut out of a larger padded array (strided, as conv_nhwc passes it)
+    big = rng.standard_normal((n + 1, tr * m + 5, tw * m + 7, c))
+    sub = big[1:, 2:2 + tr * m + 2, 3:3 + tw * m + 2]
+    v = cpu.winograd_input(sub, m, tr, tw, bt)
+    want = base("winograd_input")(sub, m, tr, tw, bt)
+    assert v.shape == want.shape == ((m + 2) ** 2, n * tr * tw, c)
+    assert rel_error(v, want) < 1e-13
+    mm = rng.standard_normal(((m + 2) ** 2, n * tr * tw, o))
+    bias = rng.standard_normal(o)
+    # whole tiles, partial last tiles, and last tiles wholly outside (the kernel skips them)
+    for rows, cols in ((tr * m, tw * m), (tr * m - 1, tw * m - 3), (tr * m - m + 1, tw * m - m + 2),
+                       (tr * m - m, tw * m - m)):
+        for b in (bias, None):
+            got = numpy.full((n, rows, cols, o), numpy.nan)
+            ref = numpy.full((n, rows, cols, o), numpy.nan)
+            cpu.winograd_output(mm, m, at, b, got, tr, tw)
+            base("winograd_output")(mm, m, at, b, ref, tr, tw)
+            assert not numpy.isnan(got).any()
+            assert rel_error(got, ref) < 1e-13
+
+
+@pytest.mark.parametrize("m", [2, 4])
+def test_float32_stays_float32(cpu, rng, m):
+    bt, _, at = (numpy.asarray(a, numpy.float32) for a in ca.winograd_matrices(m))
+    sub = rng.standard_normal((1, 2 * m + 2, 3 * m + 2, 8)).astype(numpy.float32)
+    v = cpu.winograd_input(sub, m, 2, 3, bt)
+    assert v.dtype == numpy.float32
+    assert rel_error(v, Device.winograd_input(cpu, sub, m, 2, 3, bt)) < 1e-6
+    mm = rng.standard_normal(v.shape[:2] + (5,)).astype(numpy.float32)
+    out = numpy.empty((1, 2 * m, 3 * m, 5), numpy.float32)
+    cpu.winograd_output(mm, m, at, numpy.ones(5, numpy.float32), out, 2, 3)
+    ref = numpy.empty_like(out)
+    Device.winograd_output(cpu, mm, m, at, numpy.ones(5, numpy.float32), ref, 2, 3)
+    assert rel_error(out, ref) < 1e-6
+
+
+@pytest.mark.parametrize("algo", ["winograd2", "winograd4"])
+@pytest.mark.parametrize("shape", [(1, 16, 11, 13), (3, 8, 5, 6), (2, 32, 4, 17)])
+@pytest.mark.parametrize("mode", ["zeros", "reflect"])
+def test_conv2d_with_compiled_transforms_equals_loops(cpu, rng, monkeypatch, algo, shape, mode):
+    """Forward, input and weight gradients of a Conv2d, tiny chunks so rows and images split."""
+    monkeypatch.setattr(ca, "CHUNK_BYTES", 5000)
+    n, c, h, w = shape
+    layer = Conv2d(c, 7, 3, padding=1, padding_mode=mode, algorithm=algo, dtype=numpy.float64, seed=3).to(cpu)
+    x = rng.standard_normal(shape)
+    y = layer.forward(cpu.asarray(x))
+    dy = rng.standard_normal(y.shape)
+    dx = layer.backward(dy)
+    wt, b = layer.params["W"], layer.params["b"]
+    assert rel_error(y, conv_loops(x, wt, b, 1, mode)) < 1e-12
+    if mode == "zeros":
+        assert rel_error(dx, input_grad_loops(dy, wt, 1, x.shape)) < 1e-12
+        assert rel_error(layer.grads["W"], weight_grad_loops(x, dy, 1)) < 1e-12
+    assert layer.last_algorithms == {"fwd": algo, "dx": algo}
+
+
+def test_blocks_that_do_not_fit_are_refused(cpu, rng):
+    """The compiled kernels do not check bounds per element: the wrappers check the shapes."""
+    bt, _, at = ca.winograd_matrices(4)
+    with pytest.raises(ValueError, match="needs 10 x 14 padded pixels"):
+        cpu.winograd_input(rng.standard_normal((1, 9, 14, 2)), 4, 2, 3, bt)
+    with pytest.raises(ValueError, match="do not fit"):
+        cpu.winograd_output(rng.standard_normal((36, 6, 2)), 4, at, None, numpy.empty((1, 9, 12, 2)), 2, 3)
+    with pytest.raises(ValueError, match="do not fit"):
+        cpu.winograd_output(rng.standard_normal((36, 5, 2)), 4, at, None, numpy.empty((1, 8, 12, 2)), 2, 3)

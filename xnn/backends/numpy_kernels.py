@@ -1,0 +1,228 @@
+"""Compiled CPU kernels for the NumPy backend (Numba): the Winograd tile transforms.
+
+The generic Winograd code (:class:`xnn.backends.base.Device`) gathers every alpha x alpha
+input tile into a contiguous copy and applies the transforms as GEMMs with Kronecker
+matrices: kron(B^T, B^T) is 36 x 36 for F(4x4, 3x3), so each tile channel costs 1296
+multiply-adds and three passes over memory (gather, GEMM, scatter).  Here each transform
+is done separably, rows then columns, straight from the padded input into V and from the
+products straight into the output:
+
+    input   V[i*alpha + j, p, c] = (B^T d_p B)[i, j]          d_p the tile p of channel c
+    output  y[tile p's m x m block, o] = (A^T M_p A) + bias[o]  M_p[k] = M[k, p, o]
+
+with the additions of B^T's and A^T's few non-zero entries written out (F(4x4): about 100
+operations a tile channel instead of 1296), channels innermost (contiguous in the
+channels-last layout, so the compiler vectorises over them).  Same maths, other rounding:
+the tests compare every path with the generic one and with float64.
+
+Each kernel releases the GIL (``nogil``), so the backend's ``parallel_map`` workers run
+them side by side, as they run the GEMMs.  Compiled on first use per dtype and cached on
+disk by Numba (``cache=True``).  Constants come in as an array of the data's dtype
+(``_constants``): a Python literal would promote float32 arithmetic to float64.
+"""
+from __future__ import annotations
+
+import numpy
+
+try:
+    import numba
+except ImportError:         # pragma: no cover - numba is a dependency; this keeps the generic path usable
+    numba = None
+
+_CONSTANTS: dict = {}
+
+
+def _constants(dtype):
+    """[2, 4, 5, 8, 0] as ``dtype``, made once per dtype."""
+    key = numpy.dtype(dtype).str
+    k = _CONSTANTS.get(key)
+    if k is None:
+        k = _CONSTANTS[key] = numpy.array([2, 4, 5, 8, 0], dtype=dtype)
+    return k
+
+
+def available() -> bool:
+    """True when Numba imported (the compiled kernels can be used)."""
+    return numba is not None
+
+
+def _jit(fn):
+    return numba.njit(nogil=True, cache=True)(fn) if numba is not None else fn
+
+
+# ---------------------------------------------------------------- F(4x4, 3x3), alpha = 6
+# B^T = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+#        [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]
+# A^T = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]
+@_jit
+def _input4(sub, v, tr, tw, k):
+    nb, channels = sub.shape[0], sub.shape[3]
+    k2, k4, k5 = k[0], k[1], k[2]
+    t = numpy.empty((6, 6, channels), sub.dtype)
+    for n in range(nb):
+        for a in range(tr):
+            for b in range(tw):
+                p = (n * tr + a) * tw + b
+                r0, c0 = 4 * a, 4 * b
+                for j in range(6):                  # t = B^T d (over the tile's rows)
+                    for c in range(channels):
+                        d0 = sub[n, r0, c0 + j, c]
+                        d1 = sub[n, r0 + 1, c0 + j, c]
+                        d2 = sub[n, r0 + 2, c0 + j, c]
+                        d3 = sub[n, r0 + 3, c0 + j, c]
+                        d4 = sub[n, r0 + 4, c0 + j, c]
+                        d5 = sub[n, r0 + 5, c0 + j, c]
+                        t[0, j, c] = k4 * d0 - k5 * d2 + d4
+                        t[1, j, c] = d3 + d4 - k4 * (d1 + d2)
+                        t[2, j, c] = k4 * (d1 - d2) - d3 + d4
+                        t[3, j, c] = k2 * (d3 - d1) - d2 + d4
+                        t[4, j, c] = k2 * (d1 - d3) - d2 + d4
+                        t[5, j, c] = k4 * d1 - k5 * d3 + d5
+                for i in range(6):                  # V = t B (over its columns)
+                    q = 6 * i
+                    for c in range(channels):
+                        e0, e1, e2 = t[i, 0, c], t[i, 1, c], t[i, 2, c]
+                        e3, e4, e5 = t[i, 3, c], t[i, 4, c], t[i, 5, c]
+                        v[q, p, c] = k4 * e0 - k5 * e2 + e4
+                        v[q + 1, p, c] = e3 + e4 - k4 * (e1 + e2)
+                        v[q + 2, p, c] = k4 * (e1 - e2) - e3 + e4
+                        v[q + 3, p, c] = k2 * (e3 - e1) - e2 + e4
+                        v[q + 4, p, c] = k2 * (e1 - e3) - e2 + e4
+                        v[q + 5, p, c] = k4 * e1 - k5 * e3 + e5
+
+
+@_jit
+def _output4(mm, bias, has_bias, out, tr, tw, k):
+    channels = mm.shape[2]
+    rows, cols = out.shape[1], out.shape[2]
+    k2, k4, k8, zero = k[0], k[1], k[3], k[4]
+    t = numpy.empty((4, 6, channels), mm.dtype)
+    for n in range(out.shape[0]):
+        for a in range(tr):
+            for b in range(tw):
+                p = (n * tr + a) * tw + b
+                for j in range(6):                  # t = A^T M (over the tile's rows)
+                    for o in range(channels):
+                        m0, m1, m2 = mm[j, p, o], mm[6 + j, p, o], mm[12 + j, p, o]
+                        m3, m4, m5 = mm[18 + j, p, o], mm[24 + j, p, o], mm[30 + j, p, o]
+                        s12, d12, s34, d34 = m1 + m2, m1 - m2, m3 + m4, m3 - m4
+                        t[0, j, o] = m0 + s12 + s34
+                        t[1, j, o] = d12 + k2 * d34
+                        t[2, j, o] = s12 + k4 * s34
+                        t[3, j, o] = d12 + k8 * d34 + m5
+                col = 4 * b
+                width = min(4, cols - col)
+                if width <= 0:
+                    continue
+                for i in range(4):                  # y = t A (over its columns), cut to the output
+                    row = 4 * a + i
+                    if row >= rows:
+                        break
+                    for o in range(channels):
+                        e0, e1, e2 = t[i, 0, o], t[i, 1, o], t[i, 2, o]
+                        e3, e4, e5 = t[i, 3, o], t[i, 4, o], t[i, 5, o]
+                        s12, d12, s34, d34 = e1 + e2, e1 - e2, e3 + e4, e3 - e4
+                        bo = bias[o] if has_bias else zero
+                        out[n, row, col, o] = e0 + s12 + s34 + bo
+                        if width == 4:
+                            out[n, row, col + 1, o] = d12 + k2 * d34 + bo
+                            out[n, row, col + 2, o] = s12 + k4 * s34 + bo
+                            out[n, row, col + 3, o] = d12 + k8 * d34 + e5 + bo
+                        else:
+                            if width > 1:
+                                out[n, row, col + 1, o] = d12 + k2 * d34 + bo
+                            if width > 2:
+                                out[n, row, col + 2, o] = s12 + k4 * s34 + bo
+
+
+# ---------------------------------------------------------------- F(2x2, 3x3), alpha = 4
+# B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]];  A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
+@_jit
+def _input2(sub, v, tr, tw, k):
+    nb, channels = sub.shape[0], sub.shape[3]
+    t = numpy.empty((4, 4, channels), sub.dtype)
+    for n in range(nb):
+        for a in range(tr):
+            for b in range(tw):
+                p = (n * tr + a) * tw + b
+                r0, c0 = 2 * a, 2 * b
+                for j in range(4):
+                    for c in range(channels):
+                        d0 = sub[n, r0, c0 + j, c]
+                        d1 = sub[n, r0 + 1, c0 + j, c]
+                        d2 = sub[n, r0 + 2, c0 + j, c]
+                        d3 = sub[n, r0 + 3, c0 + j, c]
+                        t[0, j, c] = d0 - d2
+                        t[1, j, c] = d1 + d2
+                        t[2, j, c] = d2 - d1
+                        t[3, j, c] = d1 - d3
+                for i in range(4):
+                    q = 4 * i
+                    for c in range(channels):
+                        e0, e1, e2, e3 = t[i, 0, c], t[i, 1, c], t[i, 2, c], t[i, 3, c]
+                        v[q, p, c] = e0 - e2
+                        v[q + 1, p, c] = e1 + e2
+                        v[q + 2, p, c] = e2 - e1
+                        v[q + 3, p, c] = e1 - e3
+
+
+@_jit
+def _output2(mm, bias, has_bias, out, tr, tw, k):
+    channels = mm.shape[2]
+    rows, cols = out.shape[1], out.shape[2]
+    zero = k[4]
+    t = numpy.empty((2, 4, channels), mm.dtype)
+    for n in range(out.shape[0]):
+        for a in range(tr):
+            for b in range(tw):
+                p = (n * tr + a) * tw + b
+                for j in range(4):
+                    for o in range(channels):
+                        m0, m1, m2, m3 = mm[j, p, o], mm[4 + j, p, o], mm[8 + j, p, o], mm[12 + j, p, o]
+                        t[0, j, o] = m0 + m1 + m2
+                        t[1, j, o] = m1 - m2 - m3
+                col = 2 * b
+                if col >= cols:
+                    continue
+                for i in range(2):
+                    row = 2 * a + i
+                    if row >= rows:
+                        break
+                    for o in range(channels):
+                        bo = bias[o] if has_bias else zero
+                        out[n, row, col, o] = t[i, 0, o] + t[i, 1, o] + t[i, 2, o] + bo
+                        if col + 1 < cols:
+                            out[n, row, col + 1, o] = t[i, 1, o] - t[i, 2, o] - t[i, 3, o] + bo
+
+
+_INPUT = {4: _input4, 2: _input2}
+_OUTPUT = {4: _output4, 2: _output2}
+#: the dtypes the kernels are compiled for
+DTYPES = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
+
+
+def supports(m: int, dtype) -> bool:
+    """True when a compiled kernel exists for F(m x m, 3 x 3) on ``dtype`` arrays."""
+    return numba is not None and m in _INPUT and numpy.dtype(dtype) in DTYPES
+
+
+def winograd_input(sub, m: int, tr: int, tw: int):
+    """V (alpha^2, P, C), P = N * tr * tw tiles of the padded block ``sub`` (N, tr*m + 2, tw*m + 2, C)."""
+    alpha = m + 2
+    if sub.ndim != 4 or sub.shape[1] < tr * m + 2 or sub.shape[2] < tw * m + 2:
+        raise ValueError(f"winograd_input: a block of {tr} x {tw} tiles of F({m}x{m}) needs "
+                         f"{tr * m + 2} x {tw * m + 2} padded pixels, got {sub.shape}")
+    v = numpy.empty((alpha * alpha, sub.shape[0] * tr * tw, sub.shape[3]), dtype=sub.dtype)
+    _INPUT[m](sub, v, tr, tw, _constants(sub.dtype))
+    return v
+
+
+def winograd_output(mm, m: int, bias, out, tr: int, tw: int):
+    """Write A^T M A (+ bias) of the products ``mm`` (alpha^2, P, O) into ``out`` (N, rows, cols, O)."""
+    alpha, (n, rows, cols, o) = m + 2, out.shape
+    if mm.shape != (alpha * alpha, n * tr * tw, o) or rows > tr * m or cols > tw * m:
+        raise ValueError(f"winograd_output: products {mm.shape} do not fit {tr} x {tw} tiles of "
+                         f"F({m}x{m}) into an output of {out.shape}")
+    k = _constants(mm.dtype)
+    has_bias = bias is not None
+    _OUTPUT[m](mm, bias if has_bias else k, has_bias, out, tr, tw, k)
