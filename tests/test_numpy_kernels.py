@@ -116,3 +116,45 @@ def test_blocks_that_do_not_fit_are_refused(cpu, rng):
         cpu.winograd_output(rng.standard_normal((36, 6, 2)), 4, at, None, numpy.empty((1, 9, 12, 2)), 2, 3)
     with pytest.raises(ValueError, match="do not fit"):
         cpu.winograd_output(rng.standard_normal((36, 5, 2)), 4, at, None, numpy.empty((1, 8, 12, 2)), 2, 3)
+
+
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("h,w,pad,mode", [(9, 11, 1, "zeros"), (9, 11, 1, "reflect"), (6, 7, 4, "reflect"),
+                                          (5, 13, 2, "zeros"), (3, 3, 1, "reflect"), (8, 8, 0, "zeros")])
+def test_transform_reads_the_padding_itself(cpu, rng, m, h, w, pad, mode):
+    """Through row and column maps (no padded copy) = the generic transform of the padded copy;
+    every block of tile rows, as conv_nhwc cuts them."""
+    from xnn.layers.padding import pad_to_extent, padded_index
+    bt = numpy.asarray(ca.winograd_matrices(m)[0])
+    x = rng.standard_normal((2, h, w, 5))
+    ho, wo = h + 2 * pad - 2, w + 2 * pad - 2
+    th, tw = -(-ho // m), -(-wo // m)
+    extent = ca.padded_extent(f"winograd{m}", ho, wo, 3, 3, 1, 1)
+    xpad = pad_to_extent(numpy, x, pad, mode, extent)
+    rows, cols = padded_index(h, pad, mode, extent[0]), padded_index(w, pad, mode, extent[1])
+    for t0, t1 in ((0, th), (0, 1), (th - 1, th), (1, th)):
+        if t1 <= t0:
+            continue
+        want = Device.winograd_input(cpu, xpad[:, t0 * m:t1 * m + 2, :tw * m + 2], m, t1 - t0, tw, bt)
+        got = cpu.winograd_input(x, m, t1 - t0, tw, bt, rows[t0 * m:t1 * m + 2], cols)
+        generic_maps = Device.winograd_input(cpu, x, m, t1 - t0, tw, bt, rows[t0 * m:t1 * m + 2], cols)
+        assert rel_error(got, want) < 1e-13
+        assert rel_error(generic_maps, want) < 1e-13
+
+
+def test_frozen_and_input_gradient_convolutions_make_no_padded_copy(cpu, rng, monkeypatch):
+    """The transform pads as it reads: a frozen layer's forward and every input gradient make no
+    padded copy; a training layer's forward still pads (dW reads the copy)."""
+    calls = []
+    pad = ca.pad_to_extent
+    monkeypatch.setattr(ca, "pad_to_extent", lambda *a, **k: calls.append(1) or pad(*a, **k))
+    x = cpu.asarray(rng.standard_normal((1, 16, 12, 12)).astype(numpy.float32))
+    for frozen in (True, False):
+        calls.clear()
+        layer = Conv2d(16, 16, 3, padding=1, algorithm="winograd4").to(cpu)
+        if frozen:
+            layer.freeze()
+        y = layer.forward(x)
+        assert (layer._xpad is None) == frozen
+        layer.backward(numpy.ones_like(y))
+        assert len(calls) == (0 if frozen else 1)

@@ -114,19 +114,32 @@ class Device:
         n, ho, wo = win.shape[:3]
         return self.xp.ascontiguousarray(win).reshape(n * ho * wo, kh * kw * x.shape[3])
 
-    def winograd_input(self, sub, m: int, tr: int, tw: int, bt):
+    #: True when :meth:`winograd_input` is worth calling on the unpadded input with row and
+    #: column maps (it pads as it reads) rather than on a padded copy
+    winograd_reads_padding = False
+
+    def winograd_input(self, sub, m: int, tr: int, tw: int, bt, rows=None, cols=None):
         """V (alpha^2, P, C) = B^T d B of every tile d of a padded block, alpha = m + 2.
 
         sub: (N, tr*m + 2, tw*m + 2, C), any strides; its alpha x alpha tiles start every m
         rows and columns, P = N * tr * tw of them in (n, tile row, tile column) order.
-        ``bt`` is kron(B^T, B^T) (alpha^2, alpha^2) on this device.  Generic version: the
-        tiles gathered into one contiguous copy, then one GEMM with ``bt``.
+        ``bt`` is kron(B^T, B^T) (alpha^2, alpha^2) on this device.  With ``rows`` and
+        ``cols`` (host int arrays, :func:`xnn.layers.padding.padded_index`), ``sub`` is the
+        unpadded input and padded row i (column j) is its row rows[i] (column cols[j]), or
+        zero where that is -1.  Generic version: the tiles gathered into one contiguous copy,
+        then one GEMM with ``bt``.
         """
+        xp = self.xp
+        if rows is not None:
+            rows, cols = numpy.asarray(rows)[:tr * m + 2], numpy.asarray(cols)[:tw * m + 2]
+            block = sub[:, xp.asarray(numpy.maximum(rows, 0))][:, :, xp.asarray(numpy.maximum(cols, 0))]
+            keep = ((rows >= 0)[:, None] & (cols >= 0)[None, :]).astype(sub.dtype)
+            sub = block * xp.asarray(keep)[None, :, :, None]
         alpha = m + 2
         nb, c = sub.shape[0], sub.shape[3]
         s_n, s_h, s_w, s_c = sub.strides
         tiles = self.as_strided(sub, (alpha, alpha, nb, tr, tw, c), (s_h, s_w, s_n, m * s_h, m * s_w, s_c))
-        d = self.xp.ascontiguousarray(tiles).reshape(alpha * alpha, -1)          # (alpha^2, P*C)
+        d = xp.ascontiguousarray(tiles).reshape(alpha * alpha, -1)          # (alpha^2, P*C)
         return (bt @ d).reshape(alpha * alpha, -1, c)
 
     def winograd_output(self, mm, m: int, at, bias, out, tr: int, tw: int):

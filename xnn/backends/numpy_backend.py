@@ -128,10 +128,14 @@ class NumpyDevice(Device):
         finally:
             self._busy = False
 
-    def winograd_input(self, sub, m, tr, tw, bt):
+    @property
+    def winograd_reads_padding(self):
+        return self.compiled_kernels
+
+    def winograd_input(self, sub, m, tr, tw, bt, rows=None, cols=None):
         if self.compiled_kernels and numpy_kernels.supports(m, sub.dtype):
-            return numpy_kernels.winograd_input(sub, m, tr, tw)
-        return super().winograd_input(sub, m, tr, tw, bt)
+            return numpy_kernels.winograd_input(sub, m, tr, tw, rows, cols)
+        return super().winograd_input(sub, m, tr, tw, bt, rows, cols)
 
     def winograd_output(self, mm, m, at, bias, out, tr, tw):
         if self.compiled_kernels and numpy_kernels.supports(m, mm.dtype):

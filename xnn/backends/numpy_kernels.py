@@ -55,40 +55,71 @@ def _jit(fn):
 #        [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]
 # A^T = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]
 @_jit
-def _input4(sub, v, tr, tw, k):
-    nb, channels = sub.shape[0], sub.shape[3]
+def _tile4(d, v, p, t, k):
+    """V[:, p] = B^T d B of one 6 x 6 x C tile d."""
     k2, k4, k5 = k[0], k[1], k[2]
-    t = numpy.empty((6, 6, channels), sub.dtype)
+    for j in range(6):                      # t = B^T d (over the tile's rows)
+        for c in range(d.shape[2]):
+            d0, d1, d2 = d[0, j, c], d[1, j, c], d[2, j, c]
+            d3, d4, d5 = d[3, j, c], d[4, j, c], d[5, j, c]
+            t[0, j, c] = k4 * d0 - k5 * d2 + d4
+            t[1, j, c] = d3 + d4 - k4 * (d1 + d2)
+            t[2, j, c] = k4 * (d1 - d2) - d3 + d4
+            t[3, j, c] = k2 * (d3 - d1) - d2 + d4
+            t[4, j, c] = k2 * (d1 - d3) - d2 + d4
+            t[5, j, c] = k4 * d1 - k5 * d3 + d5
+    for i in range(6):                      # V = t B (over its columns)
+        q = 6 * i
+        for c in range(d.shape[2]):
+            e0, e1, e2 = t[i, 0, c], t[i, 1, c], t[i, 2, c]
+            e3, e4, e5 = t[i, 3, c], t[i, 4, c], t[i, 5, c]
+            v[q, p, c] = k4 * e0 - k5 * e2 + e4
+            v[q + 1, p, c] = e3 + e4 - k4 * (e1 + e2)
+            v[q + 2, p, c] = k4 * (e1 - e2) - e3 + e4
+            v[q + 3, p, c] = k2 * (e3 - e1) - e2 + e4
+            v[q + 4, p, c] = k2 * (e1 - e3) - e2 + e4
+            v[q + 5, p, c] = k4 * e1 - k5 * e3 + e5
+
+
+@_jit
+def _input(x, rows, cols, v, m, tr, tw, k):
+    """Every tile of the block whose padded rows and columns come from ``rows``/``cols`` of x."""
+    alpha = m + 2
+    nb, channels = x.shape[0], x.shape[3]
+    t = numpy.empty((alpha, alpha, channels), x.dtype)
+    d = numpy.empty((alpha, alpha, channels), x.dtype)
     for n in range(nb):
         for a in range(tr):
+            r0 = m * a
+            rs = rows[r0]
+            rows_plain = rs >= 0
+            for i in range(1, alpha):
+                rows_plain = rows_plain and rows[r0 + i] == rs + i
             for b in range(tw):
                 p = (n * tr + a) * tw + b
-                r0, c0 = 4 * a, 4 * b
-                for j in range(6):                  # t = B^T d (over the tile's rows)
-                    for c in range(channels):
-                        d0 = sub[n, r0, c0 + j, c]
-                        d1 = sub[n, r0 + 1, c0 + j, c]
-                        d2 = sub[n, r0 + 2, c0 + j, c]
-                        d3 = sub[n, r0 + 3, c0 + j, c]
-                        d4 = sub[n, r0 + 4, c0 + j, c]
-                        d5 = sub[n, r0 + 5, c0 + j, c]
-                        t[0, j, c] = k4 * d0 - k5 * d2 + d4
-                        t[1, j, c] = d3 + d4 - k4 * (d1 + d2)
-                        t[2, j, c] = k4 * (d1 - d2) - d3 + d4
-                        t[3, j, c] = k2 * (d3 - d1) - d2 + d4
-                        t[4, j, c] = k2 * (d1 - d3) - d2 + d4
-                        t[5, j, c] = k4 * d1 - k5 * d3 + d5
-                for i in range(6):                  # V = t B (over its columns)
-                    q = 6 * i
-                    for c in range(channels):
-                        e0, e1, e2 = t[i, 0, c], t[i, 1, c], t[i, 2, c]
-                        e3, e4, e5 = t[i, 3, c], t[i, 4, c], t[i, 5, c]
-                        v[q, p, c] = k4 * e0 - k5 * e2 + e4
-                        v[q + 1, p, c] = e3 + e4 - k4 * (e1 + e2)
-                        v[q + 2, p, c] = k4 * (e1 - e2) - e3 + e4
-                        v[q + 3, p, c] = k2 * (e3 - e1) - e2 + e4
-                        v[q + 4, p, c] = k2 * (e1 - e3) - e2 + e4
-                        v[q + 5, p, c] = k4 * e1 - k5 * e3 + e5
+                c0 = m * b
+                cs = cols[c0]
+                plain = rows_plain and cs >= 0
+                for j in range(1, alpha):
+                    plain = plain and cols[c0 + j] == cs + j
+                if plain:                   # inside the image: read the tile in place
+                    tile = x[n, rs:rs + alpha, cs:cs + alpha]
+                    if m == 4:
+                        _tile4(tile, v, p, t, k)
+                    else:
+                        _tile2(tile, v, p, t)
+                else:                       # at a border: gather it, zeros and mirrored pixels
+                    for i in range(alpha):
+                        for j in range(alpha):
+                            ri, cj = rows[r0 + i], cols[c0 + j]
+                            if ri < 0 or cj < 0:
+                                d[i, j, :] = 0
+                            else:
+                                d[i, j, :] = x[n, ri, cj, :]
+                    if m == 4:
+                        _tile4(d, v, p, t, k)
+                    else:
+                        _tile2(d, v, p, t)
 
 
 @_jit
@@ -138,32 +169,23 @@ def _output4(mm, bias, has_bias, out, tr, tw, k):
 # ---------------------------------------------------------------- F(2x2, 3x3), alpha = 4
 # B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]];  A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
 @_jit
-def _input2(sub, v, tr, tw, k):
-    nb, channels = sub.shape[0], sub.shape[3]
-    t = numpy.empty((4, 4, channels), sub.dtype)
-    for n in range(nb):
-        for a in range(tr):
-            for b in range(tw):
-                p = (n * tr + a) * tw + b
-                r0, c0 = 2 * a, 2 * b
-                for j in range(4):
-                    for c in range(channels):
-                        d0 = sub[n, r0, c0 + j, c]
-                        d1 = sub[n, r0 + 1, c0 + j, c]
-                        d2 = sub[n, r0 + 2, c0 + j, c]
-                        d3 = sub[n, r0 + 3, c0 + j, c]
-                        t[0, j, c] = d0 - d2
-                        t[1, j, c] = d1 + d2
-                        t[2, j, c] = d2 - d1
-                        t[3, j, c] = d1 - d3
-                for i in range(4):
-                    q = 4 * i
-                    for c in range(channels):
-                        e0, e1, e2, e3 = t[i, 0, c], t[i, 1, c], t[i, 2, c], t[i, 3, c]
-                        v[q, p, c] = e0 - e2
-                        v[q + 1, p, c] = e1 + e2
-                        v[q + 2, p, c] = e2 - e1
-                        v[q + 3, p, c] = e1 - e3
+def _tile2(d, v, p, t):
+    """V[:, p] = B^T d B of one 4 x 4 x C tile d."""
+    for j in range(4):
+        for c in range(d.shape[2]):
+            d0, d1, d2, d3 = d[0, j, c], d[1, j, c], d[2, j, c], d[3, j, c]
+            t[0, j, c] = d0 - d2
+            t[1, j, c] = d1 + d2
+            t[2, j, c] = d2 - d1
+            t[3, j, c] = d1 - d3
+    for i in range(4):
+        q = 4 * i
+        for c in range(d.shape[2]):
+            e0, e1, e2, e3 = t[i, 0, c], t[i, 1, c], t[i, 2, c], t[i, 3, c]
+            v[q, p, c] = e0 - e2
+            v[q + 1, p, c] = e1 + e2
+            v[q + 2, p, c] = e2 - e1
+            v[q + 3, p, c] = e1 - e3
 
 
 @_jit
@@ -195,7 +217,6 @@ def _output2(mm, bias, has_bias, out, tr, tw, k):
                             out[n, row, col + 1, o] = t[i, 1, o] - t[i, 2, o] - t[i, 3, o] + bo
 
 
-_INPUT = {4: _input4, 2: _input2}
 _OUTPUT = {4: _output4, 2: _output2}
 #: the dtypes the kernels are compiled for
 DTYPES = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
@@ -203,17 +224,30 @@ DTYPES = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
 
 def supports(m: int, dtype) -> bool:
     """True when a compiled kernel exists for F(m x m, 3 x 3) on ``dtype`` arrays."""
-    return numba is not None and m in _INPUT and numpy.dtype(dtype) in DTYPES
+    return numba is not None and m in _OUTPUT and numpy.dtype(dtype) in DTYPES
 
 
-def winograd_input(sub, m: int, tr: int, tw: int):
-    """V (alpha^2, P, C), P = N * tr * tw tiles of the padded block ``sub`` (N, tr*m + 2, tw*m + 2, C)."""
+def winograd_input(x, m: int, tr: int, tw: int, rows=None, cols=None):
+    """V (alpha^2, P, C), P = N * tr * tw tiles, of a padded block.
+
+    Without ``rows``/``cols``, x (N, >= tr*m + 2, >= tw*m + 2, C) is the padded block itself.
+    With them, x is the unpadded input and padded row i (column j) of the block is x's row
+    rows[i] (column cols[j]), -1 for a zero (:func:`xnn.layers.padding.padded_index`).
+    """
     alpha = m + 2
-    if sub.ndim != 4 or sub.shape[1] < tr * m + 2 or sub.shape[2] < tw * m + 2:
-        raise ValueError(f"winograd_input: a block of {tr} x {tw} tiles of F({m}x{m}) needs "
-                         f"{tr * m + 2} x {tw * m + 2} padded pixels, got {sub.shape}")
-    v = numpy.empty((alpha * alpha, sub.shape[0] * tr * tw, sub.shape[3]), dtype=sub.dtype)
-    _INPUT[m](sub, v, tr, tw, _constants(sub.dtype))
+    if rows is None:
+        rows = numpy.arange(tr * m + 2)
+        cols = numpy.arange(tw * m + 2)
+        if x.ndim != 4 or x.shape[1] < tr * m + 2 or x.shape[2] < tw * m + 2:
+            raise ValueError(f"winograd_input: a block of {tr} x {tw} tiles of F({m}x{m}) needs "
+                             f"{tr * m + 2} x {tw * m + 2} padded pixels, got {x.shape}")
+    elif (len(rows) < tr * m + 2 or len(cols) < tw * m + 2 or max(rows.max(), 0) >= x.shape[1]
+          or max(cols.max(), 0) >= x.shape[2]):
+        raise ValueError(f"winograd_input: row and column maps ({len(rows)}, {len(cols)}) do not "
+                         f"cover {tr} x {tw} tiles of F({m}x{m}) inside an input of {x.shape}")
+    v = numpy.empty((alpha * alpha, x.shape[0] * tr * tw, x.shape[3]), dtype=x.dtype)
+    _input(x, numpy.asarray(rows, numpy.int64), numpy.asarray(cols, numpy.int64), v, m, tr, tw,
+           _constants(x.dtype))
     return v
 
 

@@ -85,10 +85,12 @@ class Conv2d(Layer):
         return prep
 
     def _conv(self, x, p, mode, direction, bias, stride):
-        """(y, xpad, algorithm) of the channels-last x, by :func:`conv_algorithms.convolve`."""
+        """(y, xpad, algorithm) of the channels-last x, by :func:`conv_algorithms.convolve`;
+        xpad (kept for dW) only in the forward of a layer that is not frozen, else None."""
         out_channels = self.out_channels if direction == "fwd" else self.in_channels
+        keep = direction == "fwd" and not self.frozen
         y, xpad, algo = ca.convolve(self.device, x, self.algorithm, lambda a: self._weights(a, direction),
-                                    bias, self.kernel_size, stride, p, mode, out_channels, direction)
+                                    bias, self.kernel_size, stride, p, mode, out_channels, direction, keep)
         if self.algorithm == "autotune":     # keep only the chosen algorithm's weights
             self._wcache = {k: v for k, v in self._wcache.items() if k[1] != direction or k[0] == algo}
         self.last_algorithms[direction] = algo

@@ -66,7 +66,7 @@ import os
 
 import numpy
 
-from .padding import pad_to_extent
+from .padding import pad_to_extent, padded_index
 
 ALGORITHMS = ("im2col", "winograd2", "winograd4", "tapsum", "fft")
 #: bound on the largest temporary of one chunk (bytes)
@@ -259,13 +259,17 @@ def _im2col_chunk(dev, xpad, wm, bias, out, kh, kw, sh, sw, block):
         target += bias
 
 
-def _winograd_chunk(dev, xpad, u, bias, out, m, mats, block):
+def _winograd_chunk(dev, xpad, u, bias, out, m, mats, block, maps=None):
+    """Output tile rows [t0, t1) of images [n0, n1).  With ``maps`` = (rows, cols), ``xpad`` is
+    the unpadded input and the maps say where each padded row and column comes from."""
     n0, n1, t0, t1 = block
     bb, aa = mats
     ho, wo = out.shape[1:3]
     tw = -(-wo // m)
-    sub = xpad[n0:n1, t0 * m:t1 * m + 2, :tw * m + 2]
-    v = dev.winograd_input(sub, m, t1 - t0, tw, bb)                       # (alpha^2, P, C): B^T d B
+    if maps is None:
+        v = dev.winograd_input(xpad[n0:n1, t0 * m:t1 * m + 2, :tw * m + 2], m, t1 - t0, tw, bb)
+    else:
+        v = dev.winograd_input(xpad[n0:n1], m, t1 - t0, tw, bb, maps[0][t0 * m:t1 * m + 2], maps[1])
     mm = dev.xp.matmul(v, u)                                              # (alpha^2, P, O)
     target = out[n0:n1, t0 * m:min(t1 * m, ho)]
     dev.winograd_output(mm, m, aa, bias, target, t1 - t0, tw)             # A^T M A (+ bias)
@@ -344,11 +348,14 @@ def _fft(dev, xpad, kernels, bias, out, kh, kw, limit):
     dev.parallel_map(lambda b: _fft_band(dev, xpad, spectrum, bias, out, fh, fw, kh, kw, b), blocks)
 
 
-def conv_nhwc(dev, xpad, wprep, bias, algorithm: str, out_hw, kh: int, kw: int, sh: int = 1, sw: int = 1):
+def conv_nhwc(dev, xpad, wprep, bias, algorithm: str, out_hw, kh: int, kw: int, sh: int = 1, sw: int = 1,
+              maps=None):
     """y (N, Ho, Wo, O), C-contiguous, of the padded channels-last input ``xpad``.
 
     ``wprep`` comes from :func:`prepare_weights` for the same algorithm; ``bias`` is
-    (O,) or None.  ``xpad`` must cover :func:`padded_extent` rows and columns.
+    (O,) or None.  ``xpad`` must cover :func:`padded_extent` rows and columns.  Winograd
+    only: with ``maps`` (:func:`~xnn.layers.padding.padded_index` of the rows and of the
+    columns), ``xpad`` is the unpadded input, padded as the transform reads it.
     """
     xp = dev.xp
     n, _, _, c = xpad.shape
@@ -373,7 +380,7 @@ def conv_nhwc(dev, xpad, wprep, bias, algorithm: str, out_hw, kh: int, kw: int, 
         mats = (bb, aa)
         tw, th = -(-wo // m), -(-ho // m)
         blocks = _chunks(n, th, (m + 2) ** 2 * tw * max(c, o) * item, dev.workers, limit)
-        dev.parallel_map(lambda b: _winograd_chunk(dev, xpad, wprep, bias, out, m, mats, b), blocks)
+        dev.parallel_map(lambda b: _winograd_chunk(dev, xpad, wprep, bias, out, m, mats, b, maps), blocks)
     return out
 
 
@@ -472,7 +479,8 @@ def clear_choices():
     _CHOICE.clear()
 
 
-def convolve(dev, x, setting, weights_for, bias, kernel, stride, pad, mode, out_channels, tag="fwd"):
+def convolve(dev, x, setting, weights_for, bias, kernel, stride, pad, mode, out_channels, tag="fwd",
+             keep_padded=True):
     """(y, xpad, algorithm): the convolution of channels-last ``x`` (N, H, W, C), C-contiguous y.
 
     ``setting`` is a layer's ``algorithm`` ("auto", "autotune" or a name);
@@ -480,6 +488,9 @@ def convolve(dev, x, setting, weights_for, bias, kernel, stride, pad, mode, out_
     (zeros or reflect) up to what the chosen algorithm reads.  With "autotune", the
     first call per (device, dtype, tag, shape) runs every candidate twice, timed by
     ``dev.elapsed``, and remembers the fastest; otherwise nothing is timed or synced.
+    ``keep_padded=False`` says the caller has no use for xpad (a frozen layer, an input
+    gradient): a Winograd convolution on a device whose transform pads as it reads
+    (``dev.winograd_reads_padding``) then makes no padded copy, and xpad is None.
     """
     (kh, kw), (sh, sw) = kernel, stride
     n, h, w, c = x.shape
@@ -494,6 +505,10 @@ def convolve(dev, x, setting, weights_for, bias, kernel, stride, pad, mode, out_
         algo = _CHOICE.get(key)
     todo = [algo] if algo is not None else candidates(kh, kw, sh, sw, ho, wo)
     extent = numpy.max([padded_extent(a, ho, wo, kh, kw, sh, sw) for a in todo], axis=0)
+    if (algo is not None and tile_size(algo) > 1 and not keep_padded and dev.winograd_reads_padding
+            and (mode == "zeros" or pad < min(h, w))):
+        maps = (padded_index(h, pad, mode, int(extent[0])), padded_index(w, pad, mode, int(extent[1])))
+        return conv_nhwc(dev, x, weights_for(algo), bias, algo, (ho, wo), kh, kw, sh, sw, maps), None, algo
     xpad = pad_to_extent(dev.xp, x, pad, mode, extent, dev)
 
     def run(a):

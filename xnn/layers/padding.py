@@ -57,6 +57,23 @@ def pad_to_extent(xp, x, p: int, mode: str, extent, dev=None):
     return out
 
 
+def padded_index(size: int, p: int, mode: str, extent: int):
+    """Where each of ``extent`` positions of :func:`pad_to_extent`'s output comes from along one
+    axis of length ``size``: a host int64 array of source indices, -1 for a zero.
+
+    Position i is input i - p inside, its mirror (without repeating the edge) in a reflected
+    border, and -1 in a zero border or the zeros after it up to ``extent``.
+    """
+    import numpy
+    q = numpy.arange(extent, dtype=numpy.int64) - p
+    if mode == "reflect" and p:
+        q = numpy.where(q < 0, -q, q)
+        q = numpy.where((q >= size) & (q < size + p), 2 * (size - 1) - q, q)
+        q[p + size + p:] = -1
+    q[(q < 0) | (q >= size)] = -1
+    return q
+
+
 def _fold_reflect(g, p: int, axis: int):
     """Adjoint of reflection padding along one axis: add mirrored borders back in."""
     size = g.shape[axis] - 2 * p
