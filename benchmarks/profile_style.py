@@ -141,6 +141,7 @@ def sampled(size, reps, rate=250):
         script.write_text(
             "import sys, time; sys.path[:0] = [%r, %r]\n" % (str(HERE.parent), str(HERE)) +
             "from profile_style import build\n"
+            "from xnn.backends.numpy_backend import retain_freed_memory; retain_freed_memory()\n"
             f"vgg, x, grads = build({size})\n"
             "vgg.features(x, list(grads)); vgg.backward(inject=grads)\n"
             "print('ready', flush=True); time.sleep(0.5)\n"
@@ -172,6 +173,9 @@ def categorise(stack: str) -> str:
         return "outside xnn (interpreter, start-up)"
     inner = ours[-1]
     path, _, lineno = inner.rpartition("(")[2].rstrip(")").rpartition(":")
+    if path.endswith("numpy_kernels.py"):
+        name = inner.split(" (")[0]
+        return f"Winograd {'input' if 'input' in name else 'output'} transform (compiled)"
     try:
         src = (HERE.parent / path[path.index("xnn/"):]).read_text().splitlines()[int(lineno) - 1]
     except (ValueError, OSError, IndexError):
@@ -193,6 +197,8 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--sample", action="store_true", help="also sample the step with py-spy")
     args = ap.parse_args(argv)
+    from xnn.backends.numpy_backend import retain_freed_memory
+    retain_freed_memory()                   # as run.py does: freed arrays reused, no page faults
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, numpy "
           f"{numpy.__version__}, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}\n")
     rows, total = per_layer(args.size, args.reps)
