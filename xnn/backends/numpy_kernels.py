@@ -91,6 +91,7 @@ def _input(x, rows, cols, v, m, tr, tw, k):
     """Every tile of the block whose padded rows and columns come from ``rows``/``cols`` of x."""
     alpha = m + 2
     nb, channels = x.shape[0], x.shape[3]
+    zero = k[4]
     t = numpy.empty((alpha, alpha, channels), x.dtype)
     d = numpy.empty((alpha, alpha, channels), x.dtype)
     for n in range(nb):
@@ -103,9 +104,11 @@ def _input(x, rows, cols, v, m, tr, tw, k):
                     for j in range(alpha):
                         cj = cols[c0 + j]
                         if ri < 0 or cj < 0:
-                            d[i, j, :] = 0
+                            for c in range(channels):
+                                d[i, j, c] = zero
                         else:
-                            d[i, j, :] = x[n, ri, cj, :]
+                            for c in range(channels):
+                                d[i, j, c] = x[n, ri, cj, c]
                 p = (n * tr + a) * tw + b
                 if m == 4:
                     _tile4(d, v, p, t, k)
