@@ -290,6 +290,11 @@ def test_auto_follows_a_fixed_rule(dev, rng, monkeypatch):
         layer = make(dev, "auto", cin, 4)
         layer.forward(dev.asarray(rng.standard_normal(shape)))
         assert layer.last_algorithms["fwd"] == want, (shape, layer.last_algorithms)
+    # large kernels: the rule needs the output channels (the fast style network's 9x9 layers)
+    for cin, cout, want in ((3, 16, "fft"), (16, 3, "fft"), (32, 8, "tapsum"), (8, 32, "im2col")):
+        layer = Conv2d(cin, cout, 9, padding=4, seed=3).to(dev, numpy.float64)
+        layer.forward(dev.asarray(rng.standard_normal((1, cin, 12, 12))))
+        assert layer.last_algorithms["fwd"] == want, (cin, cout, layer.last_algorithms)
     assert not ca._CHOICE  # nothing timed
 
 

@@ -110,8 +110,21 @@ def test_conv2d_with_compiled_transforms_equals_loops(cpu, rng, monkeypatch, alg
 def test_blocks_that_do_not_fit_are_refused(cpu, rng):
     """The compiled kernels do not check bounds per element: the wrappers check the shapes."""
     bt, _, at = ca.winograd_matrices(4)
-    with pytest.raises(ValueError, match="needs 10 x 14 padded pixels"):
+    with pytest.raises(ValueError, match=r"^winograd_input: a block of 2 x 3 tiles of F\(4x4\) needs 10 x 14 padded"):
         cpu.winograd_input(rng.standard_normal((1, 9, 14, 2)), 4, 2, 3, bt)
+    with pytest.raises(ValueError, match="needs 10 x 14 padded pixels"):
+        cpu.winograd_input(rng.standard_normal((1, 10, 13, 2)), 4, 2, 3, bt)
+    cpu.winograd_input(rng.standard_normal((1, 10, 14, 2)), 4, 2, 3, bt)           # exactly enough
+    x = rng.standard_normal((1, 8, 12, 2))
+    rv = numpy.minimum(numpy.arange(-1, 9), 7)           # 10 padded rows of an 8-row input
+    cv = numpy.minimum(numpy.arange(-1, 13), 11)         # 14 padded columns of a 12-column input
+    cpu.winograd_input(x, 4, 2, 3, bt, rv, cv)
+    past_rows, past_cols = rv.copy(), cv.copy()
+    past_rows[5], past_cols[5] = 8, 12
+    for r, c in ((rv[:9], cv), (rv, cv[:13]), (past_rows, cv), (rv, past_cols)):
+        with pytest.raises(ValueError, match=r"^winograd_input: row and column maps \(\d+, \d+\) do not cover "
+                                             r"2 x 3 tiles of F\(4x4\) inside an input of \(1, 8, 12, 2\)"):
+            cpu.winograd_input(x, 4, 2, 3, bt, r, c)
     with pytest.raises(ValueError, match="do not fit"):
         cpu.winograd_output(rng.standard_normal((36, 6, 2)), 4, at, None, numpy.empty((1, 9, 12, 2)), 2, 3)
     with pytest.raises(ValueError, match="do not fit"):
@@ -150,11 +163,93 @@ def test_frozen_and_input_gradient_convolutions_make_no_padded_copy(cpu, rng, mo
     monkeypatch.setattr(ca, "pad_to_extent", lambda *a, **k: calls.append(1) or pad(*a, **k))
     x = cpu.asarray(rng.standard_normal((1, 16, 12, 12)).astype(numpy.float32))
     for frozen in (True, False):
-        calls.clear()
-        layer = Conv2d(16, 16, 3, padding=1, algorithm="winograd4").to(cpu)
-        if frozen:
-            layer.freeze()
-        y = layer.forward(x)
-        assert (layer._xpad is None) == frozen
-        layer.backward(numpy.ones_like(y))
-        assert len(calls) == (0 if frozen else 1)
+        for algo in ("winograd2", "winograd4"):
+            calls.clear()
+            layer = Conv2d(16, 16, 3, padding=1, algorithm=algo).to(cpu)
+            if frozen:
+                layer.freeze()
+            y = layer.forward(x)
+            assert (layer._xpad is None) == frozen
+            layer.backward(numpy.ones_like(y))
+            assert len(calls) == (0 if frozen else 1)
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_reflection_wider_than_the_input_is_refused_on_every_path(cpu, rng, frozen):
+    """The transform reads mirrored borders through maps; a border as wide as the input has no
+    mirror, and is the same clear error as where the padded copy is made."""
+    layer = Conv2d(4, 4, 3, padding=1, padding_mode="reflect", algorithm="winograd4").to(cpu)
+    if frozen:
+        layer.freeze()
+    with pytest.raises(ValueError, match=r"^reflection padding 1 needs an input larger than 1 pixels, got 1x6$"):
+        layer.forward(rng.standard_normal((1, 4, 1, 6)).astype(numpy.float32))
+    layer.forward(rng.standard_normal((1, 4, 2, 6)).astype(numpy.float32))           # 2 rows: mirrored
+
+
+@pytest.mark.parametrize("algo", ["winograd2", "winograd4"])
+def test_the_generic_transforms_on_the_cpu_equal_loops(rng, monkeypatch, algo):
+    """XNN_NUMBA=0: the base Device's transforms (the Kronecker GEMMs) on a NumPy device."""
+    monkeypatch.setattr(ca, "CHUNK_BYTES", 5000)
+    dev = NumpyDevice()
+    dev.compiled_kernels = False
+    layer = Conv2d(6, 5, 3, padding=1, algorithm=algo, dtype=numpy.float64, seed=3).to(dev).freeze()
+    x = rng.standard_normal((2, 6, 9, 7))
+    y = layer.forward(x)
+    dy = rng.standard_normal(y.shape)
+    wt, b = layer.params["W"], layer.params["b"]
+    assert rel_error(y, conv_loops(x, wt, b, 1)) < 1e-12
+    assert rel_error(layer.backward(dy), input_grad_loops(dy, wt, 1, x.shape)) < 1e-12
+
+
+def test_convolve_keeps_the_padded_input_unless_told(cpu, rng):
+    """convolve's default hands back xpad (a training layer's dW needs it)."""
+    x = rng.standard_normal((1, 12, 12, 16))
+    w = rng.standard_normal((8, 16, 3, 3))
+
+    def weights_for(a):
+        return ca.prepare_weights(cpu, w, a)
+    y, xpad, algo = ca.convolve(cpu, x, "winograd4", weights_for, None, (3, 3), (1, 1), 1, "zeros", 8)
+    assert algo == "winograd4" and xpad is not None and xpad.shape[1:3] == (14, 14)
+    y2, none, _ = ca.convolve(cpu, x, "winograd4", weights_for, None, (3, 3), (1, 1), 1, "zeros", 8,
+                              keep_padded=False)
+    assert none is None and rel_error(y2, y) < 1e-13
+
+
+def test_kernels_are_compiled_cached_and_typed_like_the_data(cpu, rng):
+    """Compiled (Numba dispatchers with an on-disk cache), the constants in the data's dtype (a
+    float64 constant would make float32 kernels compute in float64: right to rounding, and slow)."""
+    assert numpy_kernels._constants(numpy.float32).dtype == numpy.float32
+    assert numpy_kernels._constants(numpy.float64).dtype == numpy.float64
+    assert numpy_kernels._constants(numpy.float32) is numpy_kernels._constants(numpy.float32)
+    assert list(numpy_kernels._constants(numpy.float64)) == [2, 4, 5, 8, 0]
+    assert numpy_kernels.supports(4, numpy.float32) and numpy_kernels.supports(2, numpy.float64)
+    assert not numpy_kernels.supports(3, numpy.float32)
+    assert not numpy_kernels.supports(4, numpy.float16)
+    for m in (2, 4):
+        bt, _, at = (numpy.asarray(a, numpy.float32) for a in ca.winograd_matrices(m))
+        v = cpu.winograd_input(rng.standard_normal((1, 2 * m + 2, 2 * m + 2, 3)).astype(numpy.float32), m, 2, 2, bt)
+        cpu.winograd_output(v, m, at, None, numpy.empty((1, 2 * m, 2 * m, 3), numpy.float32), 2, 2)
+    kernels = (numpy_kernels._input, numpy_kernels._output4, numpy_kernels._output2)
+    for kernel in kernels:
+        assert hasattr(kernel, "signatures") and type(kernel._cache).__name__ != "NullCache"
+        assert kernel.targetoptions.get("nogil") is True       # the two workers run them side by side
+        for sig in kernel.signatures:
+            data, consts = sig[0], sig[-1]
+            assert consts.dtype == data.dtype, (kernel, sig)
+
+
+@pytest.mark.parametrize("algo", ["im2col", "winograd2", "winograd4", "tapsum", "fft"])
+def test_every_algorithm_answers_in_the_input_dtype(cpu, rng, algo):
+    x = rng.standard_normal((1, 6, 12, 12)).astype(numpy.float32)
+    layer = Conv2d(6, 4, 3 if algo.startswith("w") else 5, padding=1, algorithm=algo).to(cpu)
+    y = layer.forward(x)
+    assert y.dtype == numpy.float32
+    assert layer.backward(numpy.ones_like(y)).dtype == numpy.float32
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 1, 7), (1, 3, 7, 1), (2, 3, 1, 1)])
+def test_one_pixel_high_or_wide_inputs(cpu, rng, shape):
+    """Rows (or columns) of a single pixel: every map entry but one is a zero border."""
+    layer = Conv2d(3, 2, 3, padding=1, algorithm="winograd4", dtype=numpy.float64, seed=3).to(cpu).freeze()
+    x = rng.standard_normal(shape)
+    assert rel_error(layer.forward(x), conv_loops(x, layer.params["W"], layer.params["b"], 1)) < 1e-12
