@@ -161,7 +161,8 @@ def test_frozen_and_input_gradient_convolutions_make_no_padded_copy(cpu, rng, mo
     calls = []
     pad = ca.pad_to_extent
     monkeypatch.setattr(ca, "pad_to_extent", lambda *a, **k: calls.append(1) or pad(*a, **k))
-    x = cpu.asarray(rng.standard_normal((1, 16, 12, 12)).astype(numpy.float32))
+    # channels-last memory, as every layer inside a network hands on
+    x = cpu.asarray(rng.standard_normal((1, 12, 12, 16)).astype(numpy.float32)).transpose(0, 3, 1, 2)
     for frozen in (True, False):
         for algo in ("winograd2", "winograd4"):
             calls.clear()
@@ -253,3 +254,18 @@ def test_one_pixel_high_or_wide_inputs(cpu, rng, shape):
     layer = Conv2d(3, 2, 3, padding=1, algorithm="winograd4", dtype=numpy.float64, seed=3).to(cpu).freeze()
     x = rng.standard_normal(shape)
     assert rel_error(layer.forward(x), conv_loops(x, layer.params["W"], layer.params["b"], 1)) < 1e-12
+
+
+def test_an_nchw_input_is_copied_not_read_across_planes(cpu, rng, monkeypatch):
+    """An NCHW array's channels-last view has channels H*W apart: the transform would gather
+    across whole planes, so such an input takes the padded (channels-last) copy."""
+    calls = []
+    pad = ca.pad_to_extent
+    monkeypatch.setattr(ca, "pad_to_extent", lambda *a, **k: calls.append(1) or pad(*a, **k))
+    layer = Conv2d(16, 4, 3, padding=1, algorithm="winograd4", dtype=numpy.float64, seed=3).to(cpu).freeze()
+    x = rng.standard_normal((1, 16, 12, 10))                  # NCHW in memory
+    y = layer.forward(x)
+    assert calls == [1]
+    assert rel_error(y, conv_loops(x, layer.params["W"], layer.params["b"], 1)) < 1e-12
+    layer.forward(numpy.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2))   # NHWC memory
+    assert calls == [1]

@@ -17,8 +17,8 @@ threads for the whole process (needs threadpoolctl).
 
 The Winograd tile transforms are compiled kernels (:mod:`.numpy_kernels`, Numba) that go
 straight from the padded input to the transformed tiles and from the products to the output:
-a 512 px style step took 0.67-0.72 of the time of the generic gather-and-GEMM transforms
-(docs/benchmarks.md).  ``XNN_NUMBA=0`` selects the generic ones (for comparison).
+a 512 px style step took 0.74 (0.71-0.78) of the time of the generic gather-and-GEMM
+transforms (docs/benchmarks.md).  ``XNN_NUMBA=0`` selects the generic ones (for comparison).
 
 The real FFTs are SciPy's (``scipy.fft``, 4x faster than ``numpy.fft`` on float32 here and
 threaded): one thread inside ``parallel_map``, the workers outside it.

@@ -15,8 +15,8 @@ operations a tile channel instead of 1296), channels innermost (contiguous in th
 channels-last layout, so the compiler vectorises over them).  The input kernel reads each
 tile through row and column maps of the padded block (zeros and mirrored pixels included),
 so a layer's input needs no padded copy; it first gathers the tile into a small buffer,
-which cost nothing measurable against reading it in place and halves what is compiled.  Same maths, other rounding:
-the tests compare every path with the generic one and with float64.
+which cost nothing measurable against reading it in place and is less to compile.  Same
+maths, other rounding: the tests compare every path with the generic one and with float64.
 
 Each kernel releases the GIL (``nogil``), so the backend's ``parallel_map`` workers run
 them side by side, as they run the GEMMs.  Compiled on first use per dtype (about 7 s for

@@ -490,7 +490,8 @@ def convolve(dev, x, setting, weights_for, bias, kernel, stride, pad, mode, out_
     ``dev.elapsed``, and remembers the fastest; otherwise nothing is timed or synced.
     ``keep_padded=False`` says the caller has no use for xpad (a frozen layer, an input
     gradient): a Winograd convolution on a device whose transform pads as it reads
-    (``dev.winograd_reads_padding``) then makes no padded copy, and xpad is None.
+    (``dev.winograd_reads_padding``) then makes no padded copy, and xpad is None, when x is
+    channels-last in memory (an NCHW array's view is copied, as the padded copy did).
     """
     (kh, kw), (sh, sw) = kernel, stride
     n, h, w, c = x.shape
@@ -506,7 +507,7 @@ def convolve(dev, x, setting, weights_for, bias, kernel, stride, pad, mode, out_
     todo = [algo] if algo is not None else candidates(kh, kw, sh, sw, ho, wo)
     extent = numpy.max([padded_extent(a, ho, wo, kh, kw, sh, sw) for a in todo], axis=0)
     if (algo is not None and tile_size(algo) > 1 and not keep_padded and dev.winograd_reads_padding
-            and (mode == "zeros" or pad < min(h, w))):
+            and x.flags.c_contiguous and (mode == "zeros" or pad < min(h, w))):
         maps = (padded_index(h, pad, mode, int(extent[0])), padded_index(w, pad, mode, int(extent[1])))
         return conv_nhwc(dev, x, weights_for(algo), bias, algo, (ho, wo), kh, kw, sh, sw, maps), None, algo
     xpad = pad_to_extent(dev.xp, x, pad, mode, extent, dev)
