@@ -269,3 +269,13 @@ def test_an_nchw_input_is_copied_not_read_across_planes(cpu, rng, monkeypatch):
     assert rel_error(y, conv_loops(x, layer.params["W"], layer.params["b"], 1)) < 1e-12
     layer.forward(numpy.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2))   # NHWC memory
     assert calls == [1]
+
+
+def test_kernels_compile_where_no_cache_can_be_written():
+    """Numba refuses cache=True for code it cannot place a cache for (here: code without a source
+    file, as a read-only install with no writable cache directory): the kernel is still compiled."""
+    namespace = {}
+    exec(compile("def twice(a):\n    return a + a\n", "<no file>", "exec"), namespace)
+    kernel = numpy_kernels._jit(namespace["twice"])
+    assert kernel(numpy.arange(3.0)).tolist() == [0.0, 2.0, 4.0]
+    assert type(kernel._cache).__name__ == "NullCache" and kernel.targetoptions.get("nogil") is True

@@ -52,7 +52,14 @@ def available() -> bool:
 
 
 def _jit(fn):
-    return numba.njit(nogil=True, cache=True)(fn) if numba is not None else fn
+    """numba.njit(nogil=True, cache=True), or without the disk cache where Numba finds nowhere to
+    write it (a read-only install and cache directory): compiled on every first use then."""
+    if numba is None:
+        return fn
+    try:
+        return numba.njit(nogil=True, cache=True)(fn)
+    except RuntimeError:        # "cannot cache function ...: no locator available"
+        return numba.njit(nogil=True)(fn)
 
 
 # ---------------------------------------------------------------- F(4x4, 3x3), alpha = 6
