@@ -5,6 +5,8 @@ reflection padding as a layer of its own (NCHW at the API).
 """
 from __future__ import annotations
 
+import numpy
+
 from .base import Layer
 from .layout import row_parts
 
@@ -64,7 +66,6 @@ def padded_index(size: int, p: int, mode: str, extent: int):
     Position i is input i - p inside, its mirror (without repeating the edge) in a reflected
     border, and -1 in a zero border or the zeros after it up to ``extent``.
     """
-    import numpy
     q = numpy.arange(extent, dtype=numpy.int64) - p
     if mode == "reflect" and p:
         q = numpy.where(q < 0, -q, q)
