@@ -834,3 +834,49 @@ def test_fft_computes_the_kernel_spectrum_once_per_call_not_per_band(rng, monkey
     assert rel_error(y, want) < 1e-12
     assert len(bands) > 2 and len(calls) == 1
     assert kernels._kept == next(iter(kernels._spectra.values())).nbytes
+
+
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("n,h,w,c,o", [(2, 9, 11, 5, 7), (1, 8, 8, 3, 4), (3, 5, 6, 4, 3)])
+def test_winograd_weight_gradient_equals_every_tap(dev, rng, m, n, h, w, c, o):
+    """F(3x3, m x m) for dW: whole and partial tiles, one chunk and many (a tiny budget)."""
+    x = rng.standard_normal((n, c, h, w))
+    dy = rng.standard_normal((n, o, h, w))
+    ext = ca.padded_extent(f"winograd{m}", h, w, 3, 3, 1, 1)
+    xpad = numpy.zeros((n, ext[0], ext[1], c))
+    xpad[:, 1:h + 1, 1:w + 1] = x.transpose(0, 2, 3, 1)
+    dy_nhwc = numpy.ascontiguousarray(dy.transpose(0, 2, 3, 1))
+    want = weight_grad_loops(x, dy, 1)
+    for limit in (None, 600):
+        dwm = xnn.to_numpy(ca.winograd_weight_grad(dev, dev.asarray(xpad), dev.asarray(dy_nhwc), m, limit=limit))
+        assert rel_error(dwm.reshape(3, 3, c, o).transpose(3, 2, 0, 1), want) < 1e-12
+
+
+def test_wide_winograd_layers_take_the_winograd_weight_gradient(dev, rng, monkeypatch):
+    """128 channels in and out after a Winograd forward: dW by Winograd (equal to every tap's loop);
+    fewer channels, or an im2col forward: by im2col."""
+    used = []
+    for name in ("winograd_weight_grad", "weight_grad_nhwc"):
+        real = getattr(ca, name)
+        monkeypatch.setattr(ca, name, lambda *a, _real=real, _name=name, **k: used.append(_name) or _real(*a, **k))
+    for c, o, algo, want in ((128, 128, "winograd4", "winograd_weight_grad"), (128, 128, "winograd2", "winograd_weight_grad"),
+                             (64, 128, "winograd4", "weight_grad_nhwc"), (128, 128, "im2col", "weight_grad_nhwc")):
+        used.clear()
+        layer = make(dev, algo, c, o, rng=rng)
+        x = rng.standard_normal((1, c, 9, 7))
+        y = layer.forward(dev.asarray(x))
+        dy = rng.standard_normal(y.shape)
+        layer.backward(dev.asarray(dy))
+        assert used == [want], (c, o, algo, used)
+        assert rel_error(xnn.to_numpy(layer.grads["W"]), weight_grad_loops(x, dy, 1)) < 1e-12
+
+
+def test_winograd_weight_gradient_in_float32_at_vgg_widths(rng):
+    cpu = xnn.device("cpu")
+    x = rng.standard_normal((1, 256, 12, 10)).astype(numpy.float32)
+    layer = make(cpu, "winograd4", 256, 256, dtype=numpy.float32)
+    y = layer.forward(x)
+    dy = rng.standard_normal(y.shape).astype(numpy.float32)
+    layer.backward(dy)
+    assert layer.grads["W"].dtype == numpy.float32
+    assert rel_error(layer.grads["W"], weight_grad_loops(x.astype(numpy.float64), dy.astype(numpy.float64), 1)) < 1e-5

@@ -21,7 +21,8 @@ class Conv2d(Layer):
     "tapsum", "fft" force one; the environment variable XNN_CONV_ALGO does the same for "auto" layers).  The output
     is an NCHW-shaped view of NHWC memory, so the next layer's channels-last view is free.
     Backward: dW = X^T dY (X the im2col matrix, rebuilt chunk by chunk from the kept
-    padded input), db = sum dY.  For stride 1 the input gradient is itself a
+    padded input; after a Winograd forward with 128 channels or more in and out, Winograd's
+    F(3x3, m x m) instead, :func:`conv_algorithms.weight_grad`), db = sum dY.  For stride 1 the input gradient is itself a
     convolution, dx = conv(pad(dY, k-1-p), W'), W'[c, o, a, b] = W[o, c, k-1-a, k-1-b],
     so it takes the same fast algorithms; other strides fold dY Wm^T back by col2im.
     A frozen layer keeps no input and caches its transformed weights, forward and
@@ -117,7 +118,7 @@ class Conv2d(Layer):
         dy = self.xp.ascontiguousarray(dy.transpose(0, 2, 3, 1))
         if not self.frozen:
             c = self.in_channels
-            dwm = ca.weight_grad_nhwc(self.device, self._xpad, dy, kh, kw, sh, sw)
+            dwm = ca.weight_grad(self.device, self._xpad, dy, kh, kw, sh, sw, self.last_algorithms.get("fwd"))
             self.grads["W"] = dwm.reshape(kh, kw, c, o).transpose(3, 2, 0, 1)
             if "b" in self.params:
                 self.grads["b"] = dy.reshape(-1, o).sum(axis=0)
