@@ -166,7 +166,7 @@ def test_a_step_in_parts_equals_the_whole_step_in_float64(dev, rng, parts):
         net = fast_style.transformer(1 / 16, seed=4).to(dev, numpy.float64)
         before = {n: xnn.to_numpy(v).copy() for n, v in net.params.items()}
         twins = make_twins(net, obj, k)
-        assert len(twins) == k and twins[0] == (net, obj)
+        assert len(twins.twins) == k and twins.twins[0] == (net, obj)
         terms = train_step(net, obj, SGD(net.trainable_params(), lr=1.0), x, twins)
         grads = {n: before[n] - xnn.to_numpy(v) for n, v in net.params.items()}     # SGD, lr 1: the gradient
         results.append(({n: float(v) for n, v in terms.items()}, grads))

@@ -279,3 +279,10 @@ def test_kernels_compile_where_no_cache_can_be_written():
     kernel = numpy_kernels._jit(namespace["twice"])
     assert kernel(numpy.arange(3.0)).tolist() == [0.0, 2.0, 4.0]
     assert type(kernel._cache).__name__ == "NullCache" and kernel.targetoptions.get("nogil") is True
+
+
+def test_padding_maps_are_made_once_and_read_only():
+    from xnn.layers.padding import cached_padded_index
+    a = cached_padded_index(5, 1, "reflect", 9)
+    assert a is cached_padded_index(5, 1, "reflect", 9) and not a.flags.writeable
+    assert a.tolist() == [1, 0, 1, 2, 3, 4, 3, -1, -1]

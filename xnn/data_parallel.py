@@ -76,11 +76,14 @@ class DataParallel:
     def device(self):
         return self.model.device
 
+    def map_parts(self, fn, n: int) -> list:
+        """[fn(model, criterion, start, stop)] over the non-empty parts of a batch of ``n``, each part
+        with its own twins, run side by side on the device's workers."""
+        return self.device.parallel_map(lambda job: fn(*job[0], *job[1]), list(zip(self.twins, self.bounds(n))))
+
     def forward(self, x):
         """The model's output for the batch x, its parts run side by side and joined along axis 0."""
-        outs = self.device.parallel_map(lambda job: job[0][0].forward(x[job[1][0]:job[1][1]]),
-                                        list(zip(self.twins, self.bounds(x.shape[0]))))
-        return self.device.xp.concatenate(outs)
+        return self.device.xp.concatenate(self.map_parts(lambda net, _, a, b: net.forward(x[a:b]), x.shape[0]))
 
     __call__ = forward
 
@@ -90,14 +93,13 @@ class DataParallel:
             raise ValueError("DataParallel.forward_backward needs the criterion (a loss) given when it was made")
         n = x.shape[0]
 
-        def run(job):
-            (net, crit), (a, b) = job
+        def run(net, crit, a, b):
             logits = net.forward(x[a:b])
             loss = crit.forward(logits, labels[a:b])
             net.backward(crit.backward((b - a) / n))
             return loss * ((b - a) / n), logits, net.grads
 
-        results = self.device.parallel_map(run, list(zip(self.twins, self.bounds(n))))
+        results = self.map_parts(run, n)
         self.grads = sum_by_key(r[2] for r in results)
         loss = reduce(add, (r[0] for r in results))
         logits = self.device.xp.concatenate([r[1] for r in results])

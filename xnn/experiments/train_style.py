@@ -16,7 +16,7 @@ import time
 import numpy
 
 from ..config import Field
-from ..data_parallel import default_parts, part_bounds, sum_by_key
+from ..data_parallel import DataParallel, default_parts, sum_by_key
 from ..errors import XnnError
 from ..files import read_npz, require_keys, save_npz
 from ..models.vgg import check_input_size, deepest_layer, unknown_layers_problem as _layers_ok
@@ -108,10 +108,11 @@ def prepare(cfg, device, resume_dir=None):
     return state
 
 
-def make_twins(net, objective, parts: int) -> list:
-    """[(network, objective)] for ``parts`` parts of each batch: the given pair first, then twins that
-    share the network's weights and the objective's targets (``replica()``), with caches of their own."""
-    return [(net, objective)] + [(net.replica(), objective.replica()) for _ in range(parts - 1)]
+def make_twins(net, objective, parts: int) -> DataParallel:
+    """The network and the objective for ``parts`` parts of each batch (:class:`xnn.DataParallel`):
+    the given pair first, then twins that share the network's weights and the objective's targets
+    (``replica()``), with caches of their own."""
+    return DataParallel(net, objective, parts)
 
 
 def train_step(net, objective, opt, x, twins=None) -> dict:
@@ -123,17 +124,16 @@ def train_step(net, objective, opt, x, twins=None) -> dict:
     device's workers (on the CPU: whole layers a core instead of each layer in bands).  Part k of
     n_k photos weighs its mean terms (content, style) by n_k / N and its TV (a sum) by 1, so the
     parts' terms and weight gradients add up to the whole batch's (tested in float64)."""
-    twins = twins or [(net, objective)]
+    twins = make_twins(net, objective, 1) if twins is None else twins
     n = x.shape[0]
 
-    def run(job):
-        (part_net, part_objective), (a, b) = job
+    def run(part_net, part_objective, a, b):
         y = part_net.forward(x[a:b])
         terms, dy = part_objective.loss_and_grad(y, x[a:b], (b - a) / n)
         part_net.backward(dy)
         return terms, part_net.grads
 
-    results = net.device.parallel_map(run, list(zip(twins, part_bounds(n, len(twins)))))
+    results = twins.map_parts(run, n)
     opt.step(sum_by_key(r[1] for r in results))
     return sum_by_key(r[0] for r in results)
 
@@ -233,7 +233,7 @@ def run(state, ctx):
                "final_losses": {k: rows[-1][k] for k in ("content_loss", "style_loss", "tv_loss", "total_loss")}
                if rows else None,
                "photos": len(photos), "held_out": [name for name, _ in state["previews"]],
-               "skipped_files": photos.skipped, "width": cfg["width"], "device": dev.name, "parts": len(twins),
+               "skipped_files": photos.skipped, "width": cfg["width"], "device": dev.name, "parts": twins.parts,
                "model": str(ctx.path("model.npz"))}
     ctx.save_json("summary.json", summary)
     if photos.skipped:

@@ -66,7 +66,7 @@ import os
 
 import numpy
 
-from .padding import pad_to_extent, padded_index
+from .padding import cached_padded_index, pad_to_extent
 
 ALGORITHMS = ("im2col", "winograd2", "winograd4", "tapsum", "fft")
 #: bound on the largest temporary of one chunk (bytes)
@@ -566,7 +566,7 @@ def convolve(dev, x, setting, weights_for, bias, kernel, stride, pad, mode, out_
     extent = numpy.max([padded_extent(a, ho, wo, kh, kw, sh, sw) for a in todo], axis=0)
     if (algo is not None and tile_size(algo) > 1 and not keep_padded and dev.winograd_reads_padding
             and x.flags.c_contiguous and (mode == "zeros" or pad < min(h, w))):
-        maps = (padded_index(h, pad, mode, int(extent[0])), padded_index(w, pad, mode, int(extent[1])))
+        maps = (cached_padded_index(h, pad, mode, int(extent[0])), cached_padded_index(w, pad, mode, int(extent[1])))
         return conv_nhwc(dev, x, weights_for(algo), bias, algo, (ho, wo), kh, kw, sh, sw, maps), None, algo
     xpad = pad_to_extent(dev.xp, x, pad, mode, extent, dev)
 

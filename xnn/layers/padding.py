@@ -5,6 +5,8 @@ reflection padding as a layer of its own (NCHW at the API).
 """
 from __future__ import annotations
 
+import functools
+
 import numpy
 
 from .base import Layer
@@ -64,7 +66,8 @@ def padded_index(size: int, p: int, mode: str, extent: int):
     axis of length ``size``: a host int64 array of source indices, -1 for a zero.
 
     Position i is input i - p inside, its mirror (without repeating the edge) in a reflected
-    border, and -1 in a zero border or the zeros after it up to ``extent``.
+    border, and -1 in a zero border or the zeros after it up to ``extent``.  Read-only: the
+    convolutions share them through :func:`cached_padded_index`.
     """
     q = numpy.arange(extent, dtype=numpy.int64) - p
     if mode == "reflect" and p:
@@ -72,7 +75,12 @@ def padded_index(size: int, p: int, mode: str, extent: int):
         q = numpy.where((q >= size) & (q < size + p), 2 * (size - 1) - q, q)
         q[p + size + p:] = -1
     q[(q < 0) | (q >= size)] = -1
+    q.setflags(write=False)
     return q
+
+
+#: :func:`padded_index` made once per arguments: every convolution of every step asks again
+cached_padded_index = functools.lru_cache(maxsize=256)(padded_index)
 
 
 def _fold_reflect(g, p: int, axis: int):

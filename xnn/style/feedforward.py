@@ -207,8 +207,9 @@ class FastStyleJob:
         from ..data_parallel import DataParallel, default_parts
         from ..video.stylize import NetworkVideoStylizer
         net, _ = stylizer or self.stylizer(device)
-        if default_parts(net.device) > 1:
-            net = DataParallel(net, parts=default_parts(net.device))
+        parts = default_parts(net.device)
+        if parts > 1:
+            net = DataParallel(net, parts=parts)
         return NetworkVideoStylizer(net, temporal=self.cfg["temporal"], original_colors=self.cfg["original_colors"],
                                     flow_weight=self.cfg["flow_weight"])
 
