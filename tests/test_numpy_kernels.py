@@ -44,7 +44,7 @@ def test_xnn_numba_0_turns_them_off(monkeypatch):
     assert not NumpyDevice().compiled_kernels
 
 
-@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("m", [2, 4, 6])
 @pytest.mark.parametrize("c,o", PAIRS)
 def test_transforms_equal_the_generic_ones_on_every_layer_shape(cpu, rng, m, c, o):
     """V = B^T d B and A^T M A (+ bias), float64: equal to the generic Kronecker GEMMs to rounding."""
@@ -72,7 +72,7 @@ def test_transforms_equal_the_generic_ones_on_every_layer_shape(cpu, rng, m, c, 
             assert rel_error(got, ref) < 1e-13
 
 
-@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("m", [2, 4, 6])
 def test_float32_stays_float32(cpu, rng, m):
     bt, _, at = (numpy.asarray(a, numpy.float32) for a in ca.winograd_matrices(m))
     sub = rng.standard_normal((1, 2 * m + 2, 3 * m + 2, 8)).astype(numpy.float32)
@@ -87,7 +87,7 @@ def test_float32_stays_float32(cpu, rng, m):
     assert rel_error(out, ref) < 1e-6
 
 
-@pytest.mark.parametrize("algo", ["winograd2", "winograd4"])
+@pytest.mark.parametrize("algo", ["winograd2", "winograd4", "winograd6"])
 @pytest.mark.parametrize("shape", [(1, 16, 11, 13), (3, 8, 5, 6), (2, 32, 4, 17)])
 @pytest.mark.parametrize("mode", ["zeros", "reflect"])
 def test_conv2d_with_compiled_transforms_equals_loops(cpu, rng, monkeypatch, algo, shape, mode):
@@ -131,7 +131,7 @@ def test_blocks_that_do_not_fit_are_refused(cpu, rng):
         cpu.winograd_output(rng.standard_normal((36, 5, 2)), 4, at, None, numpy.empty((1, 8, 12, 2)), 2, 3)
 
 
-@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("m", [2, 4, 6])
 @pytest.mark.parametrize("h,w,pad,mode", [(9, 11, 1, "zeros"), (9, 11, 1, "reflect"), (6, 7, 4, "reflect"),
                                           (5, 13, 2, "zeros"), (3, 3, 1, "reflect"), (8, 8, 0, "zeros")])
 def test_transform_reads_the_padding_itself(cpu, rng, m, h, w, pad, mode):
@@ -164,7 +164,7 @@ def test_frozen_and_input_gradient_convolutions_make_no_padded_copy(cpu, rng, mo
     # channels-last memory, as every layer inside a network hands on
     x = cpu.asarray(rng.standard_normal((1, 12, 12, 16)).astype(numpy.float32)).transpose(0, 3, 1, 2)
     for frozen in (True, False):
-        for algo in ("winograd2", "winograd4"):
+        for algo in ("winograd2", "winograd4", "winograd6"):
             calls.clear()
             layer = Conv2d(16, 16, 3, padding=1, algorithm=algo).to(cpu)
             if frozen:
@@ -187,7 +187,7 @@ def test_reflection_wider_than_the_input_is_refused_on_every_path(cpu, rng, froz
     layer.forward(rng.standard_normal((1, 4, 2, 6)).astype(numpy.float32))           # 2 rows: mirrored
 
 
-@pytest.mark.parametrize("algo", ["winograd2", "winograd4"])
+@pytest.mark.parametrize("algo", ["winograd2", "winograd4", "winograd6"])
 def test_the_generic_transforms_on_the_cpu_equal_loops(rng, monkeypatch, algo):
     """XNN_NUMBA=0: the base Device's transforms (the Kronecker GEMMs) on a NumPy device."""
     monkeypatch.setattr(ca, "CHUNK_BYTES", 5000)
@@ -222,15 +222,18 @@ def test_kernels_are_compiled_cached_and_typed_like_the_data(cpu, rng):
     assert numpy_kernels._constants(numpy.float32).dtype == numpy.float32
     assert numpy_kernels._constants(numpy.float64).dtype == numpy.float64
     assert numpy_kernels._constants(numpy.float32) is numpy_kernels._constants(numpy.float32)
-    assert list(numpy_kernels._constants(numpy.float64)) == [2, 4, 5, 8, 0]
+    assert list(numpy_kernels._constants(numpy.float64)) == [2, 4, 5, 8, 0, 5.25, 4.25, 0.25, 1.25, 0.5, 2.5,
+                                                             16, 32, 0.125, 0.0625, 0.03125]
+    assert numpy_kernels._constants(numpy.float32).astype(numpy.float64).tolist() == list(numpy_kernels.CONSTANTS)
     assert numpy_kernels.supports(4, numpy.float32) and numpy_kernels.supports(2, numpy.float64)
+    assert numpy_kernels.supports(6, numpy.float32)
     assert not numpy_kernels.supports(3, numpy.float32)
     assert not numpy_kernels.supports(4, numpy.float16)
-    for m in (2, 4):
+    for m in (2, 4, 6):
         bt, _, at = (numpy.asarray(a, numpy.float32) for a in ca.winograd_matrices(m))
         v = cpu.winograd_input(rng.standard_normal((1, 2 * m + 2, 2 * m + 2, 3)).astype(numpy.float32), m, 2, 2, bt)
         cpu.winograd_output(v, m, at, None, numpy.empty((1, 2 * m, 2 * m, 3), numpy.float32), 2, 2)
-    kernels = (numpy_kernels._input, numpy_kernels._output4, numpy_kernels._output2)
+    kernels = (numpy_kernels._input, numpy_kernels._output6, numpy_kernels._output4, numpy_kernels._output2)
     for kernel in kernels:
         assert hasattr(kernel, "signatures") and type(kernel._cache).__name__ != "NullCache"
         assert kernel.targetoptions.get("nogil") is True       # the two workers run them side by side
@@ -239,7 +242,7 @@ def test_kernels_are_compiled_cached_and_typed_like_the_data(cpu, rng):
             assert consts.dtype == data.dtype, (kernel, sig)
 
 
-@pytest.mark.parametrize("algo", ["im2col", "winograd2", "winograd4", "tapsum", "fft"])
+@pytest.mark.parametrize("algo", list(ca.ALGORITHMS))
 def test_every_algorithm_answers_in_the_input_dtype(cpu, rng, algo):
     x = rng.standard_normal((1, 6, 12, 12)).astype(numpy.float32)
     layer = Conv2d(6, 4, 3 if algo.startswith("w") else 5, padding=1, algorithm=algo).to(cpu)

@@ -175,8 +175,12 @@ def test_a_forced_tile_gives_the_untiled_losses(tmp_path):
     whole = metrics(run(tmp_path, "whole", *common, "tile_size=null"))
     tiled = metrics(run(tmp_path, "tiled", *common, "tile_size=64"))
     for a, b in zip(whole, tiled):
+        # iteration 0 evaluates the same forward; after Adam's first step, which moves each pixel by
+        # about lr * sign(g), pixels with a rounding-sized gradient move either way: the whole image and
+        # the tiles may take different algorithms for the input gradient (F(6x6) needs many tiles), so
+        # 1e-3 there (the gradients themselves: tests/test_style_tiled.py, to 1e-4 in float32)
         for k in ("content_loss", "style_loss", "tv_loss", "total_loss"):
-            assert b[k] == pytest.approx(a[k], rel=1e-4), k
+            assert b[k] == pytest.approx(a[k], rel=1e-4 if a["iter"] == 0 else 1e-3), k
     summary = json.loads((tmp_path / "tiled" / "summary.json").read_text())
     assert summary["tile_size"] == [64]
 

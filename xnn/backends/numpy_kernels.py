@@ -37,12 +37,16 @@ except ImportError:         # pragma: no cover - numba is a dependency; this kee
 _CONSTANTS: dict = {}
 
 
+#: the transforms' constants, all exact in float32: F(4x4) uses the first five, F(6x6) the rest
+CONSTANTS = (2, 4, 5, 8, 0, 5.25, 4.25, 0.25, 1.25, 0.5, 2.5, 16, 32, 0.125, 0.0625, 0.03125)
+
+
 def _constants(dtype):
-    """[2, 4, 5, 8, 0] as ``dtype``, made once per dtype."""
+    """:data:`CONSTANTS` as ``dtype``, made once per dtype."""
     key = numpy.dtype(dtype).str
     k = _CONSTANTS.get(key)
     if k is None:
-        k = _CONSTANTS[key] = numpy.array([2, 4, 5, 8, 0], dtype=dtype)
+        k = _CONSTANTS[key] = numpy.array(CONSTANTS, dtype=dtype)
     return k
 
 
@@ -119,6 +123,8 @@ def _input(x, rows, cols, v, m, tr, tw, k):
                 p = (n * tr + a) * tw + b
                 if m == 4:
                     _tile4(d, v, p, t, k)
+                elif m == 6:
+                    _tile6(d, v, p, t, k)
                 else:
                     _tile2(d, v, p, t)
 
@@ -165,6 +171,105 @@ def _output4(mm, bias, has_bias, out, tr, tw, k):
                                 out[n, row, col + 1, o] = d12 + k2 * d34 + bo
                             if width > 2:
                                 out[n, row, col + 2, o] = s12 + k4 * s34 + bo
+
+
+# ---------------------------------------------------------------- F(6x6, 3x3), alpha = 8
+# Points 0, 1, -1, 2, -2, 1/2, -1/2 (and infinity); the rows of B^T, paired as even and odd parts:
+#   [1, 0, -21/4, 0, 21/4, 0, -1, 0]                       v0
+#   [0, +-1, 1, -+17/4, -17/4, +-1, 1, 0]                  v1, v2
+#   [0, +-1/2, 1/4, -+5/2, -5/4, +-2, 1, 0]                v3, v4
+#   [0, +-2, 4, -+5/2, -5, +-1/2, 1, 0]                    v5, v6
+#   [0, -1, 0, 21/4, 0, -21/4, 0, 1]                       v7
+# A^T[k] = [0^k, 1, (-1)^k, 2^k, (-2)^k, (1/2)^k, (-1/2)^k, k == 5] for k = 0 .. 5
+@_jit
+def _tile6(d, v, p, t, k):
+    """V[:, p] = B^T d B of one 8 x 8 x C tile d."""
+    k2, k4, k5 = k[0], k[1], k[2]
+    k525, k425, k025, k125, k05, k25 = k[5], k[6], k[7], k[8], k[9], k[10]
+    for j in range(8):                      # t = B^T d (over the tile's rows)
+        for c in range(d.shape[2]):
+            d0, d1, d2, d3 = d[0, j, c], d[1, j, c], d[2, j, c], d[3, j, c]
+            d4, d5, d6, d7 = d[4, j, c], d[5, j, c], d[6, j, c], d[7, j, c]
+            t[0, j, c] = d0 - d6 + k525 * (d4 - d2)
+            even, odd = d2 + d6 - k425 * d4, d1 + d5 - k425 * d3
+            t[1, j, c] = even + odd
+            t[2, j, c] = even - odd
+            even, odd = k025 * d2 - k125 * d4 + d6, k05 * d1 - k25 * d3 + k2 * d5
+            t[3, j, c] = even + odd
+            t[4, j, c] = even - odd
+            even, odd = k4 * d2 - k5 * d4 + d6, k2 * d1 - k25 * d3 + k05 * d5
+            t[5, j, c] = even + odd
+            t[6, j, c] = even - odd
+            t[7, j, c] = d7 - d1 + k525 * (d3 - d5)
+    for i in range(8):                      # V = t B (over its columns)
+        q = 8 * i
+        for c in range(d.shape[2]):
+            e0, e1, e2, e3 = t[i, 0, c], t[i, 1, c], t[i, 2, c], t[i, 3, c]
+            e4, e5, e6, e7 = t[i, 4, c], t[i, 5, c], t[i, 6, c], t[i, 7, c]
+            v[q, p, c] = e0 - e6 + k525 * (e4 - e2)
+            even, odd = e2 + e6 - k425 * e4, e1 + e5 - k425 * e3
+            v[q + 1, p, c] = even + odd
+            v[q + 2, p, c] = even - odd
+            even, odd = k025 * e2 - k125 * e4 + e6, k05 * e1 - k25 * e3 + k2 * e5
+            v[q + 3, p, c] = even + odd
+            v[q + 4, p, c] = even - odd
+            even, odd = k4 * e2 - k5 * e4 + e6, k2 * e1 - k25 * e3 + k05 * e5
+            v[q + 5, p, c] = even + odd
+            v[q + 6, p, c] = even - odd
+            v[q + 7, p, c] = e7 - e1 + k525 * (e3 - e5)
+
+
+@_jit
+def _output6(mm, bias, has_bias, out, tr, tw, k):
+    channels = mm.shape[2]
+    rows, cols = out.shape[1], out.shape[2]
+    k2, k4, k8, zero = k[0], k[1], k[3], k[4]
+    k16, k32, k05, k025, k0125, k00625, k003125 = k[11], k[12], k[9], k[7], k[13], k[14], k[15]
+    t = numpy.empty((6, 8, channels), mm.dtype)
+    y = numpy.empty(6, mm.dtype)
+    for n in range(out.shape[0]):
+        for a in range(tr):
+            for b in range(tw):
+                p = (n * tr + a) * tw + b
+                for j in range(8):                  # t = A^T M (over the tile's rows)
+                    for o in range(channels):
+                        m0, m1, m2, m3 = mm[j, p, o], mm[8 + j, p, o], mm[16 + j, p, o], mm[24 + j, p, o]
+                        m4, m5, m6, m7 = mm[32 + j, p, o], mm[40 + j, p, o], mm[48 + j, p, o], mm[56 + j, p, o]
+                        s1, d1, s2, d2, s3, d3 = m1 + m2, m1 - m2, m3 + m4, m3 - m4, m5 + m6, m5 - m6
+                        t[0, j, o] = m0 + s1 + s2 + s3
+                        t[1, j, o] = d1 + k2 * d2 + k05 * d3
+                        t[2, j, o] = s1 + k4 * s2 + k025 * s3
+                        t[3, j, o] = d1 + k8 * d2 + k0125 * d3
+                        t[4, j, o] = s1 + k16 * s2 + k00625 * s3
+                        t[5, j, o] = d1 + k32 * d2 + k003125 * d3 + m7
+                col = 6 * b
+                width = min(6, cols - col)
+                if width <= 0:
+                    continue
+                for i in range(6):                  # y = t A (over its columns), cut to the output
+                    row = 6 * a + i
+                    if row >= rows:
+                        break
+                    for o in range(channels):
+                        e0, e1, e2, e3 = t[i, 0, o], t[i, 1, o], t[i, 2, o], t[i, 3, o]
+                        e4, e5, e6, e7 = t[i, 4, o], t[i, 5, o], t[i, 6, o], t[i, 7, o]
+                        s1, d1, s2, d2, s3, d3 = e1 + e2, e1 - e2, e3 + e4, e3 - e4, e5 + e6, e5 - e6
+                        bo = bias[o] if has_bias else zero
+                        if width == 6:
+                            out[n, row, col, o] = e0 + s1 + s2 + s3 + bo
+                            out[n, row, col + 1, o] = d1 + k2 * d2 + k05 * d3 + bo
+                            out[n, row, col + 2, o] = s1 + k4 * s2 + k025 * s3 + bo
+                            out[n, row, col + 3, o] = d1 + k8 * d2 + k0125 * d3 + bo
+                            out[n, row, col + 4, o] = s1 + k16 * s2 + k00625 * s3 + bo
+                            out[n, row, col + 5, o] = d1 + k32 * d2 + k003125 * d3 + e7 + bo
+                        else:
+                            y[0] = e0 + s1 + s2 + s3
+                            y[1] = d1 + k2 * d2 + k05 * d3
+                            y[2] = s1 + k4 * s2 + k025 * s3
+                            y[3] = d1 + k8 * d2 + k0125 * d3
+                            y[4] = s1 + k16 * s2 + k00625 * s3
+                            for q in range(width):
+                                out[n, row, col + q, o] = y[q] + bo
 
 
 # ---------------------------------------------------------------- F(2x2, 3x3), alpha = 4
@@ -218,7 +323,7 @@ def _output2(mm, bias, has_bias, out, tr, tw, k):
                             out[n, row, col + 1, o] = t[i, 1, o] - t[i, 2, o] - t[i, 3, o] + bo
 
 
-_OUTPUT = {4: _output4, 2: _output2}
+_OUTPUT = {6: _output6, 4: _output4, 2: _output2}
 #: the dtypes the kernels are compiled for
 DTYPES = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
 

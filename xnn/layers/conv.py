@@ -17,7 +17,7 @@ class Conv2d(Layer):
     Forward: the input is padded channels-last and convolved by one of
     :mod:`~xnn.layers.conv_algorithms` (``algorithm``: "auto" picks by a fixed rule
     of the shape, so a seed gives the same numbers every run; "autotune" times the
-    applicable ones once per shape and process; "im2col", "winograd2", "winograd4",
+    applicable ones once per shape and process; "im2col", "winograd2", "winograd4", "winograd6",
     "tapsum", "fft" force one; the environment variable XNN_CONV_ALGO does the same for "auto" layers).  The output
     is an NCHW-shaped view of NHWC memory, so the next layer's channels-last view is free.
     Backward: dW = X^T dY (X the im2col matrix, rebuilt chunk by chunk from the kept

@@ -14,8 +14,8 @@ Algorithms (``ALGORITHMS``):
 
 * ``"im2col"`` — any kernel and stride.  Each chunk is unrolled to a column matrix
   X (rows, kh*kw*C) and multiplied by Wm (kh*kw*C, O): one GEMM.
-* ``"winograd2"`` / ``"winograd4"`` — 3x3, stride 1 only.  Winograd's minimal
-  filtering F(m x m, 3 x 3) (Lavin & Gray 2016) with m = 2 or 4 and alpha = m + 2:
+* ``"winograd2"`` / ``"winograd4"`` / ``"winograd6"`` — 3x3, stride 1 only.  Winograd's minimal
+  filtering F(m x m, 3 x 3) (Lavin & Gray 2016) with m = 2, 4 or 6 and alpha = m + 2:
   the input is cut into alpha x alpha tiles overlapping by 2, and per tile
 
       Y = A^T [ (G W G^T) .* (B^T d B) ] A          (per channel pair, summed over c)
@@ -23,9 +23,9 @@ Algorithms (``ALGORITHMS``):
   The three transforms are done as GEMMs with Kronecker-product matrices over the
   flattened tile (kron(B^T, B^T) is alpha^2 x alpha^2), and the channel sum as
   alpha^2 batched GEMMs (P tiles x C) @ (C x O).  Multiplies per output pixel drop
-  from 9 C O to (alpha/m)^2 C O: 2.25x fewer for m = 2, 4x fewer for m = 4.  The
-  float32 rounding error grows with m (about 1e-6 for m = 2 and 1e-5 for m = 4
-  relative to the output, measured against float64 in the tests).
+  from 9 C O to (alpha/m)^2 C O: 2.25x fewer for m = 2, 4x fewer for m = 4, 5.1x for
+  m = 6.  The float32 rounding error grows with m (about 1e-6 for m = 2, 1e-5 for m = 4
+  and 2e-5 for m = 6 relative to the output, measured against float64 in the tests).
 * ``"tapsum"`` — stride 1, any kernel; for large kernels with fewer output than input
   channels (the fast style network's last 9x9 layer, 16 -> 3).  The padded image is
   flattened over its whole width to positions q = r*Wp + s; a band of input rows is
@@ -68,7 +68,7 @@ import numpy
 
 from .padding import cached_padded_index, pad_to_extent
 
-ALGORITHMS = ("im2col", "winograd2", "winograd4", "tapsum", "fft")
+ALGORITHMS = ("im2col", "winograd2", "winograd4", "winograd6", "tapsum", "fft")
 #: bound on the largest temporary of one chunk (bytes)
 CHUNK_BYTES = 24 * 2**20
 #: smallest chunk budget: chunks are sized to about twice the prepared weights, at least this
@@ -88,7 +88,18 @@ _BT4 = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
 _G4 = [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
        [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]
 _AT4 = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]
-_WINOGRAD = {2: (_BT2, _G2, _AT2), 4: (_BT4, _G4, _AT4)}
+# F(6x6, 3x3) with points 0, 1, -1, 2, -2, 1/2, -1/2 (and infinity): Toom-Cook's construction, the
+# interpolation's denominators in G (so B^T's entries stay small: 21/4 at most).
+_BT6 = [[1, 0, -21 / 4, 0, 21 / 4, 0, -1, 0], [0, 1, 1, -17 / 4, -17 / 4, 1, 1, 0],
+        [0, -1, 1, 17 / 4, -17 / 4, -1, 1, 0], [0, 1 / 2, 1 / 4, -5 / 2, -5 / 4, 2, 1, 0],
+        [0, -1 / 2, 1 / 4, 5 / 2, -5 / 4, -2, 1, 0], [0, 2, 4, -5 / 2, -5, 1 / 2, 1, 0],
+        [0, -2, 4, 5 / 2, -5, -1 / 2, 1, 0], [0, -1, 0, 21 / 4, 0, -21 / 4, 0, 1]]
+_G6 = [[1, 0, 0], [-2 / 9, -2 / 9, -2 / 9], [-2 / 9, 2 / 9, -2 / 9], [1 / 90, 1 / 45, 2 / 45],
+       [1 / 90, -1 / 45, 2 / 45], [32 / 45, 16 / 45, 8 / 45], [32 / 45, -16 / 45, 8 / 45], [0, 0, 1]]
+_AT6 = [[1, 1, 1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 1 / 2, -1 / 2, 0], [0, 1, 1, 4, 4, 1 / 4, 1 / 4, 0],
+        [0, 1, -1, 8, -8, 1 / 8, -1 / 8, 0], [0, 1, 1, 16, 16, 1 / 16, 1 / 16, 0],
+        [0, 1, -1, 32, -32, 1 / 32, -1 / 32, 1]]
+_WINOGRAD = {2: (_BT2, _G2, _AT2), 4: (_BT4, _G4, _AT4), 6: (_BT6, _G6, _AT6)}
 
 
 def winograd_matrices(m: int):
@@ -103,7 +114,7 @@ def winograd_matrices(m: int):
 
 def tile_size(algorithm: str) -> int:
     """Output tile edge m of a Winograd algorithm (1 for im2col: no rounding)."""
-    return {"winograd2": 2, "winograd4": 4}.get(algorithm, 1)
+    return {"winograd2": 2, "winograd4": 4, "winograd6": 6}.get(algorithm, 1)
 
 
 def applicable(algorithm: str, kh: int, kw: int, sh: int, sw: int) -> bool:
@@ -494,7 +505,16 @@ def default_choice(kh, kw, sh, sw, cin, n, ho, wo, cout=None):
     C * O complex numbers a frequency, too many for wide layers.  The tap sum for the other
     large stride-1 kernels with fewer output than input channels.
 
-    Winograd F(4x4) for 3x3 stride-1 convolutions, except where timing on the
+    Winograd F(6x6) for 3x3 stride-1 convolutions with 32 channels or more in and at least as
+    many 6x6 output tiles as channels (in or out, whichever is more), when its tiles waste
+    at most 10 % more output area than F(4x4)'s: 20 % fewer multiplies and transformed
+    values per output pixel than F(4x4), which pays where the activations outweigh the
+    weights (measured on the AVX-512 EPYC, two threads: 0.79-0.88 of F(4x4)'s time at 512 px
+    for 32-256 channels; 1.0-1.3 with 512 channels at 43x64 and smaller, where its 64
+    transformed weight matrices, 1.8x F(4x4)'s, are streamed for few tiles).  Its float32
+    error is about twice F(4x4)'s (6e-6 of the output's norm against 3e-6 at 256 channels).
+
+    Otherwise Winograd F(4x4) for 3x3 stride-1 convolutions, except where timing on the
     benchmark machine (docs/benchmarks.md) showed im2col ahead: few input channels
     (conv1_1's 3, MNIST's 1: a short GEMM, nothing for Winograd to save) and few
     output tiles, where the transforms' overheads dominate.  With 64 input channels or
@@ -514,6 +534,9 @@ def default_choice(kh, kw, sh, sw, cin, n, ho, wo, cout=None):
     if (kh, kw, sh, sw) != (3, 3, 1, 1) or cin < 16 or min(ho, wo) < 4:
         return "im2col"
     tiles4, tiles2 = n * -(-ho // 4) * -(-wo // 4), n * -(-ho // 2) * -(-wo // 2)
+    tiles6 = n * -(-ho // 6) * -(-wo // 6)
+    if cin >= 32 and tiles6 >= max(cin, cout or cin) and 36 * tiles6 <= 1.1 * 16 * tiles4:
+        return "winograd6"
     if tiles4 >= 64 or (cin >= 64 and tiles4 >= 36):
         return "winograd4"
     return "winograd2" if cin >= 64 and tiles2 >= 49 else "im2col"
@@ -529,6 +552,8 @@ def candidates(kh, kw, sh, sw, ho, wo):
             out.append("winograd2")
         if min(ho, wo) >= 4:
             out.append("winograd4")
+        if min(ho, wo) >= 6:
+            out.append("winograd6")
     return out
 
 
