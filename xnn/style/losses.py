@@ -142,7 +142,7 @@ def style_loss(F, A, scaling: str = "gatys"):
         raise ValueError(f"style target Gram {tuple(A.shape)} does not fit {c}-channel features")
     X = _as_positions(F)
     loss, D, k = style_terms(X.T @ X, A, c, h * w, scaling)
-    grad = _from_positions((X @ D) * k, F.shape)
+    grad = _from_positions(X @ (D * k), F.shape)        # k on the C x C matrix: no pass over M x C
     return loss, grad
 
 

@@ -46,9 +46,9 @@ def style_loss_batch(F, A):
     X = _positions(F)
     D = gram_batch(F) - A                                          # (N, C, C), symmetric per sample
     loss = (D * D).sum() * (1.0 / (n * c * c))
-    dX = (X @ D) * (4.0 / (n * c ** 3 * h * w))                    # (N, M, C)
     grad = xp.empty((n, h, w, c), dtype=F.dtype)
-    grad[...] = dX.reshape(n, h, w, c)
+    # dX = X D * 4 / (N C^3 H W), (N, M, C), the factor on the C x C matrices: one pass over M x C
+    xp.matmul(X, D * (4.0 / (n * c ** 3 * h * w)), out=grad.reshape(n, h * w, c))
     return loss, grad.transpose(0, 3, 1, 2)
 
 
