@@ -1,4 +1,5 @@
-"""Compiled CPU kernels for the NumPy backend (Numba): the Winograd tile transforms.
+"""Compiled CPU kernels for the NumPy backend (Numba): the Winograd tile transforms of F(2x2), F(4x4)
+and F(6x6).
 
 The generic Winograd code (:class:`xnn.backends.base.Device`) gathers every alpha x alpha
 input tile into a contiguous copy and applies the transforms as GEMMs with Kronecker
@@ -11,7 +12,9 @@ products straight into the output:
     output  y[tile p's m x m block, o] = (A^T M_p A) + bias[o]  M_p[k] = M[k, p, o]
 
 with the additions of B^T's and A^T's few non-zero entries written out (F(4x4): about 100
-operations a tile channel instead of 1296), channels innermost (contiguous in the
+operations a tile channel instead of 1296; F(6x6), alpha = 8, pairs B^T's rows into even and
+odd parts: 38 operations for each 8 values a row or column pass transforms, where a dense 8 x 8
+product takes 64 multiply-adds), channels innermost (contiguous in the
 channels-last layout, so the compiler vectorises over them).  The input kernel reads each
 tile through row and column maps of the padded block (zeros and mirrored pixels included),
 so a layer's input needs no padded copy; it first gathers the tile into a small buffer,
