@@ -70,6 +70,20 @@ def test_training_writes_a_model_previews_and_curves(tmp_path, photos):
     assert preview.shape[0] >= 30 and preview.std() > 1
 
 
+def test_style_normalisation_reaches_the_objective(tmp_path, photos):
+    """style_normalisation reaches the run's config and its objective: the same content loss at the first
+    step, another style loss (the weights w_l themselves: tests/test_perceptual.py)."""
+    from xnn.config import read_yaml
+    rows = {}
+    for mode in ("none", "target"):
+        out = tmp_path / mode
+        assert train(photos, out, "--set", f"style_normalisation={mode}") == 0
+        assert read_yaml(out / "config.yaml")["style_normalisation"] == mode
+        rows[mode] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][0]
+    assert rows["none"]["content_loss"] == pytest.approx(rows["target"]["content_loss"], rel=1e-6)
+    assert not rows["none"]["style_loss"] == pytest.approx(rows["target"]["style_loss"], rel=1e-2)
+
+
 def test_a_stopped_run_resumes_to_the_same_model(tmp_path, photos, monkeypatch):
     """4 iterations straight, or stopped after 3 (saved at 3) and resumed: the same weights, since each
     iteration's batch is drawn from (seed, iteration) and Adam's moments are saved."""

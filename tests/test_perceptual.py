@@ -74,6 +74,35 @@ def test_objective_gradient_against_finite_differences(dev, rng):
     assert rel_error(xnn.to_numpy(dy), num) < 1e-6
 
 
+def test_target_normalisation_weighs_each_style_layer_by_its_target(dev, rng):
+    """style_normalisation="target": each layer's Gram error divided by mean(A_l^2) of its own target, in the
+    value (against the per-layer losses computed directly) and in the gradient (finite differences)."""
+    from xnn.style.perceptual import PerceptualObjective
+    vgg = tiny_vgg(dev)
+    layers = ["relu1_1", "relu2_1", "relu3_1"]
+    obj = PerceptualObjective(vgg, ["relu2_1"], layers, content_weight=2.0, style_weight=30.0,
+                              style_normalisation="target")
+    obj.set_style(dev.asarray(rng.uniform(-100, 100, (1, 3, 12, 12))))
+    x = dev.asarray(rng.uniform(0, 255, (2, 3, 8, 12)))
+    y = dev.asarray(rng.uniform(0, 255, (2, 3, 8, 12)))
+    feats = vgg.features(y - obj._mean, layers)
+    want = 0.0
+    for name in layers:
+        A = xnn.to_numpy(obj.style_grams[name])
+        assert obj.style_layer_weights[name] == pytest.approx(1.0 / (A ** 2).mean(), rel=1e-12)
+        G = gram_loops(xnn.to_numpy(feats[name]))
+        want += ((G - A) ** 2).mean() / (A ** 2).mean()
+    terms, dy = obj.loss_and_grad(y, x)
+    assert float(terms["style"]) == pytest.approx(30.0 * want, rel=1e-10)
+    num = numerical_grad(lambda: obj.loss_and_grad(y, x)[0]["total"], y, eps=1e-4)
+    assert rel_error(xnn.to_numpy(dy), num) < 1e-6
+    plain = PerceptualObjective(vgg, ["relu2_1"], layers, style_normalisation="none")
+    plain.set_style(dev.asarray(rng.uniform(-100, 100, (1, 3, 12, 12))))
+    assert set(plain.style_layer_weights.values()) == {1.0}
+    with pytest.raises(ValueError, match="style_normalisation 'gram'"):
+        PerceptualObjective(vgg, ["relu2_1"], layers, style_normalisation="gram")
+
+
 def test_adam_steps_on_a_small_transformer_lower_the_objective(rng):
     """The training step a fast-style run repeats: transformer forward, objective, one backward through
     VGG and the transformer, Adam; on a tiny network and batch the total falls."""

@@ -44,8 +44,12 @@ SCHEMA = {
     "num_iterations": Field("int", 2000, "Adam steps", min=1),
     "learning_rate": Field("float", 1e-3, "Adam step size", gt=0),
     "content_weight": Field("float", 1.0, "weight of the content loss (mean square feature difference)", min=0),
-    "style_weight": Field("float", 0.1, "weight of the style loss (mean square difference of Grams normalised "
-                          "by C*H*W)", min=0),
+    "style_weight": Field("float", 1e5, "weight of the style loss (mean square difference of Grams normalised "
+                          "by C*H*W, each layer's divided by its target's mean square with style_normalisation: "
+                          "target)", min=0),
+    "style_normalisation": Field("str", "target", "none: each style layer's Gram error as it comes (Johnson et al.); "
+                                 "target: divided by its target's mean square, so every layer counts alike",
+                                 choices=("none", "target")),
     "tv_weight": Field("float", 0.0, "weight of the total-variation smoothness loss", min=0),
     "content_layers": Field("str|list[str]", ["relu2_2"], "VGG19 layers of the content loss", check=_layers_ok),
     "style_layers": Field("str|list[str]", ["relu1_2", "relu2_2", "relu3_4", "relu4_4"],
@@ -88,7 +92,7 @@ def prepare(cfg, device, resume_dir=None):
     vgg = vgg19(weights=cfg["weights"], device=device, include_top=False)
     vgg.truncate(deepest_layer(cfg["content_layers"] + cfg["style_layers"]))
     objective = PerceptualObjective(vgg, cfg["content_layers"], cfg["style_layers"], cfg["content_weight"],
-                                    cfg["style_weight"], cfg["tv_weight"])
+                                    cfg["style_weight"], cfg["tv_weight"], cfg["style_normalisation"])
     objective.set_style(vgg.preprocess(style))
     state = {"cfg": cfg, "photos": photos, "previews": previews, "style": style, "objective": objective,
              "net": fast_style.transformer(cfg["width"], seed=cfg["seed"]).to(device), "resume": None}

@@ -226,7 +226,7 @@ def build(studio: Studio) -> gr.Blocks:
             with gr.Row():
                 t_iters = gr.Number(2000, precision=0, label="iterations")
                 t_size = gr.Slider(64, 256, 128, step=32, label="crop size (px)")
-                t_sw = gr.Number(0.1, label="style weight")
+                t_sw = gr.Number(1e5, label="style weight")
 
             def train(photos, style, upload, iters, size, sw):
                 return studio.train(_path(photos) or None, _path(upload), style, iters, size, sw)

@@ -294,7 +294,7 @@ class Studio:
             "total": frames, "step_key": "frame", "result": cfg["output"]}, more)
 
     def train(self, photos=None, style_upload=None, example_style="starry_night", num_iterations=2000,
-              image_size=128, style_weight=0.1, more=""):
+              image_size=128, style_weight=1e5, more=""):
         """Queue a fast-style training run on the Kodak photos (``photos`` None) or on uploaded photos; the job."""
         folder = new_folder(self.uploads)
         if photos:

@@ -60,18 +60,31 @@ class PerceptualObjective:
         obj.set_style(vgg.preprocess(style_rgb))
         terms, dy = obj.loss_and_grad(y, x)     # y: generated, x: the photos, both (N, 3, H, W) 0..255 RGB
 
-    total = content_weight * sum_l L_c + style_weight * sum_l L_s + tv_weight * TV(y) (TV as in
+    total = content_weight * sum_l L_c + style_weight * sum_l w_l L_s + tv_weight * TV(y) (TV as in
     xnn.style.losses, summed over the batch); ``dy`` is d total / dy, one forward and one backward
     through VGG for the whole batch, plus one forward for the photos' content features.
+
+    ``style_normalisation``: "none" (w_l = 1, Johnson et al.'s sum) or "target" (w_l = 1 / mean(A_l^2),
+    each layer's Gram error relative to the size of its target, so that every style layer counts
+    alike: with VGG19's ImageNet weights mean(A_l^2) spans 4e2 (relu4_4) to 1.3e7 (relu3_4) for
+    Starry Night, and relu4_4, the layer of the painting's large strokes, adds nothing to an
+    unnormalised sum).
     """
 
-    def __init__(self, vgg, content_layers, style_layers, content_weight=1.0, style_weight=1.0, tv_weight=0.0):
+    NORMALISATIONS = ("none", "target")
+
+    def __init__(self, vgg, content_layers, style_layers, content_weight=1.0, style_weight=1.0, tv_weight=0.0,
+                 style_normalisation="none"):
+        if style_normalisation not in self.NORMALISATIONS:
+            raise ValueError(f"style_normalisation {style_normalisation!r}: one of {', '.join(self.NORMALISATIONS)}")
         self.vgg = vgg.freeze() if hasattr(vgg, "freeze") else vgg
         self.content_layers, self.style_layers = list(content_layers), list(style_layers)
         self.content_weight, self.style_weight, self.tv_weight = (float(content_weight), float(style_weight),
                                                                    float(tv_weight))
+        self.style_normalisation = style_normalisation
         self.layers = list(dict.fromkeys(self.content_layers + self.style_layers))
         self.style_grams: dict = {}
+        self.style_layer_weights: dict = {}     # w_l, set with the targets
         self._mean = self.vgg.device.asarray(self.vgg.mean_rgb.reshape(1, 3, 1, 1))   # copied to the device once
 
     def _input(self, rgb):
@@ -82,6 +95,8 @@ class PerceptualObjective:
         """The style targets from the style image in VGG input space, (1, 3, H, W)."""
         feats = self.vgg.features(style_x, self.style_layers)
         self.style_grams = {n: gram_batch(feats[n])[0].copy() for n in self.style_layers}
+        self.style_layer_weights = {n: 1.0 if self.style_normalisation == "none" else
+                                    1.0 / max(float((a * a).mean()), 1e-30) for n, a in self.style_grams.items()}
         return self
 
     def replica(self):
@@ -110,8 +125,9 @@ class PerceptualObjective:
                 g *= self.content_weight * mean_scale
             if name in self.style_grams:
                 loss, gs = style_loss_batch(feats[name], self.style_grams[name])
-                s_sum = s_sum + loss
-                gs *= self.style_weight * mean_scale
+                wl = self.style_layer_weights[name]
+                s_sum = s_sum + wl * loss
+                gs *= self.style_weight * wl * mean_scale
                 g = gs if g is None else layout.add(xp, g, gs)
             inject[name] = g
         dy = self.vgg.backward(inject=inject)
