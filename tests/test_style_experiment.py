@@ -201,11 +201,29 @@ def test_lbfgs_history_moves_to_the_host_when_the_gpu_is_short():
     from xnn.experiments.style import _lbfgs_backend
 
     from .conftest import STANDIN
-    cfg = {"lbfgs_backend": "auto"}
+    cfg = {"lbfgs_backend": "auto", "lbfgs_num_correction": 50}
     assert _lbfgs_backend(cfg, STANDIN, 512 * 341, 8 * 2**30) == "device"
-    assert _lbfgs_backend(cfg, STANDIN, 4096 * 2731, 2 * 2**30) == "scipy"    # 2.9 GB of history on a 2 GB GPU
-    assert _lbfgs_backend(cfg, xnn.device("cpu"), 512 * 341, 8 * 2**30) == "scipy"
+    assert _lbfgs_backend(cfg, STANDIN, 4096 * 2731, 2 * 2**30) == "scipy"    # 15 GB of history on a 2 GB GPU
+    # 2048x1365 on an 8 GB GPU: 50 pairs (3.4 GB) fit, 100 (6.7 GB, with the rest over 7.2 GB) do not
+    assert _lbfgs_backend(cfg, STANDIN, 2048 * 1365, 8 * 2**30) == "device"
+    assert _lbfgs_backend(dict(cfg, lbfgs_num_correction=100), STANDIN, 2048 * 1365, 8 * 2**30) == "scipy"
+    assert _lbfgs_backend(cfg, xnn.device("cpu"), 512 * 341, 8 * 2**30) == "device"
     assert _lbfgs_backend({"lbfgs_backend": "device"}, STANDIN, 4096 * 2731, 2 * 2**30) == "device"
+    assert _lbfgs_backend({"lbfgs_backend": "scipy"}, xnn.device("cpu"), 512 * 341, None) == "scipy"
+
+
+def test_lbfgs_keeps_fewer_pairs_only_when_they_would_crowd_memory():
+    from xnn.experiments.style import _lbfgs_history
+    cfg = {"optimizer": "lbfgs", "lbfgs_num_correction": 50}
+    gib = 2**30
+    assert _lbfgs_history(cfg, "lbfgs-device", 512 * 341, 8 * gib) == 50
+    # 4096x2731 on 24 GiB: the fixed arrays take 2.5 GiB, a pair 0.25 GiB, half of 24 GiB is 12
+    assert _lbfgs_history(cfg, "lbfgs-device", 4096 * 2731, 24 * gib) == int((12 * gib - 236 * 4096 * 2731)
+                                                                            // (24 * 4096 * 2731))
+    assert _lbfgs_history(cfg, "lbfgs-device", 16384 * 10923, 24 * gib) == 5          # the floor
+    assert _lbfgs_history(dict(cfg, optimizer="adam"), "adam", 16384 * 10923, 24 * gib) == 50
+    assert _lbfgs_history(cfg, "host", 4096 * 2731, 2 * gib) == 50     # SciPy's state is in host memory
+    assert _lbfgs_history(cfg, "lbfgs-device", 4096 * 2731, None) == 50
 
 
 def _stop_when_saving(monkeypatch, name):
@@ -291,13 +309,13 @@ def test_lbfgs_that_ends_early_in_a_middle_stage_logs_the_stage_end(tmp_path, mo
     """A stage whose L-BFGS returns after 2 of 4 iterations: its last row is logged with
     print_iter 0 (first and last), the bar and the next stage go on, 2 + 2 iterations ran."""
     import xnn.style
-    real = xnn.style.lbfgs_minimize
+    real = xnn.style.lbfgs_device_minimize       # lbfgs_backend auto on the CPU
 
     def two_at_most(fun, x, *, max_iter, **kw):
         res = real(fun, x, max_iter=min(max_iter, 2), **kw)
         res.message = "test: ended early"
         return res
-    monkeypatch.setattr(xnn.style, "lbfgs_minimize", two_at_most)
+    monkeypatch.setattr(xnn.style, "lbfgs_device_minimize", two_at_most)
     out = run(tmp_path, "r", "image_size=[32, 48]", "num_iterations=[4, 2]", "print_iter=0", "save_iter=0")
     assert [(r["stage"], r["iter"]) for r in metrics(out)] == [(1, 0), (1, 2), (2, 0), (2, 2)]
     assert json.loads((out / "summary.json").read_text())["iterations"] == 4

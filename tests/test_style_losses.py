@@ -462,7 +462,7 @@ def test_lbfgs_reports_the_losses_of_the_iterate(monkeypatch):
 
 
 @pytest.mark.parametrize("minimize, options", [(lbfgs_minimize, {"ftol": 1e-15, "gtol": 1e-12}),
-                                               (lbfgs_device_minimize, {})])
+                                               (lbfgs_device_minimize, {"ftol": 1e-15, "gtol": 1e-12})])
 def test_lbfgs_solves_a_box_constrained_quadratic(dev, rng, minimize, options):
     """min sum d_i (x_i - t_i)^2 on the box [-1, 1] is x = clip(t, -1, 1)."""
     d = put(dev, rng.uniform(0.5, 3.0, (1, 2, 5, 5)))

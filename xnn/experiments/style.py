@@ -43,9 +43,11 @@ SCHEMA = {
                           "jcjohnson (jcjohnson/neural-style's formulas, so his weights mean what they mean there)",
                           choices=("gatys", "jcjohnson")),
     "optimizer": Field("str", "lbfgs", "lbfgs or adam", choices=("lbfgs", "adam")),
-    "lbfgs_backend": Field("str", "auto", "scipy (L-BFGS-B on the host), device (L-BFGS on the array's "
-                           "device, no host copies), auto (scipy on the CPU, device on the GPU)",
-                           choices=("auto", "scipy", "device")),
+    "lbfgs_backend": Field("str", "auto", "device (xnn's L-BFGS-B on the array's device, float32, no host "
+                           "copies), scipy (SciPy's L-BFGS-B on the host, float64), auto (device, unless its "
+                           "history would crowd a GPU: then scipy)", choices=("auto", "scipy", "device")),
+    "lbfgs_num_correction": Field("int", 50, "L-BFGS's memory: the number of (step, gradient change) pairs "
+                                  "kept (neural-style's key; 24 B per pixel each on the device)", min=1, max=1000),
     "learning_rate": Field("float", 10.0, "Adam step size in pixel units (0..255)", gt=0),
     "content_weight": Field("float", 1.0, "weight of the content loss", min=0),
     "style_weight": Field("float", 1000.0, "weight of the style loss", min=0),
@@ -81,16 +83,32 @@ def stages(cfg) -> list[tuple[int, int]]:
 
 
 def _lbfgs_backend(cfg, device, pixels: int, free) -> str:
-    """"scipy" or "device": auto takes the device L-BFGS on a GPU, unless its history (10 pairs
-    of whole images) would crowd the device: then SciPy's, whose state lives in host memory."""
+    """"scipy" or "device": auto takes xnn's L-BFGS-B on the device (the same method as SciPy's,
+    its bookkeeping about 4x cheaper on a CPU), unless on a GPU its history (lbfgs_num_correction
+    pairs of whole images) would crowd the device: then SciPy's, whose state lives in host memory."""
     from ..style import memory
     backend = cfg["lbfgs_backend"]
     if backend != "auto":
         return backend
     if device.kind != "gpu":
-        return "scipy"
-    need = memory.whole_image_bytes(pixels, "lbfgs-device") + memory.evaluation_bytes(256 ** 2)
+        return "device"
+    need = (memory.whole_image_bytes(pixels, "lbfgs-device", cfg["lbfgs_num_correction"])
+            + memory.evaluation_bytes(256 ** 2))
     return "device" if free is None or need <= 0.9 * free else "scipy"
+
+
+def _lbfgs_history(cfg, memory_key: str, pixels: int, free) -> int:
+    """lbfgs_num_correction, or fewer pairs (at least 5) when that many would take more than half
+    of the free memory for a very large image (the rest is for the evaluation's tiles)."""
+    from ..style import memory
+    wanted = cfg["lbfgs_num_correction"]
+    if cfg["optimizer"] != "lbfgs" or free is None:
+        return wanted
+    fixed = memory.whole_image_bytes(pixels, memory_key, 0)
+    per_pair = memory.whole_image_bytes(pixels, memory_key, 1) - fixed
+    if per_pair <= 0 or fixed + wanted * per_pair <= 0.5 * free:
+        return wanted
+    return max(5, min(wanted, int((0.5 * free - fixed) // per_pair)))
 
 
 def _optimizer_memory_key(cfg, device, backend) -> str:
@@ -121,6 +139,7 @@ def prepare(cfg, device, resume_dir=None):
     halo = tile_halo(cfg["content_layers"] + cfg["style_layers"])     # as TiledStyleObjective derives it
     backend = _lbfgs_backend(cfg, device, largest[0] * largest[1], free)
     memory_key = _optimizer_memory_key(cfg, device, backend)
+    history = _lbfgs_history(cfg, memory_key, largest[0] * largest[1], free)
     for size, _ in plan:
         h, w = longer_side_shape(content_raw.shape[:2], size)
         style_size = max(16, round(size * cfg["style_scale"]))
@@ -133,7 +152,7 @@ def prepare(cfg, device, resume_dir=None):
                            f"{size})", "style_scale") for path, (sh, sw) in zip(styles, style_shapes)]
         align = min_input_side(deepest)
         tiles.append(memory.plan_tiles(h, w, free, memory_key, cfg["tile_size"], halo, align, setting,
-                                       style_settings))
+                                       style_settings, history=history))
         shapes.append((h, w))
     init_img = None
     if cfg["init_image"]:
@@ -143,7 +162,7 @@ def prepare(cfg, device, resume_dir=None):
     vgg.truncate(deepest)
     state = {"cfg": cfg, "vgg": vgg, "content_raw": content_raw, "style_raws": style_raws, "blend": blend,
              "init_img": init_img, "checkpoint": None, "stages": plan, "shapes": shapes, "tiles": tiles,
-             "lbfgs_backend": backend}
+             "lbfgs_backend": backend, "lbfgs_history": history}
     if resume_dir is not None:
         path = resume_dir / "checkpoint.npz"
         if not path.exists():
@@ -191,6 +210,9 @@ def run(state, ctx):
     backend = state["lbfgs_backend"]
     if cfg["optimizer"] == "lbfgs" and cfg["lbfgs_backend"] == "auto" and dev.kind == "gpu" and backend == "scipy":
         ctx.info("L-BFGS runs on the host (SciPy): its history for this image size would crowd the GPU's memory")
+    if cfg["optimizer"] == "lbfgs" and state["lbfgs_history"] < cfg["lbfgs_num_correction"]:
+        ctx.info(f"L-BFGS keeps {state['lbfgs_history']} pairs (lbfgs_num_correction = "
+                 f"{cfg['lbfgs_num_correction']} would take more than half of the free memory at this size)")
     multi = len(plan) > 1
 
     def elapsed():
@@ -297,10 +319,10 @@ def run(state, ctx):
                                 losses_fn=lambda z: obj.losses(z, to_host=False))
         elif backend == "device":
             res = lbfgs_device_minimize(fun, x, bounds=(lo, hi), max_iter=remaining, callback=callback,
-                                        should_stop=ctx.stop)
+                                        should_stop=ctx.stop, history=state["lbfgs_history"])
         else:
             res = lbfgs_minimize(obj.loss_and_grad, x, bounds=(lo, hi), max_iter=remaining,
-                                 callback=callback, should_stop=ctx.stop)
+                                 callback=callback, should_stop=ctx.stop, history=state["lbfgs_history"])
         evaluations += res.evaluations
         x_final, final_losses, end = res.x, res.losses, start_iter + res.iterations
         stage_name = f" of stage {si + 1}" if multi else ""

@@ -9,9 +9,10 @@ Two parts add up:
 * the arrays that always span the whole image, per pixel: the image, its gradient and
   the TV gradient (float32, 3 channels: 36 B), the relu4_2 content target (512 channels
   at 1/64 of the pixels: 32 B), and the optimiser's state, counted from what each
-  algorithm stores: Adam's two moments (24 B); the on-device L-BFGS's 10 (s, y) pairs
-  plus its direction and trial point (264 B); SciPy's L-BFGS-B on the host in float64
-  (2 m n + 5 n + ... doubles for m = 10, n = 3 per pixel: about 650 B).
+  algorithm stores: Adam's two moments (24 B); the on-device L-BFGS-B's m (s, y) pairs
+  (24 B each, float32) plus its iterate, gradients, breakpoints, Cauchy point and steps
+  (168 B); SciPy's L-BFGS-B on the host in float64 (2 m n + 5 n + ... doubles for n = 3 per
+  pixel: 48 B a pair plus about 170 B, 650 B for m = 10).
 """
 from __future__ import annotations
 
@@ -23,14 +24,18 @@ from ..tiling import largest_tile
 FIXED_BYTES = 400 * 2**20
 EVAL_BYTES_PER_PIXEL = 4200
 WHOLE_IMAGE_BYTES_PER_PIXEL = 68
-#: per pixel of the device that runs the evaluation ("host": SciPy's L-BFGS-B state while a GPU evaluates)
-OPTIMIZER_BYTES_PER_PIXEL = {"adam": 24, "lbfgs-device": 264, "lbfgs-scipy": 650, "host": 0}
+#: per pixel of the device that runs the evaluation ("host": SciPy's L-BFGS-B state while a GPU
+#: evaluates): (fixed, per L-BFGS pair)
+OPTIMIZER_BYTES_PER_PIXEL = {"adam": (24, 0), "lbfgs-device": (168, 24), "lbfgs-scipy": (170, 48),
+                             "host": (0, 0)}
 #: the smallest tile worth running: below it the halo (80 px a side) dominates
 MIN_TILE = 64
 
 
-def whole_image_bytes(pixels: int, optimizer: str) -> float:
-    return (WHOLE_IMAGE_BYTES_PER_PIXEL + OPTIMIZER_BYTES_PER_PIXEL[optimizer]) * pixels
+def whole_image_bytes(pixels: int, optimizer: str, history: int = 10) -> float:
+    """Bytes of the arrays that span the whole image, with ``history`` L-BFGS pairs."""
+    fixed, per_pair = OPTIMIZER_BYTES_PER_PIXEL[optimizer]
+    return (WHOLE_IMAGE_BYTES_PER_PIXEL + fixed + per_pair * history) * pixels
 
 
 def evaluation_bytes(pixels: int) -> float:
@@ -42,7 +47,8 @@ def tile_extent(tile: int, halo: int, height: int, width: int) -> int:
     return min(tile + 2 * halo, height) * min(tile + 2 * halo, width)
 
 
-def plan_tiles(height, width, free_bytes, optimizer, tile_size, halo, align, image_setting, style_shapes=()):
+def plan_tiles(height, width, free_bytes, optimizer, tile_size, halo, align, image_setting, style_shapes=(),
+               history: int = 10):
     """The tile side to use (None: the whole image), or an XnnError that names what is too big.
 
     ``tile_size``: None (whole image), "auto" (whole image when it fits, else the largest
@@ -52,11 +58,12 @@ def plan_tiles(height, width, free_bytes, optimizer, tile_size, halo, align, ima
     """
     budget = 0.9 * (math.inf if free_bytes is None else free_bytes)
     free_gib = "unknown" if free_bytes is None else f"{free_bytes / 2**30:.1f}"
-    whole = whole_image_bytes(height * width, optimizer)
+    whole = whole_image_bytes(height * width, optimizer, history)
     if whole + FIXED_BYTES > budget:
         raise XnnError(f"{image_setting}: a {height}x{width} px output needs about {whole / 2**30:.1f} GiB for its "
                        f"whole-image arrays (image, gradient, {optimizer} state) but only {free_gib} GiB are free; "
-                       "use a smaller image_size" + (" or optimizer: adam" if optimizer != "adam" else ""))
+                       "use a smaller image_size" + (" or optimizer: adam" if optimizer != "adam" else "")
+                       + (" or a smaller lbfgs_num_correction" if optimizer.startswith("lbfgs") else ""))
     shapes = [(height, width, image_setting, "image_size")] + list(style_shapes)
     if tile_size is None or tile_size == "auto":
         if all(evaluation_bytes(h * w) + whole <= budget for h, w, _, _ in shapes):

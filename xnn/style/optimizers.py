@@ -28,6 +28,7 @@ import scipy.optimize
 
 from ..backends import device_of, to_numpy
 from ..optim import Adam
+from . import lbfgsb
 
 
 @dataclasses.dataclass
@@ -149,102 +150,108 @@ def lbfgs_minimize(fun_and_grad, x0, *, bounds=None, max_iter=100, max_fun=None,
                           stopped, message)
 
 
-def _two_loop(xp, pairs, g):
-    """d = -H g by the L-BFGS two-loop recursion (Nocedal & Wright, alg. 7.4);
-    pairs (s, y, rho = 1 / y.s) oldest first, H0 = s.y / y.y of the newest pair."""
-    q = -g
-    alphas = []
-    for s_i, y_i, rho_i in reversed(pairs):
-        a_i = rho_i * xp.vdot(s_i, q)
-        q -= a_i * y_i
-        alphas.append(a_i)
-    s_n, y_n, _ = pairs[-1]
-    q *= xp.vdot(s_n, y_n) / xp.vdot(y_n, y_n)
-    for (s_i, y_i, rho_i), a_i in zip(pairs, reversed(alphas)):
-        q += (a_i - rho_i * xp.vdot(y_i, q)) * s_i
-    return q
+def _device_bound(xp, b, shape, dtype, default):
+    """A bound as a flat array of x's dtype on x's device (None: +-inf)."""
+    full = xp.full(shape, default, dtype=dtype)
+    if b is not None:
+        full[...] = xp.asarray(b, dtype=dtype) if not isinstance(b, (int, float)) else b
+    return full.reshape(-1)
 
 
-def _free_mask(xp, x, g, lo, hi):
-    """1 where a variable may move along -g, 0 where it sits on a bound that -g pushes into."""
-    blocked = xp.zeros(x.shape, dtype=bool)
-    if lo is not None:
-        blocked |= (x <= lo) & (g > 0)
-    if hi is not None:
-        blocked |= (x >= hi) & (g < 0)
-    return (~blocked).astype(x.dtype).reshape(-1)
+def _interpolated_step(step, f0, d0, f1, d1):
+    """The minimiser in [0.1 step, 0.5 step] of the cubic through phi(0) = f0, phi'(0) = d0,
+    phi(step) = f1, phi'(step) = d1 (Nocedal & Wright eq. 3.59); a halving when it has none."""
+    z = d0 + d1 - 3 * (f1 - f0) / step
+    disc = z * z - d0 * d1
+    if disc >= 0 and numpy.isfinite(disc):
+        w = disc ** 0.5
+        denom = d1 - d0 + 2 * w
+        new = step - step * (d1 + w - z) / denom if denom != 0 else 0.5 * step
+    else:
+        new = 0.5 * step
+    if not numpy.isfinite(new):
+        new = 0.5 * step
+    return min(max(new, 0.1 * step), 0.5 * step)
 
 
 def lbfgs_device_minimize(fun_and_grad, x0, *, bounds=None, max_iter=100, callback=None,
-                          should_stop=None, history=10, lr=1.0, max_backtracks=10,
+                          should_stop=None, history=10, ftol=2.2e-9, gtol=1e-5, max_step_evals=20,
                           catch_interrupt=False) -> MinimizeResult:
-    """L-BFGS that stays on the device, with bounds by projection and a backtracking line search.
+    """L-BFGS-B on the device (xnn.style.lbfgsb): the same method as SciPy's, vectorised.
 
-    Direction: the two-loop recursion over the last ``history`` pairs
-    s = x_{k+1} - x_k, y = g_{k+1} - g_k (pairs with y.s <= 1e-10 are skipped),
-    restricted to the free variables (those not on a bound that -g pushes into).
-    Step: x_new = clip(x + t d) with t = lr, or t = lr * min(1, 1 / sum|g|) when the
-    history is empty (as torch.optim.LBFGS and Torch7's optim.lbfgs, which
-    jcjohnson/neural-style uses); accepted when f(x_new) <= f(x) + 1e-4 g.(x_new - x),
-    else halved up to ``max_backtracks`` times.  When that fails, or d is not a
-    descent direction, the history is dropped and the iteration retried from the
-    gradient; the run ends when even that fails.  Most iterations take one
-    evaluation; the first ones take a few.  x0 is not modified; the result is the
-    best evaluated image.  Per evaluation a few host syncs of scalars, no host copy
-    of the image.
+    Each iteration: the generalised Cauchy point along the projected gradient path, the
+    quadratic model's minimiser over the variables still free there (projected into the box
+    while that descends, else cut at the box), then a line search from x towards that point:
+    the full step first (on the first iteration, unless every variable has both bounds,
+    1 / |d|: SciPy's rule), accepted
+    when f(x + t d) <= f(x) + 1e-3 t g.d, else a safeguarded cubic step in [0.1 t, 0.5 t], at most
+    ``max_step_evals`` evaluations.  A pair is kept when s.y > 2.2e-16 y.y.  When the search
+    fails, or the direction does not descend, the memory is dropped and the iteration
+    retried from the gradient; the run ends when even that fails, when the projected gradient's
+    largest entry is <= ``gtol``, or when an iteration lowers f by <= ftol * max(|f|, 1)
+    (SciPy's defaults).  Vectors stay on the device in x's dtype; 2k x 2k algebra in float64
+    on the host, a few scalar copies per iteration.  x0 is not modified; the result is the best
+    evaluated image.
     """
     dev = device_of(x0)
     xp = dev.xp
+    shape, dtype = x0.shape, x0.dtype
     lo, hi = bounds if bounds is not None else (None, None)
-    lo, hi = [b if b is None or isinstance(b, (int, float)) else dev.asarray(b) for b in (lo, hi)]
-    x = clip_to_range(xp.array(x0, dtype=x0.dtype, order="C", copy=True), lo, hi)
-    pairs = []
-    best, best_losses = x, None
+    lo = _device_bound(xp, lo, shape, dtype, -numpy.inf)
+    hi = _device_bound(xp, hi, shape, dtype, numpy.inf)
+    x = xp.clip(xp.array(x0, dtype=dtype, order="C", copy=True).reshape(-1), lo, hi)
+    boxed = bool(xp.isfinite(lo).all() and xp.isfinite(hi).all())
+    mem = lbfgsb.PairMemory(xp, x.size, history, dtype)
     it, nfev, stopped, message = 0, 0, False, f"{max_iter} iterations done"
+    best, best_losses = x.reshape(shape), None
 
     def evaluate(z):
         nonlocal nfev
         if should_stop is not None and should_stop():
             raise _Stop("stopped on request")
-        losses, grad = fun_and_grad(z)
+        losses, grad = fun_and_grad(z.reshape(shape))
         nfev += 1
-        return losses, xp.ascontiguousarray(grad).reshape(-1), total_of(losses)
+        return losses, xp.ascontiguousarray(grad, dtype=dtype).reshape(-1), total_of(losses)
 
     try:
         losses, g, f = evaluate(x)
-        best, best_f, best_losses = x, f, losses
-        _report(callback, should_stop, 0, x, losses)
+        best, best_f, best_losses = x.reshape(shape), f, losses
+        _report(callback, should_stop, 0, best, losses)
         while it < max_iter:
-            free = _free_mask(xp, x, g.reshape(x.shape), lo, hi)
-            gf = g * free
-            d = _two_loop(xp, pairs, gf) * free if pairs else -gf
-            gtd = float(xp.vdot(gf, d))
-            step = lr if pairs else lr * min(1.0, 1.0 / max(float(xp.abs(gf).sum()), 1e-30))
+            if float(xp.max(xp.abs(xp.clip(x - g, lo, hi) - x))) <= gtol:
+                message = "converged: projected gradient <= gtol"
+                break
+            x_cp, t, t_star, c = lbfgsb.cauchy_point(xp, x, g, lo, hi, mem)
+            d = lbfgsb.subspace_point(xp, x, g, lo, hi, mem, x_cp, t, t_star, c) - x
+            gd = float(xp.vdot(g, d))
             accepted = False
-            if gtd < 0:
-                for _ in range(max_backtracks + 1):
-                    x_new = clip_to_range(x + step * d.reshape(x.shape), lo, hi)
+            if gd < 0:
+                step = 1.0 if it or boxed else min(1.0, 1.0 / float(xp.linalg.norm(d)))
+                for _ in range(max_step_evals):
+                    x_new = xp.clip(x + step * d, lo, hi)
                     losses_new, g_new, f_new = evaluate(x_new)
-                    s_k = (x_new - x).reshape(-1)
                     if f_new < best_f:
-                        best, best_f, best_losses = x_new, f_new, losses_new
-                    if f_new <= f + 1e-4 * float(xp.vdot(g, s_k)):
+                        best, best_f, best_losses = x_new.reshape(shape), f_new, losses_new
+                    if f_new <= f + 1e-3 * step * gd:
                         accepted = True
                         break
-                    step *= 0.5
+                    step = _interpolated_step(step, f, gd, f_new, float(xp.vdot(g_new, d)))
             if not accepted:
-                if pairs:            # a bad quasi-Newton model: restart from the gradient
-                    pairs.clear()
+                if len(mem):          # a bad quasi-Newton model: restart from the gradient
+                    mem.clear()
                     continue
-                message = "stalled: no decrease along the gradient" if gtd < 0 else "converged: zero gradient"
+                message = "stalled: no decrease along the projected gradient"
                 break
-            y_k = g_new - g
-            ys = xp.vdot(y_k, s_k)
-            if float(ys) > 1e-10:
-                pairs.append((s_k, y_k, 1.0 / ys))
-                del pairs[:-history]
+            s_k, y_k = x_new - x, g_new - g
+            sy, yy = (float(v) for v in xp.stack([xp.vdot(s_k, y_k), xp.vdot(y_k, y_k)]).tolist())
+            if sy > 2.2e-16 * yy:
+                mem.add(s_k, y_k, sy, yy)
+            f_old = f
             x, g, f, losses, it = x_new, g_new, f_new, losses_new, it + 1
-            _report(callback, should_stop, it, x, losses)
+            _report(callback, should_stop, it, x.reshape(shape), losses)
+            if f_old - f <= ftol * max(abs(f_old), abs(f), 1.0):
+                message = "converged: relative reduction <= ftol"
+                break
     except (_Stop, KeyboardInterrupt) as e:
         stopped, message = True, _stop_message(e, catch_interrupt)
     return MinimizeResult(best, best_losses, it, nfev, stopped, message)
