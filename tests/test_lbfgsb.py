@@ -74,6 +74,18 @@ def test_compact_matrix_equals_the_bfgs_updates(dev, rng, m, count):
     numpy.testing.assert_allclose(mem.rows(idx), W[[0, 4, 7]], rtol=1e-12)
 
 
+def test_pair_products_come_to_the_host_in_float64(rng):
+    """float32 pairs (the image's dtype): the 2k x 2k algebra still gets float64 numbers."""
+    import xnn
+    dev = xnn.device("cpu")
+    mem = lbfgsb.PairMemory(dev.xp, 6, 3, numpy.float32)
+    s, y = rng.standard_normal(6).astype(numpy.float32), rng.standard_normal(6).astype(numpy.float32)
+    mem.add(s, y + 3 * s, float(s @ (y + 3 * s)), float((y + 3 * s) @ (y + 3 * s)))
+    v = rng.standard_normal(6).astype(numpy.float32)
+    assert mem.wt(v).dtype == F64 and mem.rows(numpy.array([1, 2])).dtype == F64
+    assert mem.w(numpy.ones(2)).dtype == numpy.float32
+
+
 def ref_cauchy(x, g, lo, hi, B):
     """The first local minimum of the model along clip(x - t g, lo, hi), segment by segment."""
     n = len(x)
@@ -105,9 +117,12 @@ def box_problem(rng, n, spread):
     return x, g, lo, hi
 
 
+@pytest.mark.parametrize("reach", [2.0, 1.05])
 @pytest.mark.parametrize("count, spread", [(0, 0.3), (0, 30.0), (3, 0.3), (5, 30.0), (5, 3.0)])
-def test_cauchy_point_is_the_first_minimum_along_the_path(dev, rng, count, spread):
-    """Few breakpoints passed (small gradient) and many (large); with and without pairs."""
+def test_cauchy_point_is_the_first_minimum_along_the_path(dev, rng, monkeypatch, count, spread, reach):
+    """Few breakpoints passed (small gradient) and many (large); with and without pairs; with the
+    default search reach and one that grows slowly (many rounds over part of the breakpoints)."""
+    monkeypatch.setattr(lbfgsb, "REACH", reach)
     n = 12
     mem, B = memory_with_pairs(dev, rng, n, 5, count)
     x, g, lo, hi = box_problem(rng, n, spread)
@@ -118,6 +133,41 @@ def test_cauchy_point_is_the_first_minimum_along_the_path(dev, rng, count, sprea
     numpy.testing.assert_allclose(host(x_cp), numpy.clip(x - want * g, lo, hi), rtol=1e-9, atol=1e-12)
     if count:
         numpy.testing.assert_allclose(c, mem.wt(put(dev, host(x_cp) - x)), rtol=1e-8, atol=1e-10)
+
+
+def test_cauchy_point_stays_put_when_every_variable_is_blocked(dev, rng):
+    """Each variable on a bound that the gradient pushes into: no path, x_cp = x, t* = 0."""
+    mem, _ = memory_with_pairs(dev, rng, 4, 3, 3)
+    x, g = numpy.array([-1.0, 1.0, -1.0, 0.3]), numpy.array([2.0, -1.0, 0.5, 0.0])
+    args = [put(dev, a) for a in (x, g, -numpy.ones(4), numpy.ones(4))]
+    x_cp, t, t_star, c = lbfgsb.cauchy_point(dev.xp, *args, mem)
+    assert t_star == 0.0 and not c.any()
+    numpy.testing.assert_array_equal(host(x_cp), x)
+    x_bar = lbfgsb.subspace_point(dev.xp, *args, mem, x_cp, t, t_star, c)
+    numpy.testing.assert_array_equal(host(x_bar), x)     # the only free variable has g = 0 and no pull
+
+
+def test_breakpoints_against_a_loop(dev):
+    """g of +-1, 0 and others; variables on a bound; an infinite bound."""
+    x = numpy.array([0.0, 0.5, -1.0, 1.0, 0.2, 0.2, 3.0, -0.5])
+    g = numpy.array([1.0, -1.0, 1.0, -2.0, 0.0, 0.5, -1.0, 2.0])
+    lo = numpy.array([-1.0, -1.0, -1.0, -1.0, -1.0, -1.0, -numpy.inf, -numpy.inf])
+    hi = numpy.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, numpy.inf, 2.0])
+    want = []
+    for xi, gi, li, hi_ in zip(x, g, lo, hi):
+        if gi == 0:
+            want.append(numpy.inf)
+        else:
+            want.append(max((xi - (hi_ if gi < 0 else li)) / gi, 0.0))
+    got = host(lbfgsb.breakpoints(dev.xp, *[put(dev, a) for a in (x, g, lo, hi)]))
+    numpy.testing.assert_array_equal(got, want)
+
+
+def test_singular_middle_matrix_is_solved_by_least_squares():
+    K = numpy.array([[1.0, 1.0], [1.0, 1.0]])
+    v = numpy.array([2.0, 4.0])
+    numpy.testing.assert_allclose(lbfgsb._solve(K, v), numpy.linalg.pinv(K) @ v, rtol=1e-12)
+    numpy.testing.assert_allclose(lbfgsb._solve(numpy.eye(2) * 2, v), [1.0, 2.0])
 
 
 def ref_subspace(x, g, lo, hi, B, x_cp, free):
@@ -135,17 +185,19 @@ def ref_subspace(x, g, lo, hi, B, x_cp, free):
     return x_cp + min(1.0, room.min()) * du
 
 
-@pytest.mark.parametrize("spread, n", [(0.3, 12), (3.0, 12), (30.0, 12), (3.0, 40)])
-def test_subspace_step_minimises_the_model_over_the_free_variables(dev, rng, spread, n):
-    """n = 40: more variables free than fixed, so the free Gram is all pairs' minus the fixed ones'."""
-    mem, B = memory_with_pairs(dev, rng, n, 5, 6)
+@pytest.mark.parametrize("spread, n, count", [(0.3, 12, 6), (3.0, 12, 6), (30.0, 12, 6), (3.0, 40, 6),
+                                             (3.0, 12, 0)])
+def test_subspace_step_minimises_the_model_over_the_free_variables(dev, rng, spread, n, count):
+    """n = 40: more variables free than fixed, so the free Gram is all pairs' minus the fixed ones'.
+    No pairs: the step ends at the Cauchy point."""
+    mem, B = memory_with_pairs(dev, rng, n, 5, count)
     x, g, lo, hi = box_problem(rng, n, spread)
     args = [put(dev, a) for a in (x, g, lo, hi)]
     x_cp, t, t_star, c = lbfgsb.cauchy_point(dev.xp, *args, mem)
     x_bar = lbfgsb.subspace_point(dev.xp, *args, mem, x_cp, t, t_star, c)
     free = host(t) > t_star
     assert 0 < free.sum() < n
-    want = ref_subspace(x, g, lo, hi, B, host(x_cp), free)
+    want = ref_subspace(x, g, lo, hi, B, host(x_cp), free) if count else host(x_cp)
     numpy.testing.assert_allclose(host(x_bar), want, rtol=1e-8, atol=1e-10)
     assert (host(x_bar) >= lo).all() and (host(x_bar) <= hi).all()
 
@@ -200,10 +252,14 @@ def test_device_lbfgsb_keeps_the_image_dtype(rng):
     assert res.losses == pytest.approx(best, rel=1e-4)
 
 
-def test_subspace_step_is_cut_at_the_box_when_its_projection_would_not_descend(dev):
-    """A rare case (seed found by search: an ill-conditioned 3-variable model): projecting the
-    subspace minimiser gives an ascent direction, so the step is cut where it leaves the box."""
-    rng = numpy.random.default_rng(982)
+@pytest.mark.parametrize("seed, case", [(982, "cut at a lower bound"), (1517, "cut at an upper bound"),
+                                        (5, "projected onto an upper bound"), (0, "one variable free")])
+def test_subspace_step_in_cases_found_by_search(dev, seed, case):
+    """Rare cases of an ill-conditioned 3-variable model (seeds found by search): projecting the
+    subspace minimiser gives an ascent direction, so the step is cut where it leaves the box
+    (at a lower or an upper bound); the projection is a descent and clips at an upper bound;
+    a single variable is free at the Cauchy point."""
+    rng = numpy.random.default_rng(seed)
     n = 3
     q = rng.standard_normal((n, n))
     A = q @ q.T + 1e-3 * numpy.eye(n)
@@ -223,7 +279,11 @@ def test_subspace_step_is_cut_at_the_box_when_its_projection_would_not_descend(d
     Z = numpy.flatnonzero(free)
     du = numpy.zeros(n)
     du[Z] = numpy.linalg.solve(B[numpy.ix_(Z, Z)], -r[Z])
-    assert g @ (numpy.clip(host(x_cp) + du, lo, hi) - x) >= 0          # the case this test is for
+    descends = g @ (numpy.clip(host(x_cp) + du, lo, hi) - x) < 0
+    assert {"cut at a lower bound": not descends and (host(x_cp) + du < lo).any(),
+            "cut at an upper bound": not descends and (host(x_cp) + du > hi).any(),
+            "projected onto an upper bound": descends and (host(x_cp) + du > hi).any(),
+            "one variable free": free.sum() == 1}[case]                    # the case this seed is for
     x_bar = lbfgsb.subspace_point(dev.xp, *args, mem, x_cp, t, t_star, c)
     numpy.testing.assert_allclose(host(x_bar), ref_subspace(x, g, lo, hi, B, host(x_cp), free),
                                   rtol=1e-8, atol=1e-10)

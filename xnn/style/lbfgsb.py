@@ -30,6 +30,13 @@ from __future__ import annotations
 
 import numpy
 
+from ..backends import to_numpy
+
+
+#: the Cauchy point's search first sorts the breakpoints up to REACH times the unbent path's
+#: minimum, then REACH times further each round (a speed setting: any value > 1 is exact)
+REACH = 2.0
+
 
 class PairMemory:
     """The newest ``m`` pairs (s, y) of n-vectors on the device and their products on the host."""
@@ -58,7 +65,7 @@ class PairMemory:
         self.buf[0, q] = y
         self.buf[1, q] = s
         m = self.m
-        both = _to_host(self.xp, self.stack @ self.buf[:, q].T)     # one pass: [Y; S] [y s]
+        both = _to_host(self.stack @ self.buf[:, q].T)     # one pass: [Y; S] [y s]
         with_y, with_s = both[:, 0], both[:, 1]
         self.yy[q, :] = self.yy[:, q] = with_y[:m]
         self.sy[q, :] = with_s[:m]                      # s_q . y_j
@@ -71,7 +78,7 @@ class PairMemory:
     # -------------------------------------------------- products with W = [Y', theta S']
     def wt(self, v):
         """W' v (2k, host float64)."""
-        both = _to_host(self.xp, self.stack @ v)
+        both = _to_host(self.stack @ v)
         o = self.order
         return numpy.concatenate([both[:self.m][o], self.theta * both[self.m:][o]])
 
@@ -85,7 +92,7 @@ class PairMemory:
     def rows(self, idx):
         """W's rows at the variables idx (len(idx), 2k, host float64)."""
         o = self.order
-        cols = _to_host(self.xp, self.buf[:, :, idx])   # (2, m, len(idx))
+        cols = _to_host(self.buf[:, :, idx])   # (2, m, len(idx))
         return numpy.concatenate([cols[0][o], self.theta * cols[1][o]]).T
 
     def gram(self):
@@ -102,8 +109,8 @@ class PairMemory:
         return numpy.block([[-numpy.diag(numpy.diag(sy)), low.T], [low, t * self.ss[numpy.ix_(o, o)]]])
 
 
-def _to_host(xp, a):
-    return numpy.asarray(a.get() if hasattr(a, "get") else a, dtype=numpy.float64)
+def _to_host(a):
+    return numpy.asarray(to_numpy(a), dtype=numpy.float64)
 
 
 def breakpoints(xp, x, g, lo, hi):
@@ -125,17 +132,17 @@ def _solve(K, v):
 def cauchy_point(xp, x, g, lo, hi, mem: PairMemory):
     """(x_cp, t, t_star, c): the generalised Cauchy point, the breakpoints, the path parameter
     where it lies and c = W' (x_cp - x), for the subspace step."""
-    theta, k = mem.theta, len(mem)
+    theta = mem.theta
     t = breakpoints(xp, x, g, lo, hi)
     d = xp.where(t > 0, -g, 0)
     inside = (t > 0) & (t < xp.inf)
     # d.d, the number of breakpoints and the first: one copy to the host
-    dd, nb, tmin = _to_host(xp, xp.stack([a.astype(xp.float64) for a in (
+    dd, nb, tmin = _to_host(xp.stack([a.astype(xp.float64) for a in (
         xp.vdot(d, d), xp.count_nonzero(inside), xp.min(xp.where(inside, t, xp.inf)))]))
     dd, nb, tmin = float(dd), int(nb), float(tmin)
-    p0 = mem.wt(d) if k else numpy.zeros(0)
-    Kmat = mem.middle() if k else numpy.zeros((0, 0))
-    f1_0, f2_0 = -dd, theta * dd - (p0 @ _solve(Kmat, p0) if k else 0.0)
+    p0 = mem.wt(d)                                      # empty without pairs, as is K
+    Kmat = mem.middle()
+    f1_0, f2_0 = -dd, theta * dd - p0 @ _solve(Kmat, p0)
     # stage 0 ends before the first breakpoint: the common case needs no sort
     dtm0 = -f1_0 / f2_0 if f2_0 > 0 else numpy.inf
     if f1_0 >= 0 or dtm0 < tmin:
@@ -143,18 +150,18 @@ def cauchy_point(xp, x, g, lo, hi, mem: PairMemory):
         return xp.clip(x - t_star * g, lo, hi), t, t_star, t_star * p0
     # the breakpoints up to a bound on the path parameter, sorted; the bound grows until the
     # minimum is found among them (it usually lies within the first few)
-    reach = 2 * dtm0 if numpy.isfinite(dtm0) else 4 * tmin
+    reach = REACH * (dtm0 if numpy.isfinite(dtm0) else tmin)
     while True:
         part = xp.nonzero(inside & (t <= reach))[0]
         complete = len(part) == nb
         idx = part[xp.argsort(t[part])]
-        tb, gb = _to_host(xp, t[idx]), _to_host(xp, g[idx])
-        wb = mem.rows(idx) if k else numpy.zeros((len(idx), 0))
+        tb, gb = _to_host(t[idx]), _to_host(g[idx])
+        wb = mem.rows(idx)
         dt = numpy.diff(tb, prepend=0.0)
         gw = gb[:, None] * wb
         p_before = p0 + numpy.cumsum(gw, axis=0) - gw          # p before each breakpoint
         c_after = numpy.cumsum(dt[:, None] * p_before, axis=0)  # c once the breakpoint is reached
-        mw = _solve(Kmat, wb.T).T if k else wb                  # rows M w_b (M symmetric)
+        mw = _solve(Kmat, wb.T).T                              # rows M w_b (M symmetric)
         q_c = numpy.einsum("ij,ij->i", mw, c_after)
         q_p = numpy.einsum("ij,ij->i", mw, p_before)
         q_w = numpy.einsum("ij,ij->i", mw, wb)
@@ -165,8 +172,7 @@ def cauchy_point(xp, x, g, lo, hi, mem: PairMemory):
         # stage j >= 1 (after j breakpoints) ends at the next breakpoint, the last one at infinity
         # when every breakpoint is among those selected
         nxt = numpy.append(dt[1:], numpy.inf if complete else numpy.nan)
-        with numpy.errstate(divide="ignore", invalid="ignore"):
-            dtm = numpy.where(f2 > 0, -f1 / f2, numpy.inf)
+        dtm = numpy.where(f2 > 0, -f1 / numpy.where(f2 > 0, f2, 1.0), numpy.inf)   # inf: not convex
         stop = (f1 >= 0) | (dtm < nxt)
         hits = numpy.flatnonzero(stop)
         if len(hits) or complete:
@@ -175,7 +181,7 @@ def cauchy_point(xp, x, g, lo, hi, mem: PairMemory):
             t_star = float(tb[j] + step)                      # a Python float keeps x's dtype
             c = c_after[j] + step * (p_before[j] + gw[j])
             return xp.clip(x - t_star * g, lo, hi), t, t_star, c
-        reach *= 4
+        reach *= REACH
 
 
 def subspace_point(xp, x, g, lo, hi, mem: PairMemory, x_cp, t, t_star, c):
@@ -204,7 +210,6 @@ def subspace_point(xp, x, g, lo, hi, mem: PairMemory, x_cp, t, t_star, c):
     x_bar = xp.clip(x_cp + du, lo, hi)
     if float(xp.vdot(g, x_bar - x)) < 0:                   # the projected step still descends
         return x_bar
-    with numpy.errstate(divide="ignore", invalid="ignore"):
-        room = xp.where(du > 0, (hi - x_cp) / du, xp.where(du < 0, (lo - x_cp) / du, xp.inf))
-    alpha = min(1.0, float(xp.min(room)))
+    room = xp.where(du > 0, hi - x_cp, lo - x_cp) / xp.where(du == 0, 1, du)   # to the bound du heads for
+    alpha = min(1.0, float(xp.min(xp.where(du == 0, xp.inf, room))))
     return x_cp + max(alpha, 0.0) * du
