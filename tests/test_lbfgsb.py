@@ -147,6 +147,18 @@ def test_cauchy_point_stays_put_when_every_variable_is_blocked(dev, rng):
     numpy.testing.assert_array_equal(host(x_bar), x)     # the only free variable has g = 0 and no pull
 
 
+def test_cauchy_point_stays_put_when_the_model_is_not_convex_and_nothing_bends(dev, rng):
+    """No bounds (no breakpoints) and a model with negative curvature along -g (theta forced negative,
+    as float32 round-off could leave it): no step instead of an endless search."""
+    mem, _ = memory_with_pairs(dev, rng, 6, 3, 3)
+    mem.theta = -1e6
+    x, g = rng.standard_normal(6), rng.standard_normal(6)
+    inf = numpy.full(6, numpy.inf)
+    x_cp, t, t_star, c = lbfgsb.cauchy_point(dev.xp, put(dev, x), put(dev, g), put(dev, -inf), put(dev, inf), mem)
+    assert t_star == 0.0
+    numpy.testing.assert_array_equal(host(x_cp), x)
+
+
 def test_breakpoints_against_a_loop(dev):
     """g of +-1, 0 and others; variables on a bound; an infinite bound."""
     x = numpy.array([0.0, 0.5, -1.0, 1.0, 0.2, 0.2, 3.0, -0.5])

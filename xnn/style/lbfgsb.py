@@ -143,10 +143,11 @@ def cauchy_point(xp, x, g, lo, hi, mem: PairMemory):
     p0 = mem.wt(d)                                      # empty without pairs, as is K
     Kmat = mem.middle()
     f1_0, f2_0 = -dd, theta * dd - p0 @ _solve(Kmat, p0)
-    # stage 0 ends before the first breakpoint: the common case needs no sort
     dtm0 = -f1_0 / f2_0 if f2_0 > 0 else numpy.inf
-    if f1_0 >= 0 or dtm0 < tmin:
-        t_star = float(max(dtm0, 0.0)) if f1_0 < 0 else 0.0
+    if f1_0 >= 0 or dtm0 < tmin or nb == 0:
+        # the minimum lies before the first breakpoint (the common case: no sort), or there is
+        # no descent, or the model is not convex along a path that never bends: stay at x
+        t_star = float(dtm0) if f1_0 < 0 and dtm0 < tmin else 0.0
         return xp.clip(x - t_star * g, lo, hi), t, t_star, t_star * p0
     # the breakpoints up to a bound on the path parameter, sorted; the bound grows until the
     # minimum is found among them (it usually lies within the first few)
