@@ -12,15 +12,7 @@ import scipy.optimize
 from xnn.style import lbfgs_device_minimize, lbfgs_minimize
 from xnn.style import lbfgsb
 
-F64 = numpy.float64
-
-
-def put(dev, a):
-    return dev.asarray(numpy.asarray(a, F64))
-
-
-def host(a):
-    return numpy.asarray(a.get() if hasattr(a, "get") else a)
+from .test_style_losses import F64, host, put
 
 
 def dense_bfgs(pairs):

@@ -104,11 +104,7 @@ def _lbfgs_history(cfg, memory_key: str, pixels: int, free) -> int:
     wanted = cfg["lbfgs_num_correction"]
     if cfg["optimizer"] != "lbfgs" or free is None:
         return wanted
-    fixed = memory.whole_image_bytes(pixels, memory_key, 0)
-    per_pair = memory.whole_image_bytes(pixels, memory_key, 1) - fixed
-    if per_pair <= 0 or fixed + wanted * per_pair <= 0.5 * free:
-        return wanted
-    return max(5, min(wanted, int((0.5 * free - fixed) // per_pair)))
+    return memory.pairs_that_fit(pixels, memory_key, wanted, 0.5 * free)
 
 
 def _optimizer_memory_key(cfg, device, backend) -> str:

@@ -38,6 +38,16 @@ def whole_image_bytes(pixels: int, optimizer: str, history: int = 10) -> float:
     return (WHOLE_IMAGE_BYTES_PER_PIXEL + fixed + per_pair * history) * pixels
 
 
+def pairs_that_fit(pixels: int, optimizer: str, wanted: int, budget: float, least: int = 5) -> int:
+    """``wanted`` L-BFGS pairs, or as many as keep the whole-image arrays within ``budget`` bytes
+    (at least ``least``)."""
+    fixed, per_pair = OPTIMIZER_BYTES_PER_PIXEL[optimizer]
+    if per_pair == 0 or whole_image_bytes(pixels, optimizer, wanted) <= budget:
+        return wanted
+    fit = (budget / pixels - WHOLE_IMAGE_BYTES_PER_PIXEL - fixed) // per_pair
+    return int(max(least, min(wanted, fit)))
+
+
 def evaluation_bytes(pixels: int) -> float:
     return FIXED_BYTES + EVAL_BYTES_PER_PIXEL * pixels
 

@@ -77,10 +77,13 @@ def _report(callback, should_stop, it, x, losses):
         raise _Stop("stopped on request")
 
 
-def _host_bound(b, shape, default):
-    if b is None:
-        return numpy.full(int(numpy.prod(shape)), default)
-    return numpy.broadcast_to(numpy.asarray(to_numpy(b), numpy.float64), shape).reshape(-1).copy()
+def _flat_bound(xp, b, shape, dtype, default):
+    """A bound as a flat array of ``dtype`` in ``xp``: ``default`` everywhere for None, else b
+    (a scalar or an array of xp's kind) broadcast to ``shape``."""
+    full = xp.full(shape, default, dtype=dtype)
+    if b is not None:
+        full[...] = xp.asarray(b, dtype=dtype)
+    return full.reshape(-1)
 
 
 def lbfgs_minimize(fun_and_grad, x0, *, bounds=None, max_iter=100, max_fun=None, callback=None,
@@ -97,7 +100,8 @@ def lbfgs_minimize(fun_and_grad, x0, *, bounds=None, max_iter=100, max_fun=None,
     dev = device_of(x0)
     shape, dtype = x0.shape, x0.dtype
     lo, hi = bounds if bounds is not None else (None, None)
-    lo, hi = _host_bound(lo, shape, -numpy.inf), _host_bound(hi, shape, numpy.inf)
+    lo, hi = (_flat_bound(numpy, None if b is None else to_numpy(b), shape, numpy.float64, default)
+              for b, default in ((lo, -numpy.inf), (hi, numpy.inf)))
     start = numpy.clip(numpy.asarray(to_numpy(x0), numpy.float64).reshape(-1), lo, hi)
     st = {"nfev": 0, "nit": 0, "best": None, "best_f": numpy.inf, "best_losses": None,
           "last": None}
@@ -151,14 +155,6 @@ def lbfgs_minimize(fun_and_grad, x0, *, bounds=None, max_iter=100, max_fun=None,
                           stopped, message)
 
 
-def _device_bound(xp, b, shape, dtype, default):
-    """A bound as a flat array of x's dtype on x's device (None: +-inf)."""
-    full = xp.full(shape, default, dtype=dtype)
-    if b is not None:
-        full[...] = xp.asarray(b, dtype=dtype) if not isinstance(b, (int, float)) else b
-    return full.reshape(-1)
-
-
 def _interpolated_step(step, f0, d0, f1, d1):
     """The minimiser in [0.1 step, 0.5 step] of the cubic through phi(0) = f0, phi'(0) = d0,
     phi(step) = f1, phi'(step) = d1 (Nocedal & Wright eq. 3.59); a halving when it has none."""
@@ -198,8 +194,7 @@ def lbfgs_device_minimize(fun_and_grad, x0, *, bounds=None, max_iter=100, callba
     xp = dev.xp
     shape, dtype = x0.shape, x0.dtype
     lo, hi = bounds if bounds is not None else (None, None)
-    lo = _device_bound(xp, lo, shape, dtype, -numpy.inf)
-    hi = _device_bound(xp, hi, shape, dtype, numpy.inf)
+    lo, hi = (_flat_bound(xp, b, shape, dtype, default) for b, default in ((lo, -numpy.inf), (hi, numpy.inf)))
     x = xp.clip(xp.array(x0, dtype=dtype, order="C", copy=True).reshape(-1), lo, hi)
     boxed = bool(xp.isfinite(lo).all() and xp.isfinite(hi).all())
     mem = lbfgsb.PairMemory(xp, x.size, history, dtype)
