@@ -303,7 +303,7 @@ def machine_info(device):
     try:
         from xnn.backends.numpy_backend import NumpyDevice
         from importlib.metadata import version as _version
-        info["numba"] = _version("numba") + (" (compiled Winograd transforms on)" if NumpyDevice().compiled_kernels
+        info["numba"] = _version("numba") + (" (compiled kernels on)" if NumpyDevice().compiled_kernels
                                              else " (compiled Winograd transforms off)")
     except Exception:  # noqa: BLE001
         info["numba"] = "not installed (generic Winograd transforms)"

@@ -289,3 +289,102 @@ def test_padding_maps_are_made_once_and_read_only():
     a = cached_padded_index(5, 1, "reflect", 9)
     assert a is cached_padded_index(5, 1, "reflect", 9) and not a.flags.writeable
     assert a.tolist() == [1, 0, 1, 2, 3, 4, 3, -1, -1]
+
+
+# ------------------------------------------------------------ ReLU and max pooling
+def _special(rng, shape, dtype):
+    """Random values with NaNs, infinities, signed zeros and many ties (values on a coarse grid)."""
+    a = numpy.round(rng.standard_normal(shape) * 2) / 2
+    flat = a.reshape(-1)
+    picks = rng.choice(flat.size, size=(4, max(1, flat.size // 40)), replace=False)
+    flat[picks[0]], flat[picks[1]], flat[picks[2]], flat[picks[3]] = numpy.nan, numpy.inf, -numpy.inf, -0.0
+    return a.astype(dtype)
+
+
+def _layouts(a):
+    """a (N, C, H, W) in NCHW memory and as an NCHW view of channels-last memory."""
+    return {"nchw": numpy.ascontiguousarray(a),
+            "nhwc": numpy.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)}
+
+
+def _same_bits(a, b):
+    """Equal values, NaNs in the same places, the same sign on every zero."""
+    return a.shape == b.shape and numpy.array_equal(a, b, equal_nan=True) and \
+        numpy.array_equal(numpy.signbit(a), numpy.signbit(b))
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")   # inf * 0, on purpose
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+def test_compiled_relu_equals_the_generic_one_bit_for_bit(cpu, rng, dtype):
+    base = generic(cpu)
+    x = _special(rng, (3000,), dtype)
+    dy = _special(rng, (3000,), dtype)
+    y, mask = numpy.empty_like(x), numpy.empty(x.shape, bool)
+    y0, mask0 = numpy.empty_like(x), numpy.empty(x.shape, bool)
+    cpu.relu(x, y, mask)
+    base("relu")(x, y0, mask0)
+    assert _same_bits(y, y0) and numpy.array_equal(mask, mask0)
+    assert numpy.isnan(y).any() and (mask == (x > 0)).all()          # NaN stays NaN, its mask is unset
+    dx, dx0 = numpy.empty_like(dy), numpy.empty_like(dy)
+    cpu.relu_backward(dy, mask, dx)
+    base("relu_backward")(dy, mask, dx0)
+    assert _same_bits(dx, dx0)
+    assert numpy.isnan(dx[~mask & numpy.isinf(dy)]).all()            # inf * 0: as the generic product
+
+
+def test_relu_takes_the_compiled_path_only_where_it_applies(cpu, rng, monkeypatch):
+    """1-D contiguous float arrays: compiled; a strided view or float16: the generic ufuncs, same result."""
+    calls = []
+    monkeypatch.setattr(numpy_kernels, "_relu", lambda *a: calls.append(a))
+    x = rng.standard_normal(100).astype(numpy.float32)
+    cpu.relu(x, numpy.empty_like(x), numpy.empty(100, bool))
+    assert len(calls) == 1
+    y, mask = numpy.empty(50, numpy.float32), numpy.empty(50, bool)
+    cpu.relu(x[::2], y, mask)                                       # strided: generic
+    cpu.relu(x[:50].astype(numpy.float16), y.astype(numpy.float16), mask)
+    assert len(calls) == 1 and (y == numpy.maximum(x[::2], 0)).all()
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("k,h,w", [((2, 2), 8, 10), ((2, 2), 9, 7), ((3, 3), 10, 8), ((1, 2), 5, 6), ((2, 1), 4, 3)])
+def test_compiled_max_pool_equals_the_generic_one_bit_for_bit(cpu, rng, dtype, layout, k, h, w):
+    """Forward and backward, band by band (output rows [1, ho) then [0, 1)), on arrays with NaNs,
+    infinities, signed zeros and ties; remainder rows and columns are left untouched."""
+    base = generic(cpu)
+    kh, kw = k
+    ho, wo = h // kh, w // kw
+    x = _layouts(_special(rng, (2, 5, h, w), dtype))[layout]
+    dy = _layouts(_special(rng, (2, 5, ho, wo), dtype))[layout]
+    like_y = x[:, :, :ho * kh:kh, :wo * kw:kw]
+    y, y0 = numpy.empty_like(like_y), numpy.empty_like(like_y)
+    dx, dx0 = numpy.full_like(x, 7), numpy.full_like(x, 7)
+    assert numpy_kernels.channels_inner(x, y, dy, dx) is not None     # the compiled path is taken
+    for rows in [(1, ho), (0, 1)]:
+        cpu.max_pool(x, y, kh, kw, rows)
+        base("max_pool")(x, y0, kh, kw, rows)
+    assert _same_bits(y, y0) and numpy.isnan(y).any()
+    for rows in [(1, ho), (0, 1)]:
+        cpu.max_pool_backward(x, y, dy, dx, kh, kw, rows)
+        base("max_pool_backward")(x, y0, dy, dx0, kh, kw, rows)
+    assert _same_bits(dx, dx0)
+    assert (dx[:, :, ho * kh:] == 7).all() and (dx[:, :, :, wo * kw:] == 7).all()
+    # each window passes exactly one dy on: the sum over a window is its dy (finite dy only)
+    fin = numpy.isfinite(dy)
+    window_sums = sum(dx[:, :, a:ho * kh:kh, b:wo * kw:kw] for a in range(kh) for b in range(kw))
+    assert numpy.array_equal(window_sums[fin & numpy.isfinite(window_sums)], dy[fin & numpy.isfinite(window_sums)])
+
+
+def test_max_pool_on_arrays_of_mixed_layouts_takes_the_generic_path(cpu, rng, monkeypatch):
+    """An NCHW dy with a channels-last x: no compiled views (they would be read in the wrong order)."""
+    monkeypatch.setattr(numpy_kernels, "_max_pool_backward", lambda *a: pytest.fail("compiled path taken"))
+    x = _layouts(rng.standard_normal((2, 3, 4, 4)))["nhwc"]
+    y = numpy.empty_like(x[:, :, ::2, ::2])
+    cpu.max_pool(x, y, 2, 2, (0, 2))
+    dy, dx = _layouts(rng.standard_normal((2, 3, 2, 2)))["nchw"], numpy.empty_like(x)
+    assert numpy_kernels.channels_inner(x, y, dy, dx) is None
+    cpu.max_pool_backward(x, y, dy, dx, 2, 2, (0, 2))
+    want = numpy.empty_like(dx)
+    generic(cpu)("max_pool_backward")(x, y, dy, want, 2, 2, (0, 2))
+    assert numpy.array_equal(dx, want)

@@ -90,6 +90,62 @@ class Device:
         """
         return [fn(item) for item in items]
 
+    # ------------------------------------------------------- element-wise layers
+    def relu(self, x, y, mask):
+        """y = maximum(x, 0) (a NaN stays NaN) and mask = x > 0, written into ``y`` and ``mask``
+        (arrays of one shape).  Generic version: two ufuncs."""
+        self.xp.greater(x, 0, out=mask)
+        self.xp.maximum(x, 0, out=y)
+
+    def relu_backward(self, dy, mask, dx):
+        """dx = dy * mask, written into ``dx``."""
+        self.xp.multiply(dy, mask, out=dx)
+
+    def max_pool(self, x, y, kh: int, kw: int, rows):
+        """Output rows [i0, i1) = ``rows`` of a max pool over side-by-side windows (stride = kernel,
+        no padding): y[n, c, i, j] = the maximum of x[n, c, i*kh:(i+1)*kh, j*kw:(j+1)*kw], folded
+        in window order by ``xp.maximum`` (a NaN wins).  x (N, C, H, W), y (N, C, Ho, Wo), any
+        memory order; rows and columns of x past Ho*kh, Wo*kw are not read."""
+        i0, i1 = rows
+        views = self._pool_offsets(x, y.shape[3], kh, kw, rows)
+        out = y[:, :, i0:i1]
+        if len(views) == 1:
+            out[...] = views[0]
+            return
+        self.xp.maximum(views[0], views[1], out=out)
+        for v in views[2:]:
+            self.xp.maximum(out, v, out=out)
+
+    def max_pool_backward(self, x, y, dy, dx, kh: int, kw: int, rows):
+        """The input gradient over the windows of output rows [i0, i1) of :meth:`max_pool`: each
+        window's dy goes to its first input (in window order) equal to y or NaN, the window's other
+        inputs get dy * 0.  dx (x's shape): rows and columns past Ho*kh, Wo*kw are not written.
+        Generic version: per window offset, a comparison, a mask of what is not yet taken, and a
+        product."""
+        xp = self.xp
+        i0, i1 = rows
+        xs = self._pool_offsets(x, y.shape[3], kh, kw, rows)
+        ds = self._pool_offsets(dx, y.shape[3], kh, kw, rows)
+        y, dy = y[:, :, i0:i1], dy[:, :, i0:i1]
+        taken, nan = None, xp.empty_like(y, dtype=bool)
+        for k, (v, d) in enumerate(zip(xs, ds)):
+            hit = xp.equal(v, y, out=xp.empty_like(y, dtype=bool))
+            hit |= xp.isnan(v, out=nan)          # NaN != NaN: a NaN window's dy goes to a NaN in it
+            if taken is None:
+                taken = hit
+            else:
+                xp.greater(hit, taken, out=hit)  # hit and not taken, in one pass
+                if k + 1 < len(xs):
+                    taken |= hit
+            xp.multiply(dy, hit, out=d)
+
+    @staticmethod
+    def _pool_offsets(x, wo: int, kh: int, kw: int, rows):
+        """The strided views of x that window offset (a, b) reads for output rows [i0, i1), in
+        window order."""
+        i0, i1 = rows
+        return [x[:, :, i0 * kh + a:i1 * kh:kh, b:wo * kw:kw] for a in range(kh) for b in range(kw)]
+
     # ------------------------------------------------------- conv kernels
     def windows(self, x, kh: int, kw: int, sh: int, sw: int):
         """Sliding windows of a channels-last array as a view, no copy.

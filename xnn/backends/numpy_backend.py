@@ -18,7 +18,8 @@ threads for the whole process (needs threadpoolctl).
 The Winograd tile transforms are compiled kernels (:mod:`.numpy_kernels`, Numba) that go
 straight from the padded input to the transformed tiles and from the products to the output:
 a 512 px style step took 0.74 (0.71-0.78) of the time of the generic gather-and-GEMM
-transforms (docs/benchmarks.md).  ``XNN_NUMBA=0`` selects the generic ones (for comparison).
+transforms (docs/benchmarks.md).  ReLU and max pooling are compiled loops too (one pass over
+memory where the ufuncs take two to twenty).  ``XNN_NUMBA=0`` selects the generic ones (for comparison).
 
 The real FFTs are SciPy's (``scipy.fft``, 4x faster than ``numpy.fft`` on float32 here and
 threaded): one thread inside ``parallel_map``, the workers outside it.
@@ -141,6 +142,36 @@ class NumpyDevice(Device):
         if self.compiled_kernels and numpy_kernels.supports(m, mm.dtype):
             return numpy_kernels.winograd_output(mm, m, bias, out, tr, tw)
         return super().winograd_output(mm, m, at, bias, out, tr, tw)
+
+    def relu(self, x, y, mask):
+        if self.compiled_kernels and numpy_kernels.elementwise_ok(x.dtype, x, y, mask) and y.dtype == x.dtype:
+            return numpy_kernels.relu(x, y, mask)
+        return super().relu(x, y, mask)
+
+    def relu_backward(self, dy, mask, dx):
+        if self.compiled_kernels and numpy_kernels.elementwise_ok(dy.dtype, dy, mask, dx) and dx.dtype == dy.dtype:
+            return numpy_kernels.relu_backward(dy, mask, dx)
+        return super().relu_backward(dy, mask, dx)
+
+    def max_pool(self, x, y, kh, kw, rows):
+        views = self._pool_views(x, y)
+        if views is None:
+            return super().max_pool(x, y, kh, kw, rows)
+        return numpy_kernels.max_pool(*views, kh, kw, rows)
+
+    def max_pool_backward(self, x, y, dy, dx, kh, kw, rows):
+        views = self._pool_views(x, y, dy, dx)
+        if views is None:
+            return super().max_pool_backward(x, y, dy, dx, kh, kw, rows)
+        return numpy_kernels.max_pool_backward(*views, kh, kw, rows)
+
+    def _pool_views(self, *arrays):
+        """The compiled pooling kernels' (N, H, W, C) views of the arrays, or None where they do not
+        apply (XNN_NUMBA=0, another dtype, arrays of different memory orders)."""
+        if not self.compiled_kernels or numpy.dtype(arrays[0].dtype) not in numpy_kernels.DTYPES \
+                or any(a.dtype != arrays[0].dtype for a in arrays):
+            return None
+        return numpy_kernels.channels_inner(*arrays)
 
     def _fft_workers(self) -> int:
         return 1 if self._busy else self.workers

@@ -1,5 +1,5 @@
 """Compiled CPU kernels for the NumPy backend (Numba): the Winograd tile transforms of F(2x2), F(4x4)
-and F(6x6).
+and F(6x6), and the element-wise layers ReLU and max pooling (side-by-side windows).
 
 The generic Winograd code (:class:`xnn.backends.base.Device`) gathers every alpha x alpha
 input tile into a contiguous copy and applies the transforms as GEMMs with Kronecker
@@ -20,6 +20,13 @@ tile through row and column maps of the padded block (zeros and mirrored pixels 
 so a layer's input needs no padded copy; it first gathers the tile into a small buffer,
 which cost nothing measurable against reading it in place and is less to compile.  Same
 maths, other rounding: the tests compare every path with the generic one and with float64.
+
+ReLU and max pooling are memory-bound: NumPy's ufuncs pass over memory once per operation (the
+pool's backward, per window offset, compares, masks, combines and multiplies: about 20 passes),
+where a compiled loop reads each input and writes each output once.  Pooling runs over
+(N, H, W, C)-indexed views with the channels innermost (:func:`channels_inner`); ReLU over 1-D
+views in memory order.  Their results equal the generic ``xp`` code's bit for bit (NaNs and
+signed zeros included: the same comparisons, and a gradient that does not pass is dy * 0, not 0).
 
 Each kernel releases the GIL (``nogil``), so the backend's ``parallel_map`` workers run
 them side by side, as they run the GEMMs.  Compiled on first use per dtype (about 7 s for
@@ -329,6 +336,103 @@ def _output2(mm, bias, has_bias, out, tr, tw, k):
 _OUTPUT = {6: _output6, 4: _output4, 2: _output2}
 #: the dtypes the kernels are compiled for
 DTYPES = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
+
+
+# ---------------------------------------------------------------- ReLU and max pooling
+@_jit
+def _relu(x, y, mask, k):
+    """y = maximum(x, 0) as NumPy's (x where x > 0 or x is NaN, else 0: -0.0 gives +0.0); mask = x > 0."""
+    zero = k[4]
+    for i in range(x.shape[0]):
+        v = x[i]
+        mask[i] = v > zero
+        y[i] = v if (v > zero or v != v) else zero
+
+
+@_jit
+def _relu_backward(dy, mask, dx, k):
+    """dx = dy * mask: dy where the mask is set, else dy * 0 (a NaN or inf dy stays NaN)."""
+    zero = k[4]
+    for i in range(dy.shape[0]):
+        d = dy[i]
+        dx[i] = d if mask[i] else d * zero
+
+
+@_jit
+def _max_pool(x, y, kh, kw, i0, i1):
+    """y[n, i, j, c] (rows i0 <= i < i1) = the maximum of x over rows i*kh.., columns j*kw.., folded
+    in window order as NumPy's maximum(m, v) (m where m > v or m is NaN, else v)."""
+    for n in range(y.shape[0]):
+        for i in range(i0, i1):
+            for j in range(y.shape[2]):
+                for c in range(y.shape[3]):
+                    y[n, i, j, c] = x[n, i * kh, j * kw, c]
+                for a in range(kh):
+                    for b in range(kw):
+                        if a + b == 0:
+                            continue
+                        for c in range(y.shape[3]):
+                            m, v = y[n, i, j, c], x[n, i * kh + a, j * kw + b, c]
+                            if not (m > v or m != m):
+                                y[n, i, j, c] = v
+
+
+@_jit
+def _max_pool_backward(x, y, dy, dx, kh, kw, i0, i1, k):
+    """dx over the windows of output rows i0 <= i < i1: each window's dy goes to its first input (in
+    window order) equal to y or NaN; the window's other inputs get dy * 0."""
+    zero = k[4]
+    taken = numpy.empty(y.shape[3], numpy.bool_)
+    for n in range(y.shape[0]):
+        for i in range(i0, i1):
+            for j in range(y.shape[2]):
+                taken[:] = False
+                for a in range(kh):
+                    for b in range(kw):
+                        for c in range(y.shape[3]):
+                            v, d = x[n, i * kh + a, j * kw + b, c], dy[n, i, j, c]
+                            hit = (v == y[n, i, j, c] or v != v) and not taken[c]
+                            taken[c] = taken[c] or hit
+                            dx[n, i * kh + a, j * kw + b, c] = d if hit else d * zero
+
+
+def channels_inner(*arrays):
+    """(N, H, W, C)-indexed C-contiguous views of 4-D (N, C, H, W) arrays that share one memory order,
+    or None: channels-last memory (a conv's output) as its transposed view, NCHW memory as
+    (N*C, H, W, 1).  The pooling kernels' innermost loop then runs over contiguous memory."""
+    if all(a.ndim == 4 and a.transpose(0, 2, 3, 1).flags.c_contiguous for a in arrays):
+        return [a.transpose(0, 2, 3, 1) for a in arrays]
+    if all(a.ndim == 4 and a.flags.c_contiguous for a in arrays):
+        return [a.reshape(a.shape[0] * a.shape[1], a.shape[2], a.shape[3], 1) for a in arrays]
+    return None
+
+
+def elementwise_ok(dtype, *arrays) -> bool:
+    """True when the element-wise kernels take these arrays: float32 or float64 data, every array 1-D
+    and contiguous."""
+    return (numba is not None and numpy.dtype(dtype) in DTYPES
+            and all(a.ndim == 1 and a.flags.c_contiguous for a in arrays))
+
+
+def relu(x, y, mask):
+    """y = maximum(x, 0) and mask = x > 0 of 1-D contiguous arrays (:func:`elementwise_ok`)."""
+    _relu(x, y, mask, _constants(x.dtype))
+
+
+def relu_backward(dy, mask, dx):
+    """dx = dy * mask of 1-D contiguous arrays."""
+    _relu_backward(dy, mask, dx, _constants(dy.dtype))
+
+
+def max_pool(x, y, kh: int, kw: int, rows):
+    """Output rows [rows[0], rows[1]) of a max pool over side-by-side kh x kw windows, on the
+    (N, H, W, C) views of :func:`channels_inner`."""
+    _max_pool(x, y, kh, kw, rows[0], rows[1])
+
+
+def max_pool_backward(x, y, dy, dx, kh: int, kw: int, rows):
+    """dx over the windows of output rows [rows[0], rows[1]), (N, H, W, C) views as in :func:`max_pool`."""
+    _max_pool_backward(x, y, dy, dx, kh, kw, rows[0], rows[1], _constants(dy.dtype))
 
 
 def supports(m: int, dtype) -> bool:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .base import Layer
-from .layout import in_layout_of, like, row_parts
+from .layout import flat_views, in_layout_of, like, row_parts
 
 
 class ReLU(Layer):
@@ -11,7 +11,9 @@ class ReLU(Layer):
     Only the boolean mask (1 byte per element) is kept for backward.  A dy whose
     memory order differs from x's (an NCHW gradient injected into a channels-last conv
     output) is first copied into x's order, so dx stays channels-last for the conv below.
-    Large arrays are done in bands of rows side by side (``row_parts``).
+    The work is the device's (``relu`` / ``relu_backward``: compiled loops on the CPU), on
+    1-D views in memory order where the arrays allow (``flat_views``), large arrays in bands
+    side by side (``row_parts``).
     """
 
     def __init__(self, device=None):
@@ -19,21 +21,19 @@ class ReLU(Layer):
         self._mask = None
 
     def forward(self, x):
-        xp = self.xp
+        xp, dev = self.xp, self.device
         mask, y = like(xp, x, bool), like(xp, x)
-
-        def band(s):
-            xp.greater(x[s], 0, out=mask[s])
-            xp.maximum(x[s], 0, out=y[s])
-        self.device.parallel_map(band, row_parts(self.device, x))
+        xs, ys, ms = flat_views(x, y, mask)
+        dev.parallel_map(lambda s: dev.relu(xs[s], ys[s], ms[s]), row_parts(dev, xs))
         self._mask = mask
         return y
 
     def backward(self, dy):
-        xp, mask = self.xp, self._mask
+        xp, dev, mask = self.xp, self.device, self._mask
         dy = in_layout_of(xp, dy, mask)
         dx = like(xp, mask, dy.dtype)
-        self.device.parallel_map(lambda s: xp.multiply(dy[s], mask[s], out=dx[s]), row_parts(self.device, dx))
+        ds, ms, dxs = flat_views(dy, mask, dx)
+        dev.parallel_map(lambda s: dev.relu_backward(ds[s], ms[s], dxs[s]), row_parts(dev, dxs))
         return dx
 
     def _clear_cache(self):

@@ -43,23 +43,40 @@ def in_layout_of(xp, a, ref):
 SPLIT_ELEMENTS = 1 << 20
 
 
-def row_parts(dev, a, axis=None):
-    """Index tuples that cut ``a`` into ``dev.workers`` bands of rows (``axis``; by default
-    H of an (N, C, H, W) array, else axis 0), for element-wise work run side by side by
-    ``dev.parallel_map``.
+def row_ranges(dev, a, axis=None):
+    """[(lo, hi)]: ``a``'s rows (``axis``; by default H of an (N, C, H, W) array, else axis 0) cut
+    into ``dev.workers`` bands, for work run side by side by ``dev.parallel_map``.
 
-    One part, the whole array, when ``a`` is small or the device runs one chunk at a time
-    (CuPy).  NumPy's element-wise loops release the GIL, so on the CPU the bands run on
-    the cores at once: ReLU and pooling are otherwise a third of a VGG19 step on one core.
+    One band, all the rows, when ``a`` is small or the device runs one chunk at a time
+    (CuPy).  NumPy's element-wise loops and the compiled kernels release the GIL, so on the
+    CPU the bands run on the cores at once: ReLU and pooling are otherwise a third of a VGG19
+    step on one core.
     """
     if axis is None:
         axis = 2 if a.ndim == 4 else 0
     rows = a.shape[axis] if a.ndim else 1
     parts = min(dev.workers, rows) if a.size >= SPLIT_ELEMENTS else 1
-    if parts <= 1:
+    cuts = [rows * i // max(parts, 1) for i in range(max(parts, 1) + 1)]
+    return list(zip(cuts, cuts[1:]))
+
+
+def row_parts(dev, a, axis=None):
+    """Index tuples of the bands of :func:`row_ranges`: ``(Ellipsis,)``, the whole array, for one band."""
+    if axis is None:
+        axis = 2 if a.ndim == 4 else 0
+    bands = row_ranges(dev, a, axis)
+    if len(bands) == 1:
         return [(Ellipsis,)]
-    cuts = [rows * i // parts for i in range(parts + 1)]
-    return [(slice(None),) * axis + (slice(lo, hi),) for lo, hi in zip(cuts, cuts[1:])]
+    return [(slice(None),) * axis + (slice(lo, hi),) for lo, hi in bands]
+
+
+def flat_views(*arrays):
+    """1-D views of arrays of one shape in their memory order when all are C-ordered or all
+    channels-last (element-wise work on them then runs over contiguous memory, in bands of any
+    size); otherwise the arrays themselves."""
+    if all(a.flags.c_contiguous for a in arrays) or all(channels_last(a) for a in arrays):
+        return tuple(flat(a) for a in arrays)
+    return arrays
 
 
 def add(xp, a, b, dev=None):

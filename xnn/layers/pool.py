@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from .layout import in_layout_of, like, row_parts
+from .layout import in_layout_of, like, row_ranges
 from .base import Layer, pair, same_padding
 
 
@@ -67,7 +67,8 @@ class MaxPool2d(_Pool2d):
     x[a::kh, b::kw] == y (or is NaN: a NaN window's dy goes to its first NaN, where the general
     path and PyTorch pick its last) and no earlier offset has taken it (dy is first copied into
     y's memory order when they differ: mixed-layout element-wise ops are slow).  The fast
-    path works in bands of output rows side by side (``row_parts``).
+    path is the device's (``max_pool`` / ``max_pool_backward``: compiled loops on the CPU), in
+    bands of output rows side by side (``row_ranges``).
     """
 
     def _side_by_side(self, h, w):
@@ -78,21 +79,13 @@ class MaxPool2d(_Pool2d):
         return (kh, kw) == (sh, sw) and self.padding == 0 and (whole or not self.ceil_mode)
 
     def forward(self, x):
-        xp = self.xp
+        xp, dev = self.xp, self.device
         n, c, h, w = x.shape
         ho, wo, hp, wp = self._geometry(h, w)
         if self._side_by_side(h, w):
-            views = [x[:, :, sa, sb] for _, _, sa, sb in self._offsets(ho, wo)]
-            y = like(xp, views[0])          # the inputs' memory order: NHWC stays NHWC
-
-            def band(s):
-                if len(views) > 1:
-                    xp.maximum(views[0][s], views[1][s], out=y[s])
-                else:
-                    y[s] = views[0][s]
-                for v in views[2:]:
-                    xp.maximum(y[s], v[s], out=y[s])
-            self.device.parallel_map(band, row_parts(self.device, y))
+            kh, kw = self.kernel_size
+            y = like(xp, x[:, :, :ho * kh:kh, :wo * kw:kw])     # the input's memory order: NHWC stays NHWC
+            dev.parallel_map(lambda rows: dev.max_pool(x, y, kh, kw, rows), row_ranges(dev, y))
             self._x, self._y, self._winner = x, y, None
             return y
         xpad = self._padded(x, hp, wp, -xp.inf)
@@ -112,29 +105,14 @@ class MaxPool2d(_Pool2d):
     def backward(self, dy):
         xp = self.xp
         if self._x is not None:
-            x, y = self._x, self._y
+            dev, x, y = self.device, self._x, self._y
             dy = in_layout_of(xp, dy, y)   # e.g. an NCHW dy from Flatten for a channels-last y
-            dx = xp.empty_like(x)          # the offsets' slices cover x but for a remainder
+            dx = xp.empty_like(x)          # the windows cover x but for a remainder
             ho, wo = dy.shape[2:]
             (kh, kw), rest = self.kernel_size, (slice(None), slice(None))
             dx[rest + (slice(ho * kh, None),)] = 0
             dx[rest + (slice(None), slice(wo * kw, None))] = 0
-            offsets = list(self._offsets(ho, wo))
-
-            def band(s):
-                taken, nan = None, like(xp, y[s], bool)
-                for k, (_, _, sa, sb) in enumerate(offsets):
-                    xs = x[:, :, sa, sb][s]
-                    hit = xp.equal(xs, y[s], out=like(xp, y[s], bool))
-                    hit |= xp.isnan(xs, out=nan)          # NaN != NaN: a NaN window's dy goes to a NaN in it
-                    if taken is None:
-                        taken = hit
-                    else:
-                        xp.greater(hit, taken, out=hit)    # hit and not taken, in one pass
-                        if k + 1 < len(offsets):
-                            taken |= hit
-                    xp.multiply(dy[s], hit, out=dx[:, :, sa, sb][s])
-            self.device.parallel_map(band, row_parts(self.device, y))
+            dev.parallel_map(lambda rows: dev.max_pool_backward(x, y, dy, dx, kh, kw, rows), row_ranges(dev, y))
             return dx
         (n, c, h, w), hp, wp = self._shape
         p = self.padding
