@@ -334,3 +334,13 @@ def test_large_additions_and_paddings_run_in_bands_with_the_same_result(name, rn
     # rows): contiguous blocks of memory
     assert calls[1:] == [[(slice(None), slice(0, 65)), (slice(None), slice(65, 130))],
                          [(slice(None), slice(0, 66)), (slice(None), slice(66, 132))]]
+
+
+def test_column_sums_is_the_float64_sum_over_rows(rng):
+    """The bias gradients' sum over rows (one GEMV with ones) against a float64 sum."""
+    from xnn.layers.base import column_sums
+    a = rng.standard_normal((25088, 32)).astype(numpy.float32) + 3
+    got = column_sums(numpy, a)
+    want = a.astype(numpy.float64).sum(axis=0)
+    assert got.dtype == numpy.float32 and got.shape == (32,)
+    assert numpy.abs(got - want).max() / numpy.abs(want).max() < 1e-5      # one row is 4e-5

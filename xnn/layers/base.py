@@ -65,6 +65,13 @@ def same_padding(v, what: str) -> int:
     return int(a)
 
 
+def column_sums(xp, a):
+    """sum_n a[n, :] of a 2-D array (a bias gradient) as one product with a vector of ones: a GEMV,
+    which on (25088, 32) float32 took 0.05 ms against 0.41 for ``a.sum(axis=0)`` (NumPy adds the rows
+    one by one there) and rounds less (the BLAS sums in blocks)."""
+    return xp.ones(a.shape[0], dtype=a.dtype) @ a
+
+
 def as_rng(seed_or_rng) -> numpy.random.Generator:
     if isinstance(seed_or_rng, numpy.random.Generator):
         return seed_or_rng

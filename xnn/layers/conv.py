@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy
 
 from . import conv_algorithms as ca
-from .base import Layer, as_rng, init_weight, pair, same_padding
+from .base import Layer, as_rng, column_sums, init_weight, pair, same_padding
 from .padding import pad_hw_backward
 
 
@@ -121,7 +121,7 @@ class Conv2d(Layer):
             dwm = ca.weight_grad(self.device, self._xpad, dy, kh, kw, sh, sw, self.last_algorithms.get("fwd"))
             self.grads["W"] = dwm.reshape(kh, kw, c, o).transpose(3, 2, 0, 1)
             if "b" in self.params:
-                self.grads["b"] = dy.reshape(-1, o).sum(axis=0)
+                self.grads["b"] = column_sums(self.xp, dy.reshape(-1, o))
         if not self.needs_input_grad:
             return None
         if (sh, sw) == (1, 1) and kh == kw and p <= kh - 1:

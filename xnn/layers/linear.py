@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy
 
-from .base import Layer, as_rng, init_weight
+from .base import Layer, as_rng, column_sums, init_weight
 
 
 class Linear(Layer):
@@ -38,7 +38,7 @@ class Linear(Layer):
         if not self.frozen:
             self.grads["W"] = self._x.T @ dy
             if "b" in self.params:
-                self.grads["b"] = dy.sum(axis=0)
+                self.grads["b"] = column_sums(self.xp, dy)
         return dy @ self.params["W"].T if self.needs_input_grad else None
 
     def _clear_cache(self):
