@@ -66,6 +66,29 @@ def test_compact_matrix_equals_the_bfgs_updates(dev, rng, m, count):
     numpy.testing.assert_allclose(mem.rows(idx), W[[0, 4, 7]], rtol=1e-12)
 
 
+def test_products_read_only_the_slots_in_use(dev, rng):
+    """While the memory fills, and after a restart (clear) that leaves old pairs in the buffer, W's
+    products read only the slots in use: unused slots full of NaN change nothing."""
+    n, m = 7, 5
+    q = rng.standard_normal((n, n))
+    A = q @ q.T / n + numpy.eye(n)
+    mem = lbfgsb.PairMemory(dev.xp, n, m, F64)
+    mem.buf[...] = numpy.nan
+    pairs = [(s, A @ s) for s in rng.standard_normal((9, n))]
+    for s, y in pairs[:3]:
+        mem.add(put(dev, s), put(dev, y), float(s @ y), float(y @ y))
+    assert mem.span == 3
+    numpy.testing.assert_allclose(compact_B(mem, n), dense_bfgs(pairs[:3]), rtol=1e-9, atol=1e-9)
+    for s, y in pairs[3:7]:                                  # full, then slots reused
+        mem.add(put(dev, s), put(dev, y), float(s @ y), float(y @ y))
+    mem.clear()
+    for s, y in pairs[7:]:
+        mem.add(put(dev, s), put(dev, y), float(s @ y), float(y @ y))
+    assert mem.span == 2 and len(mem) == 2
+    numpy.testing.assert_allclose(compact_B(mem, n), dense_bfgs(pairs[7:]), rtol=1e-9, atol=1e-9)
+    assert host(mem.rows(dev.asarray(numpy.arange(n)))).shape == (n, 4)
+
+
 def test_pair_products_come_to_the_host_in_float64(rng):
     """float32 pairs (the image's dtype): the 2k x 2k algebra still gets float64 numbers."""
     import xnn

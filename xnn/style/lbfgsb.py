@@ -39,12 +39,16 @@ REACH = 2.0
 
 
 class PairMemory:
-    """The newest ``m`` pairs (s, y) of n-vectors on the device and their products on the host."""
+    """The newest ``m`` pairs (s, y) of n-vectors on the device and their products on the host.
+
+    Slot q holds y in buf[q, 0] and s in buf[q, 1].  Slots are taken lowest first and reused only
+    once all m are taken, so the slots in use are always buf[:span]: every product with W reads
+    only those (one contiguous block of 2 span rows), not the whole buffer, while it fills.
+    """
 
     def __init__(self, xp, n: int, m: int, dtype):
         self.xp, self.m = xp, m
-        self.buf = xp.zeros((2, m, n), dtype=dtype)     # buf[0]: y slots, buf[1]: s slots
-        self.stack = self.buf.reshape(2 * m, n)
+        self.buf = xp.zeros((m, 2, n), dtype=dtype)
         self.order: list[int] = []                      # slots, oldest first
         self.yy = numpy.zeros((m, m))
         self.sy = numpy.zeros((m, m))                   # sy[i, j] = s_i . y_j
@@ -58,19 +62,27 @@ class PairMemory:
         self.order.clear()
         self.theta = 1.0
 
+    @property
+    def span(self) -> int:
+        """1 + the highest slot in use (0 when empty)."""
+        return max(self.order) + 1 if self.order else 0
+
+    def _rows(self, span: int):
+        """The first ``span`` slots as (2 span, n) rows y_0, s_0, y_1, s_1, ... (a view)."""
+        return self.buf[:span].reshape(2 * span, self.buf.shape[2])
+
     def add(self, s, y, sy: float, yy: float):
         """Store the pair (a slot is freed when full); sy = s.y > 0 and yy = y.y given."""
         free = [q for q in range(self.m) if q not in self.order]
         q = free[0] if free else self.order.pop(0)
-        self.buf[0, q] = y
-        self.buf[1, q] = s
-        m = self.m
-        both = _to_host(self.stack @ self.buf[:, q].T)     # one pass: [Y; S] [y s]
-        with_y, with_s = both[:, 0], both[:, 1]
-        self.yy[q, :] = self.yy[:, q] = with_y[:m]
-        self.sy[q, :] = with_s[:m]                      # s_q . y_j
-        self.sy[:, q] = with_y[m:]                      # s_i . y_q
-        self.ss[q, :] = self.ss[:, q] = with_s[m:]
+        self.buf[q, 0] = y
+        self.buf[q, 1] = s
+        span = max(self.span, q + 1)
+        both = _to_host(self._rows(span) @ self.buf[q].T).reshape(span, 2, 2)   # one pass: [y_i s_i] . [y s]
+        self.yy[q, :span] = self.yy[:span, q] = both[:, 0, 0]
+        self.sy[q, :span] = both[:, 0, 1]               # s_q . y_j
+        self.sy[:span, q] = both[:, 1, 0]               # s_i . y_q
+        self.ss[q, :span] = self.ss[:span, q] = both[:, 1, 1]
         self.sy[q, q], self.yy[q, q] = sy, yy
         self.order.append(q)
         self.theta = yy / sy
@@ -78,22 +90,22 @@ class PairMemory:
     # -------------------------------------------------- products with W = [Y', theta S']
     def wt(self, v):
         """W' v (2k, host float64)."""
-        both = _to_host(self.stack @ v)
+        both = _to_host(self._rows(self.span) @ v).reshape(-1, 2)
         o = self.order
-        return numpy.concatenate([both[:self.m][o], self.theta * both[self.m:][o]])
+        return numpy.concatenate([both[o, 0], self.theta * both[o, 1]])
 
     def w(self, u):
         """W u (n, device) for u (2k, host)."""
-        k, full = len(self.order), numpy.zeros((2, self.m))
-        full[0, self.order] = u[:k]
-        full[1, self.order] = self.theta * u[k:]
-        return self.xp.asarray(full.reshape(-1).astype(self.buf.dtype)) @ self.stack
+        k, full = len(self.order), numpy.zeros((self.span, 2))
+        full[self.order, 0] = u[:k]
+        full[self.order, 1] = self.theta * u[k:]
+        return self.xp.asarray(full.reshape(-1).astype(self.buf.dtype)) @ self._rows(self.span)
 
     def rows(self, idx):
         """W's rows at the variables idx (len(idx), 2k, host float64)."""
         o = self.order
-        cols = _to_host(self.buf[:, :, idx])   # (2, m, len(idx))
-        return numpy.concatenate([cols[0][o], self.theta * cols[1][o]]).T
+        cols = _to_host(self.buf[:self.span, :, idx])   # (span, 2, len(idx)): only the slots in use
+        return numpy.concatenate([cols[o, 0], self.theta * cols[o, 1]]).T
 
     def gram(self):
         """W' W (2k x 2k)."""
