@@ -344,3 +344,26 @@ def test_column_sums_is_the_float64_sum_over_rows(rng):
     want = a.astype(numpy.float64).sum(axis=0)
     assert got.dtype == numpy.float32 and got.shape == (32,)
     assert numpy.abs(got - want).max() / numpy.abs(want).max() < 1e-5      # one row is 4e-5
+
+
+def test_row_ranges_and_flat_views():
+    """Bands along H of 4-D arrays, else along axis 0; one band for small arrays and 0-d ones; 1-D
+    views in memory order for C-ordered and channels-last arrays, the arrays themselves otherwise."""
+    from types import SimpleNamespace
+    from xnn.layers.layout import SPLIT_ELEMENTS, flat_views, row_parts, row_ranges
+    two = SimpleNamespace(workers=2)
+    big = numpy.empty(SPLIT_ELEMENTS + 2, numpy.float32)
+    assert row_ranges(two, big) == [(0, SPLIT_ELEMENTS // 2 + 1), (SPLIT_ELEMENTS // 2 + 1, SPLIT_ELEMENTS + 2)]
+    assert row_ranges(two, big.reshape(2, -1)) == [(0, 1), (1, 2)]                # axis 0 of a 2-D array
+    assert row_ranges(two, numpy.empty((1, 4, 6, SPLIT_ELEMENTS // 24 + 1))) == [(0, 3), (3, 6)]   # H
+    assert row_ranges(two, numpy.empty((3, 4))) == [(0, 3)]                          # small: one band
+    assert row_ranges(two, numpy.float32(1)) == [(0, 1)]                              # 0-d
+    assert row_parts(two, numpy.empty((3, 4))) == [(Ellipsis,)]
+    nhwc = numpy.zeros((2, 3, 4, 5)).transpose(0, 3, 1, 2)
+    views = flat_views(nhwc, numpy.empty_like(nhwc, dtype=bool))
+    assert all(v.ndim == 1 and v.base is not None for v in views)
+    assert numpy.shares_memory(views[0], nhwc)
+    c_order = numpy.zeros((2, 5, 3, 4))
+    assert flat_views(c_order)[0].ndim == 1
+    mixed = flat_views(nhwc, c_order)
+    assert mixed[0] is nhwc and mixed[1] is c_order

@@ -89,6 +89,21 @@ def test_products_read_only_the_slots_in_use(dev, rng):
     assert host(mem.rows(dev.asarray(numpy.arange(n)))).shape == (n, 4)
 
 
+def test_a_cleared_memory_is_a_fresh_one(dev, rng):
+    """After a restart the Cauchy point is the one of a memory that never held a pair (theta = 1)."""
+    n = 6
+    mem, _ = memory_with_pairs(dev, rng, n, 3, 4)
+    mem.clear()
+    fresh = lbfgsb.PairMemory(dev.xp, n, 3, F64)
+    x, g = rng.uniform(0, 1, n), rng.standard_normal(n)
+    lo, hi = numpy.zeros(n), numpy.ones(n)
+    got, want = (lbfgsb.cauchy_point(dev.xp, put(dev, x), put(dev, g), put(dev, lo), put(dev, hi), m)
+                 for m in (mem, fresh))
+    assert len(mem) == 0 and mem.theta == 1.0 and mem.span == 0
+    numpy.testing.assert_allclose(host(got[0]), host(want[0]), rtol=1e-12)
+    assert got[2] == want[2]
+
+
 def test_pair_products_come_to_the_host_in_float64(rng):
     """float32 pairs (the image's dtype): the 2k x 2k algebra still gets float64 numbers."""
     import xnn
