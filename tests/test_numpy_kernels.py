@@ -229,6 +229,7 @@ def test_kernels_are_compiled_cached_and_typed_like_the_data(cpu, rng):
     assert numpy_kernels.supports(6, numpy.float32)
     assert not numpy_kernels.supports(3, numpy.float32)
     assert not numpy_kernels.supports(4, numpy.float16)
+    assert numpy_kernels.compiled_for(numpy.float32) and not numpy_kernels.compiled_for(numpy.float16)
     for m in (2, 4, 6):
         bt, _, at = (numpy.asarray(a, numpy.float32) for a in ca.winograd_matrices(m))
         v = cpu.winograd_input(rng.standard_normal((1, 2 * m + 2, 2 * m + 2, 3)).astype(numpy.float32), m, 2, 2, bt)

@@ -168,7 +168,7 @@ class NumpyDevice(Device):
     def _pool_views(self, *arrays):
         """The compiled pooling kernels' (N, H, W, C) views of the arrays, or None where they do not
         apply (XNN_NUMBA=0, another dtype, arrays of different memory orders)."""
-        if not self.compiled_kernels or numpy.dtype(arrays[0].dtype) not in numpy_kernels.DTYPES \
+        if not (self.compiled_kernels and numpy_kernels.compiled_for(arrays[0].dtype)) \
                 or any(a.dtype != arrays[0].dtype for a in arrays):
             return None
         return numpy_kernels.channels_inner(*arrays)

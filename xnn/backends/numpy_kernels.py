@@ -338,6 +338,11 @@ _OUTPUT = {6: _output6, 4: _output4, 2: _output2}
 DTYPES = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
 
 
+def compiled_for(dtype) -> bool:
+    """True when the kernels can run on ``dtype`` arrays (Numba present, float32 or float64)."""
+    return numba is not None and numpy.dtype(dtype) in DTYPES
+
+
 # ---------------------------------------------------------------- ReLU and max pooling
 @_jit
 def _relu(x, y, mask, k):
@@ -410,7 +415,7 @@ def channels_inner(*arrays):
 def elementwise_ok(dtype, *arrays) -> bool:
     """True when the element-wise kernels take these arrays: float32 or float64 data, every array 1-D
     and contiguous."""
-    return (numba is not None and numpy.dtype(dtype) in DTYPES
+    return (compiled_for(dtype)
             and all(a.ndim == 1 and a.flags.c_contiguous for a in arrays))
 
 
@@ -437,7 +442,7 @@ def max_pool_backward(x, y, dy, dx, kh: int, kw: int, rows):
 
 def supports(m: int, dtype) -> bool:
     """True when a compiled kernel exists for F(m x m, 3 x 3) on ``dtype`` arrays."""
-    return numba is not None and m in _OUTPUT and numpy.dtype(dtype) in DTYPES
+    return m in _OUTPUT and compiled_for(dtype)
 
 
 def winograd_input(x, m: int, tr: int, tw: int, rows=None, cols=None):
