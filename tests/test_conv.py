@@ -899,3 +899,41 @@ def test_winograd_weight_gradient_in_float32_at_vgg_widths(rng, algo, tol):
     layer.backward(dy)
     assert layer.grads["W"].dtype == numpy.float32
     assert rel_error(layer.grads["W"], weight_grad_loops(x.astype(numpy.float64), dy.astype(numpy.float64), 1)) < tol
+
+
+@pytest.mark.parametrize("n,h,w,c,kh,kw,sh,sw", [(2, 7, 6, 1, 3, 3, 1, 1), (1, 9, 8, 3, 3, 3, 2, 1),
+                                                 (2, 6, 9, 2, 2, 4, 1, 2), (1, 5, 5, 4, 5, 5, 1, 1)])
+def test_im2col_transposed_is_im2col_transposed(dev, rng, n, h, w, c, kh, kw, sh, sw):
+    """Row (a, b, c) of the tap-major matrix is column (a, b, c) of im2col's, value for value, for
+    any kernel and stride; C-contiguous, so that X^T dY is a plain GEMM."""
+    x = dev.asarray(rng.standard_normal((n, h, w, c)).astype(numpy.float32))
+    want = dev.to_numpy(dev.im2col(x, kh, kw, sh, sw))
+    got = dev.im2col_transposed(x, kh, kw, sh, sw)
+    assert got.flags.c_contiguous and got.shape == want.T.shape
+    assert numpy.array_equal(dev.to_numpy(got), want.T)
+
+
+@pytest.mark.parametrize("c,k,transposed", [(1, 3, True), (4, 3, True), (5, 3, False), (1, 7, False),
+                                            (36, 1, True), (37, 1, False)])
+def test_columns_are_built_tap_major_up_to_36_taps_times_channels(dev, rng, c, k, transposed):
+    """The forward's and dW's column matrix: im2col's values either way, built transposed (a
+    column-major view) for kh*kw*C <= TRANSPOSED_COLUMNS_MAX_K."""
+    x = dev.asarray(rng.standard_normal((2, k + 3, k + 2, c)).astype(numpy.float32))
+    got = ca.columns(dev, x, k, k, 1, 1)
+    assert numpy.array_equal(dev.to_numpy(got), dev.to_numpy(dev.im2col(x, k, k, 1, 1)))
+    assert got.flags.f_contiguous == transposed and got.flags.c_contiguous == (not transposed)
+
+
+@pytest.mark.parametrize("p,o,layout", [(25088, 32, "c"), (6, 1500, "c"), (7, 3, "c"), (1, 16, "c"),
+                                        (10, 16, "f"), (12, 32, "rows")])
+def test_add_bias_adds_the_bias_to_every_row(dev, rng, p, o, layout):
+    """add_bias widens contiguous targets into rows of about 1024 values with the bias repeated;
+    the sum is the broadcast sum exactly, for row counts that do and do not divide, and for
+    targets it cannot widen (column-major, a strided view of rows)."""
+    base = rng.standard_normal((2 * p, o)).astype(numpy.float32)
+    bias = rng.standard_normal(o).astype(numpy.float32)
+    t = dev.asarray(base)
+    target = {"c": t[:p], "f": dev.xp.asfortranarray(t[:p]), "rows": t[::2]}[layout]
+    want = dev.to_numpy(target) + bias
+    ca.add_bias(dev.xp, target, dev.asarray(bias))
+    assert numpy.array_equal(dev.to_numpy(target), want)
