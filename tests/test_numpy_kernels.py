@@ -389,3 +389,39 @@ def test_max_pool_on_arrays_of_mixed_layouts_takes_the_generic_path(cpu, rng, mo
     want = numpy.empty_like(dx)
     generic(cpu)("max_pool_backward")(x, y, dy, want, 2, 2, (0, 2))
     assert numpy.array_equal(dx, want)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")   # inf * 0 and inf - inf, on purpose
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+@pytest.mark.parametrize("weight_decay,nesterov", [(5e-4, True), (5e-4, False), (0.0, True), (0.0, False)])
+def test_compiled_sgd_step_equals_the_generic_one_bit_for_bit(cpu, rng, dtype, weight_decay, nesterov):
+    """The same float operations in the same order: equal bits, NaNs, infs and signed zeros included;
+    a transposed gradient (a conv's dW) too.  Weight decay 0 adds nothing (0 * inf would be NaN)."""
+    base = generic(cpu)
+    p, v = _special(rng, (12, 5, 3, 3), dtype), _special(rng, (12, 5, 3, 3), dtype)
+    g = numpy.ascontiguousarray(_special(rng, (12, 5, 3, 3), dtype).transpose(2, 3, 1, 0)).transpose(3, 2, 0, 1)
+    p0, v0 = p.copy(), v.copy()
+    for _ in range(2):
+        cpu.sgd_momentum(p, g, v, 0.05, 0.9, weight_decay, nesterov)
+        base("sgd_momentum")(p0, g, v0, 0.05, 0.9, weight_decay, nesterov)
+    assert _same_bits(p, p0) and _same_bits(v, v0) and p.dtype == dtype
+    assert not numpy.array_equal(p, _special(rng, (12, 5, 3, 3), dtype), equal_nan=True)
+
+
+def test_sgd_step_takes_the_compiled_path_only_where_it_applies(cpu, rng, monkeypatch):
+    """Contiguous float parameters and velocities: compiled (a strided gradient is made contiguous);
+    a strided velocity or float16: the generic operations, the same step."""
+    calls = []
+    real = numpy_kernels._sgd_momentum
+    monkeypatch.setattr(numpy_kernels, "_sgd_momentum", lambda *a: (calls.append(a), real(*a)))
+    p, g, v = (rng.standard_normal((8, 6)).astype(numpy.float32) for _ in range(3))
+    cpu.sgd_momentum(p, g.T.copy().T, v, 0.1, 0.9, 0.0, False)
+    assert len(calls) == 1
+    want = p.copy()
+    vv = numpy.asfortranarray(v)
+    cpu.sgd_momentum(p, g, vv, 0.1, 0.9, 0.0, False)                 # velocity not C-ordered: generic
+    generic(cpu)("sgd_momentum")(want, g, v.copy(), 0.1, 0.9, 0.0, False)
+    assert len(calls) == 1 and numpy.array_equal(p, want)
+    h = [a.astype(numpy.float16) for a in (p, g, v)]
+    cpu.sgd_momentum(*h, 0.1, 0.9, 0.0, False)
+    assert len(calls) == 1

@@ -75,16 +75,14 @@ class SGD(Optimizer):
         self.momentum, self.weight_decay, self.nesterov = momentum, weight_decay, nesterov
 
     def _update(self, name, p, g):
+        v = self.slots.get(name, {}).get("v")
+        if v is not None:       # every step after the first: one device call (a compiled pass on the CPU)
+            device_of(p).sgd_momentum(p, g, v, self.lr, self.momentum, self.weight_decay, self.nesterov)
+            return
         if self.weight_decay:
             g = g + self.weight_decay * p
         if self.momentum:
-            slot = self.slots.setdefault(name, {})
-            v = slot.get("v")
-            if v is None:
-                v = slot["v"] = g.copy()
-            else:
-                v *= self.momentum
-                v += g
+            v = self.slots.setdefault(name, {})["v"] = g.copy()
             g = g + self.momentum * v if self.nesterov else v
         p -= self.lr * g
 

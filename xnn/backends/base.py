@@ -146,6 +146,23 @@ class Device:
         i0, i1 = rows
         return [x[:, :, i0 * kh + a:i1 * kh:kh, b:wo * kw:kw] for a in range(kh) for b in range(kw)]
 
+    # ------------------------------------------------------- optimisers
+    def sgd_momentum(self, p, g, v, lr: float, momentum: float, weight_decay: float, nesterov: bool):
+        """One step of SGD with momentum, in place on the parameter ``p`` and its velocity ``v``:
+
+            d = g + weight_decay * p          (d = g when weight_decay is 0)
+            v = momentum * v + d
+            p = p - lr * (d + momentum * v)   (nesterov; else p - lr * v)
+
+        p, g and v have one shape and dtype; the scalars act in that dtype.  Generic version:
+        the xp operations, a pass over memory (and a temporary) each."""
+        if weight_decay:
+            g = g + weight_decay * p
+        v *= momentum
+        v += g
+        g = g + momentum * v if nesterov else v
+        p -= lr * g
+
     # ------------------------------------------------------- conv kernels
     def windows(self, x, kh: int, kw: int, sh: int, sw: int):
         """Sliding windows of a channels-last array as a view, no copy.

@@ -165,6 +165,14 @@ class NumpyDevice(Device):
             return super().max_pool_backward(x, y, dy, dx, kh, kw, rows)
         return numpy_kernels.max_pool_backward(*views, kh, kw, rows)
 
+    def sgd_momentum(self, p, g, v, lr, momentum, weight_decay, nesterov):
+        if self.compiled_kernels and p.flags.c_contiguous and v.flags.c_contiguous \
+                and p.dtype == g.dtype == v.dtype and p.shape == g.shape == v.shape:
+            flat = [a.reshape(-1) for a in (p, numpy.ascontiguousarray(g), v)]   # a conv's dW is a transposed view
+            if numpy_kernels.elementwise_ok(p.dtype, *flat):
+                return numpy_kernels.sgd_momentum(*flat, lr, momentum, weight_decay, nesterov)
+        return super().sgd_momentum(p, g, v, lr, momentum, weight_decay, nesterov)
+
     def _pool_views(self, *arrays):
         """The compiled pooling kernels' (N, H, W, C) views of the arrays, or None where they do not
         apply (XNN_NUMBA=0, another dtype, arrays of different memory orders)."""

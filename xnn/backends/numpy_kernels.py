@@ -1,5 +1,6 @@
 """Compiled CPU kernels for the NumPy backend (Numba): the Winograd tile transforms of F(2x2), F(4x4)
-and F(6x6), and the element-wise layers ReLU and max pooling (side-by-side windows).
+and F(6x6), the element-wise layers ReLU and max pooling (side-by-side windows), and SGD's
+momentum step.
 
 The generic Winograd code (:class:`xnn.backends.base.Device`) gathers every alpha x alpha
 input tile into a contiguous copy and applies the transforms as GEMMs with Kronecker
@@ -27,6 +28,8 @@ where a compiled loop reads each input and writes each output once.  Pooling run
 (N, H, W, C)-indexed views with the channels innermost (:func:`channels_inner`); ReLU over 1-D
 views in memory order.  Their results equal the generic ``xp`` code's bit for bit (NaNs and
 signed zeros included: the same comparisons, and a gradient that does not pass is dy * 0, not 0).
+SGD's momentum step likewise: one pass where NumPy makes eight (the same float operations in the
+same order, so the same bits).
 
 Each kernel releases the GIL (``nogil``), so the backend's ``parallel_map`` workers run
 them side by side, as they run the GEMMs.  Compiled on first use per dtype (about 7 s for
@@ -478,3 +481,23 @@ def winograd_output(mm, m: int, bias, out, tr: int, tw: int):
     k = _constants(mm.dtype)
     has_bias = bias is not None
     _OUTPUT[m](mm, bias if has_bias else k, has_bias, out, tr, tw, k)
+
+
+# ---------------------------------------------------------------- SGD with momentum
+@_jit
+def _sgd_momentum(p, g, v, k, decay, nesterov):
+    """In place on 1-D p and v: d = g (+ k[2] p when decay), v = k[1] v + d, p -= k[0] (d + k[1] v
+    when nesterov, else v); k = (lr, momentum, weight decay) in the data's dtype."""
+    lr, mu, wd = k[0], k[1], k[2]
+    for i in range(p.shape[0]):
+        d = g[i] + wd * p[i] if decay else g[i]
+        vi = mu * v[i] + d
+        v[i] = vi
+        p[i] = p[i] - lr * (d + mu * vi if nesterov else vi)
+
+
+def sgd_momentum(p, g, v, lr: float, momentum: float, weight_decay: float, nesterov: bool):
+    """SGD's momentum step (:meth:`xnn.backends.base.Device.sgd_momentum`) on 1-D contiguous arrays
+    (:func:`elementwise_ok`)."""
+    k = numpy.array((lr, momentum, weight_decay), dtype=p.dtype)
+    _sgd_momentum(p, g, v, k, bool(weight_decay), bool(nesterov))
