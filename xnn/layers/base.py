@@ -74,7 +74,7 @@ def column_sums(xp, a):
 
 
 def product(xp, a, b):
-    """a @ b by ``xp.dot``, for products with few elements (a weight or bias gradient).
+    """a @ b by ``xp.dot``: the weight and bias gradients' products, whose results can be small.
 
     NumPy's ``matmul`` (``@``) keeps the GIL when its result has fewer than 500 elements, however
     long the sum behind each one: MNIST's conv1 weight gradient, (9 x 25088) @ (25088 x 32), ran
