@@ -400,12 +400,13 @@ def test_compiled_sgd_step_equals_the_generic_one_bit_for_bit(cpu, rng, dtype, w
     base = generic(cpu)
     p, v = _special(rng, (12, 5, 3, 3), dtype), _special(rng, (12, 5, 3, 3), dtype)
     g = numpy.ascontiguousarray(_special(rng, (12, 5, 3, 3), dtype).transpose(2, 3, 1, 0)).transpose(3, 2, 0, 1)
-    p0, v0 = p.copy(), v.copy()
+    start, p0, v0 = p.copy(), p.copy(), v.copy()
     for _ in range(2):
         cpu.sgd_momentum(p, g, v, 0.05, 0.9, weight_decay, nesterov)
         base("sgd_momentum")(p0, g, v0, 0.05, 0.9, weight_decay, nesterov)
     assert _same_bits(p, p0) and _same_bits(v, v0) and p.dtype == dtype
-    assert not numpy.array_equal(p, _special(rng, (12, 5, 3, 3), dtype), equal_nan=True)
+    moved = numpy.isfinite(start) & (start != p)                # the step changed the parameters
+    assert moved.mean() > 0.5
 
 
 def test_sgd_step_takes_the_compiled_path_only_where_it_applies(cpu, rng, monkeypatch):
