@@ -263,7 +263,8 @@ def _chunks(n: int, rows: int, row_bytes: int, parts: int = 1, limit: int | None
 #: row per tap (:meth:`~xnn.backends.base.Device.im2col_transposed`).  Measured on the AVX-512
 #: EPYC, one thread, unrolling plus GEMM: 0.30 against 0.62 ms at K = 9 (MNIST's conv1), 15.4
 #: against 19.3 ms at K = 27 (VGG's conv1_1 at 512 px), 1.25 against 1.43 at K = 36, even at
-#: K = 72, dearer from K = 144 (the GEMM reads the transposed matrix less well)
+#: K = 72, dearer from K = 144 (the GEMM reads the transposed matrix less well).  The GPU takes
+#: the same rule (kh*kw copies instead of one) until GPU timings say otherwise
 TRANSPOSED_COLUMNS_MAX_K = 36
 
 
