@@ -43,6 +43,11 @@ def in_layout_of(xp, a, ref):
 SPLIT_ELEMENTS = 1 << 20
 
 
+def _row_axis(a, axis):
+    """The axis bands cut: ``axis``, by default H of an (N, C, H, W) array, else axis 0."""
+    return (2 if a.ndim == 4 else 0) if axis is None else axis
+
+
 def row_ranges(dev, a, axis=None):
     """[(lo, hi)]: ``a``'s rows (``axis``; by default H of an (N, C, H, W) array, else axis 0) cut
     into ``dev.workers`` bands, for work run side by side by ``dev.parallel_map``.
@@ -52,8 +57,7 @@ def row_ranges(dev, a, axis=None):
     CPU the bands run on the cores at once: ReLU and pooling are otherwise a third of a VGG19
     step on one core.
     """
-    if axis is None:
-        axis = 2 if a.ndim == 4 else 0
+    axis = _row_axis(a, axis)
     rows = a.shape[axis] if a.ndim else 1
     parts = min(dev.workers, rows) if a.size >= SPLIT_ELEMENTS else 1
     cuts = [rows * i // max(parts, 1) for i in range(max(parts, 1) + 1)]
@@ -62,8 +66,7 @@ def row_ranges(dev, a, axis=None):
 
 def row_parts(dev, a, axis=None):
     """Index tuples of the bands of :func:`row_ranges`: ``(Ellipsis,)``, the whole array, for one band."""
-    if axis is None:
-        axis = 2 if a.ndim == 4 else 0
+    axis = _row_axis(a, axis)
     bands = row_ranges(dev, a, axis)
     if len(bands) == 1:
         return [(Ellipsis,)]
