@@ -41,10 +41,10 @@ SCHEMA = {
                         check=lambda v: None if len(v) == 2 and 0 < v[0] <= v[1] <= 1 else "[min, max] with "
                         "0 < min <= max <= 1"),
     "batch_size": Field("int", 4, "crops per step", min=1),
-    "num_iterations": Field("int", 2000, "Adam steps", min=1),
+    "num_iterations": Field("int", 6000, "Adam steps", min=1),
     "learning_rate": Field("float", 1e-3, "Adam step size", gt=0),
     "content_weight": Field("float", 1.0, "weight of the content loss (mean square feature difference)", min=0),
-    "style_weight": Field("float", 1e5, "weight of the style loss (mean square difference of Grams normalised "
+    "style_weight": Field("float", 2e5, "weight of the style loss (mean square difference of Grams normalised "
                           "by C*H*W, each layer's divided by its target's mean square with style_normalisation: "
                           "target)", min=0),
     "style_normalisation": Field("str", "target", "none: each style layer's Gram error as it comes (Johnson et al.); "
