@@ -290,3 +290,17 @@ def test_the_shipped_model_loads_and_paints():
     out8 = (out * 255).round().astype(numpy.uint8)
     assert structure_correlation(out8, photo) > 0.5
     assert numpy.abs(out8.astype(int) - photo).mean() > 10
+
+
+def test_the_training_config_states_the_schema_defaults():
+    """configs/train_fast_style.yaml, the studio's Train tab and the schema give one set of CPU defaults
+    (the shipped model's recipe: 6000 iterations, style weight 2e5, 128 px crops)."""
+    import yaml
+    from xnn.experiments.train_style import SCHEMA
+    cfg = yaml.safe_load(open(TRAIN))
+    for key, value in cfg.items():
+        if key in SCHEMA and key not in ("experiment", "device"):
+            assert SCHEMA[key].default == value, key
+    assert (cfg["num_iterations"], cfg["style_weight"], cfg["image_size"]) == (6000, 2e5, 128)
+    service = pytest.importorskip("xnn.studio.service")
+    assert service.TRAIN_DEFAULTS == {k: cfg[k] for k in ("num_iterations", "image_size", "style_weight")}

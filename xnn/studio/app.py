@@ -15,7 +15,7 @@ import json
 import gradio as gr
 
 from ..errors import XnnError
-from .service import ADAIN, PAINT_PRESETS, Studio
+from .service import ADAIN, PAINT_PRESETS, TRAIN_DEFAULTS, Studio
 
 #: system fonts only: the default theme would fetch its fonts from Google
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
@@ -214,9 +214,10 @@ def build(studio: Studio) -> gr.Blocks:
                     lambda: gr.Video(label="result", interactive=False, height=420))
 
         with gr.Tab("Train"):
-            gr.Markdown("Train a fast style network for one style (docs/fast_style.md). The default, 2000 "
-                        "iterations on the 24 Kodak photos, takes about 45 minutes on 2 CPU cores. The trained "
-                        "model then appears in the method lists of the Instant and Video tabs.")
+            gr.Markdown("Train a fast style network for one style (docs/fast_style.md). The default, "
+                        f"{TRAIN_DEFAULTS['num_iterations']} iterations on the 24 Kodak photos, takes about 46 "
+                        "minutes on 2 CPU cores. The trained model then appears in the method lists of the "
+                        "Instant and Video tabs.")
             with gr.Row():
                 t_photos = gr.File(file_count="multiple", file_types=["image"],
                                    label="training photos (empty: the 24 Kodak photos)")
@@ -224,9 +225,9 @@ def build(studio: Studio) -> gr.Blocks:
                 t_upload = gr.Image(type="filepath", image_mode=None, label="or upload a style", height=180,
                               sources=["upload", "clipboard"])
             with gr.Row():
-                t_iters = gr.Number(2000, precision=0, label="iterations")
-                t_size = gr.Slider(64, 256, 128, step=32, label="crop size (px)")
-                t_sw = gr.Number(1e5, label="style weight")
+                t_iters = gr.Number(TRAIN_DEFAULTS["num_iterations"], precision=0, label="iterations")
+                t_size = gr.Slider(64, 256, TRAIN_DEFAULTS["image_size"], step=32, label="crop size (px)")
+                t_sw = gr.Number(TRAIN_DEFAULTS["style_weight"], label="style weight")
 
             def train(photos, style, upload, iters, size, sw):
                 return studio.train(_path(photos) or None, _path(upload), style, iters, size, sw)

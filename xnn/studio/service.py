@@ -19,8 +19,12 @@ import time
 
 from ..config import apply_override, read_yaml, validate
 from ..errors import XnnError
+from ..experiments.train_style import SCHEMA as TRAIN_SCHEMA
 from .jobs import JobQueue, environment
 from .uploads import check_image_header, keep_image, keep_video, new_folder, read_image
+
+#: the Train tab's starting values: configs/train_fast_style.yaml's defaults, kept in one place
+TRAIN_DEFAULTS = {k: TRAIN_SCHEMA[k].default for k in ("num_iterations", "image_size", "style_weight")}
 
 #: the checkout: configs/ and examples/ are read from here, and runs start here
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -293,8 +297,9 @@ class Studio:
         return self._submit("video", config, sets, lambda cfg: {
             "total": frames, "step_key": "frame", "result": cfg["output"]}, more)
 
-    def train(self, photos=None, style_upload=None, example_style="starry_night", num_iterations=2000,
-              image_size=128, style_weight=1e5, more=""):
+    def train(self, photos=None, style_upload=None, example_style="starry_night",
+              num_iterations=TRAIN_DEFAULTS["num_iterations"], image_size=TRAIN_DEFAULTS["image_size"],
+              style_weight=TRAIN_DEFAULTS["style_weight"], more=""):
         """Queue a fast-style training run on the Kodak photos (``photos`` None) or on uploaded photos; the job."""
         folder = new_folder(self.uploads)
         if photos:
