@@ -139,6 +139,50 @@ class Device:
                     taken |= hit
             xp.multiply(dy, hit, out=d)
 
+    def relu_max_pool(self, x, y, winner, kh: int, kw: int, rows):
+        """ReLU then :meth:`max_pool`, fused (output rows [i0, i1) = ``rows``): y = the window's
+        maximum of maximum(x, 0) (the two commute: pooled first, then ReLU'd), and ``winner``
+        (uint8, y's shape) = the window offset a*kw + b of the first input equal to y where y > 0,
+        else 255: the offset the gradient of ReLU then max pool passes to, if any.  Generic
+        version: the pool, a ReLU of its output, a comparison per offset."""
+        xp = self.xp
+        i0, i1 = rows
+        self.max_pool(x, y, kh, kw, rows)
+        out, win = y[:, :, i0:i1], winner[:, :, i0:i1]
+        passes = xp.greater(out, 0)
+        xp.maximum(out, 0, out=out)
+        win[...] = 255
+        for q, v in enumerate(self._pool_offsets(x, y.shape[3], kh, kw, rows)):
+            hit = xp.equal(v, out)
+            hit &= passes
+            xp.copyto(win, q, where=hit)
+            passes &= ~hit
+
+    def relu_max_pool_backward(self, dy, winner, dx, kh: int, kw: int, rows):
+        """The input gradient over the windows of output rows [i0, i1) of :meth:`relu_max_pool`:
+        dy at each window's ``winner`` offset, dy * 0 at its other inputs (as ReLU's and the max
+        pool's backward give, bit for bit).  dx (the pooled input's shape): rows and columns
+        past Ho*kh, Wo*kw are not written."""
+        i0, i1 = rows
+        win, d = winner[:, :, i0:i1], dy[:, :, i0:i1]
+        for q, view in enumerate(self._pool_offsets(dx, dy.shape[3], kh, kw, rows)):
+            self.xp.multiply(d, win == q, out=view)
+
+    def conv_relu_max_pool(self, xpad, w, b, y, winner, pool: int, rows) -> bool:
+        """Convolution (stride 1), ReLU and a pool x pool max pool in one pass, where the device
+        has a kernel for it (a compiled loop for few input channels: the conv's output is never
+        stored); returns False where it has none, and the layer
+        (:class:`~xnn.layers.fused.ConvReLUMaxPool2d`) runs the three steps.  xpad (N, Hp, Wp, C)
+        padded channels-last input, w (kh, kw, C, O), b (O,), y and winner (N, Po, Qo, O)
+        channels-last, for output rows [i0, i1) = ``rows``."""
+        return False
+
+    def conv_relu_max_pool_grads(self, xpad, dy, winner, dw, db, pool: int, rows) -> None:
+        """dw (kh, kw, C, O) += and db (O,) += the gradients of a :meth:`conv_relu_max_pool` that
+        returned True, over output rows [i0, i1): each window passes dy to the conv pixel
+        ``winner`` names, and only there."""
+        raise NotImplementedError(f"{self.name} has no fused conv-ReLU-pool kernel")
+
     @staticmethod
     def _pool_offsets(x, wo: int, kh: int, kw: int, rows):
         """The strided views of x that window offset (a, b) reads for output rows [i0, i1), in

@@ -165,6 +165,30 @@ class NumpyDevice(Device):
             return super().max_pool_backward(x, y, dy, dx, kh, kw, rows)
         return numpy_kernels.max_pool_backward(*views, kh, kw, rows)
 
+    def relu_max_pool(self, x, y, winner, kh, kw, rows):
+        views = self._pool_views(x, y, winner=winner)
+        if views is None:
+            return super().relu_max_pool(x, y, winner, kh, kw, rows)
+        return numpy_kernels.relu_max_pool(*views, kh, kw, rows)
+
+    def relu_max_pool_backward(self, dy, winner, dx, kh, kw, rows):
+        views = self._pool_views(dy, dx, winner=winner)
+        if views is None:
+            return super().relu_max_pool_backward(dy, winner, dx, kh, kw, rows)
+        dy, dx, winner = views
+        return numpy_kernels.relu_max_pool_backward(dy, winner, dx, kh, kw, rows)
+
+    def conv_relu_max_pool(self, xpad, w, b, y, winner, pool, rows):
+        if not (self.compiled_kernels and numpy_kernels.compiled_for(y.dtype)
+                and numpy_kernels.conv_relu_max_pool_shape(w, pool) and xpad.dtype == w.dtype == b.dtype == y.dtype
+                and all(a.flags.c_contiguous for a in (xpad, w, b, y, winner))):
+            return False
+        numpy_kernels.conv_relu_max_pool(xpad, w, b, y, winner, pool, rows)
+        return True
+
+    def conv_relu_max_pool_grads(self, xpad, dy, winner, dw, db, pool, rows):
+        numpy_kernels.conv_relu_max_pool_grads(xpad, dy, winner, dw, db, pool, rows)
+
     def sgd_momentum(self, p, g, v, lr, momentum, weight_decay, nesterov):
         if self.compiled_kernels and p.flags.c_contiguous and v.flags.c_contiguous \
                 and p.dtype == g.dtype == v.dtype and p.shape == g.shape == v.shape:
@@ -173,13 +197,18 @@ class NumpyDevice(Device):
                 return numpy_kernels.sgd_momentum(*flat, lr, momentum, weight_decay, nesterov)
         return super().sgd_momentum(p, g, v, lr, momentum, weight_decay, nesterov)
 
-    def _pool_views(self, *arrays):
-        """The compiled pooling kernels' (N, H, W, C) views of the arrays, or None where they do not
-        apply (XNN_NUMBA=0, another dtype, arrays of different memory orders)."""
+    def _pool_views(self, *arrays, winner=None):
+        """The compiled pooling kernels' (N, H, W, C) views of the arrays (and of ``winner``, a uint8
+        array of the same memory order, last), or None where they do not apply (XNN_NUMBA=0,
+        another dtype, arrays of different memory orders)."""
         if not (self.compiled_kernels and numpy_kernels.compiled_for(arrays[0].dtype)) \
                 or any(a.dtype != arrays[0].dtype for a in arrays):
             return None
-        return numpy_kernels.channels_inner(*arrays)
+        if winner is None:
+            return numpy_kernels.channels_inner(*arrays)
+        if winner.dtype != numpy.uint8:
+            return None
+        return numpy_kernels.channels_inner(*arrays, winner)
 
     def _fft_workers(self) -> int:
         return 1 if self._busy else self.workers

@@ -1,7 +1,7 @@
 """Small MNIST classifiers built from the foundation layers."""
 from __future__ import annotations
 
-from ..layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU
+from ..layers import ConvReLUMaxPool2d, Flatten, Linear, ReLU
 from ..model import Sequential
 
 
@@ -19,11 +19,15 @@ def mlp(hidden=(512, 256), num_classes: int = 10, seed: int = 0, device=None) ->
 
 
 def cnn(channels=(32, 64), fc: int = 128, num_classes: int = 10, seed: int = 0, device=None) -> Sequential:
-    """[conv3x3 -> ReLU -> maxpool2] per entry of ``channels``, then fc -> ReLU -> classes."""
+    """[conv3x3 -> ReLU -> maxpool2] per entry of ``channels``, then fc -> ReLU -> classes.
+
+    Each conv-ReLU-pool block is one layer, :class:`~xnn.layers.ConvReLUMaxPool2d`, named
+    "conv{i}": the same function and parameters ("conv1.W", ...) as the three layers, with the
+    ReLU and the pool done in one pass (and the first block, with one input channel and no input
+    gradient, entirely in one compiled pass on the CPU)."""
     layers, cin, size = [], 1, 28
     for i, c in enumerate(channels, 1):
-        layers += [(f"conv{i}", Conv2d(cin, c, 3, padding=1, seed=seed + i)), (f"relu{i}", ReLU()),
-                   (f"pool{i}", MaxPool2d(2))]
+        layers.append((f"conv{i}", ConvReLUMaxPool2d(cin, c, 3, padding=1, pool=2, seed=seed + i)))
         cin, size = c, size // 2
     layers += [("flatten", Flatten()), ("fc1", Linear(cin * size * size, fc, seed=seed + 50)),
                ("relu_fc1", ReLU()), ("fc2", Linear(fc, num_classes, init="xavier", seed=seed + 51))]
