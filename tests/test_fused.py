@@ -32,7 +32,7 @@ def pool_loops(z, k):
 # (C, O, H, W, kernel, padding, pool): MNIST's first block, a floor-mode remainder, three input
 # channels, a 5x5 kernel (no compiled pass: the three steps), a 3x3 pool
 SHAPES = [(1, 32, 28, 28, 3, 1, 2), (1, 6, 9, 7, 3, 1, 2), (3, 5, 10, 11, 3, 1, 2), (2, 4, 8, 9, 5, 2, 2),
-          (1, 4, 9, 9, 3, 1, 3)]
+          (1, 4, 9, 9, 3, 1, 3), (2, 3, 7, 10, 3, 1, 2), (1, 3, 2, 3, 3, 1, 2), (1, 3, 5, 5, 3, 1, 1)]
 
 
 @pytest.mark.parametrize("first", [True, False], ids=["first-layer", "inner-layer"])
@@ -203,5 +203,74 @@ def test_generic_fused_conv_is_refused_by_the_base_device(cpu, rng):
     y = numpy.empty((1, 2, 2, 4), numpy.float32)
     assert base("conv_relu_max_pool")(numpy.zeros((1, 6, 6, 1), numpy.float32), numpy.zeros((3, 3, 1, 4), numpy.float32),
                                       numpy.zeros(4, numpy.float32), y, numpy.empty(y.shape, numpy.uint8), 2, (0, 2)) is False
-    with pytest.raises(NotImplementedError):
+    with pytest.raises(NotImplementedError, match="no fused conv-ReLU-pool kernel"):
         base("conv_relu_max_pool_grads")(None, None, None, None, None, 2, (0, 2))
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_bands_side_by_side_give_the_one_band_result(cpu, rng, monkeypatch, first):
+    """Output rows cut into bands for three workers (the weight gradients summed over the bands) equal
+    one band: dtype kept, winners one byte each."""
+    from xnn.layers import layout
+    x = rng.standard_normal((2, 1, 14, 12)).astype(numpy.float32)
+    dy = rng.standard_normal((2, 4, 7, 6)).astype(numpy.float32)
+
+    def run():
+        layer = ConvReLUMaxPool2d(1, 4, 3, padding=1, bias=True, device=cpu)
+        layer.needs_input_grad = not first
+        y = layer.forward(x)
+        dx = layer.backward(dy)
+        assert layer._winner.dtype == numpy.uint8 and y.dtype == numpy.float32
+        assert all(g.dtype == numpy.float32 for g in layer.grads.values())
+        return [y, dx] + [layer.grads[n] for n in ("W", "b")]
+
+    one = run()
+    monkeypatch.setattr(layout, "SPLIT_ELEMENTS", 1)
+    monkeypatch.setattr(cpu, "workers", 3)
+    bands = run()
+    for a, b in zip(one, bands):
+        assert (a is None and b is None) or rel_error(a, b) < 1e-6
+
+
+def test_pool_sizes_accepted_and_refused(cpu, rng):
+    """pool=1 is a conv and ReLU; a bool, 0 or a float is refused; an input too small in one
+    direction only is refused; a pooled output of 1 x 1 is fine."""
+    x = rng.standard_normal((1, 1, 4, 4)).astype(numpy.float32)
+    layer = ConvReLUMaxPool2d(1, 3, 3, padding=1, pool=1, device=cpu)
+    assert numpy.array_equal(layer.forward(x), numpy.maximum(Conv2d.forward(layer, x), 0))
+    for bad in (True, 0, 2.0):
+        with pytest.raises(ValueError, match="pool must be a positive int"):
+            ConvReLUMaxPool2d(1, 4, 3, pool=bad)
+    layer = ConvReLUMaxPool2d(1, 3, 3, padding=1, pool=2, device=cpu)
+    assert layer.forward(x[:, :, :2, :2]).shape == (1, 3, 1, 1)
+    for shape in [(1, 1, 1, 4), (1, 1, 4, 1)]:
+        with pytest.raises(ValueError, match="smaller than its 2x2 pool"):
+            layer.forward(numpy.zeros(shape, numpy.float32))
+    with pytest.raises(ValueError, match=r"expects \(N, 1, H, W\)"):
+        layer.forward(numpy.zeros((1, 4, 4), numpy.float32))
+
+
+def test_ties_pass_the_gradient_to_the_first_pixel_of_the_window_on_every_path(cpu, rng, monkeypatch):
+    """Small integers (exact sums, many equal conv outputs in a window): the fused pass and the three
+    steps pick the same winners, so their weight gradients are equal to the bit."""
+    x = rng.integers(-1, 2, (2, 1, 10, 10)).astype(numpy.float32)
+    dy = rng.integers(-2, 3, (2, 4, 5, 5)).astype(numpy.float32)
+
+    def run():
+        layer = ConvReLUMaxPool2d(1, 4, 3, padding=1, device=cpu)
+        layer.params["W"][...] = rng_w
+        layer.params["b"][...] = 0
+        layer.needs_input_grad = False
+        layer.forward(x)
+        layer.backward(dy)
+        return layer
+
+    rng_w = numpy.random.default_rng(3).integers(-1, 2, (4, 1, 3, 3)).astype(numpy.float32)
+    fused = run()
+    monkeypatch.setattr(cpu, "compiled_kernels", False)
+    steps = run()
+    assert fused._zshape is None and steps._zshape is not None
+    assert numpy.array_equal(fused._winner.transpose(0, 3, 1, 2), steps._winner)
+    assert (fused._winner < 4).sum() > 20
+    for name in ("W", "b"):
+        assert numpy.array_equal(fused.grads[name], steps.grads[name])

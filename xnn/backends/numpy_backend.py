@@ -181,7 +181,7 @@ class NumpyDevice(Device):
     def conv_relu_max_pool(self, xpad, w, b, y, winner, pool, rows):
         if not (self.compiled_kernels and numpy_kernels.compiled_for(y.dtype)
                 and numpy_kernels.conv_relu_max_pool_shape(w, pool) and xpad.dtype == w.dtype == b.dtype == y.dtype
-                and all(a.flags.c_contiguous for a in (xpad, w, b, y, winner))):
+                and winner.dtype == numpy.uint8 and all(a.flags.c_contiguous for a in (xpad, w, b, y, winner))):
             return False
         numpy_kernels.conv_relu_max_pool(xpad, w, b, y, winner, pool, rows)
         return True
