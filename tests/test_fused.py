@@ -276,3 +276,20 @@ def test_ties_pass_the_gradient_to_the_first_pixel_of_the_window_on_every_path(c
     assert (fused._winner < 4).sum() > 20
     for name in ("W", "b"):
         assert numpy.array_equal(fused.grads[name], steps.grads[name])
+
+
+@pytest.mark.parametrize("kernel", [(5, 3), (3, 5)])
+def test_a_kernel_without_a_compiled_pass_takes_the_three_steps(cpu, rng, kernel):
+    """Only the compiled (kh, kw, pool) shapes run fused (3x3, pool 2): a 5x3 first layer equals the
+    three layers bit for bit."""
+    x = rng.standard_normal((2, 1, 9, 8)).astype(numpy.float32)
+    fused = ConvReLUMaxPool2d(1, 4, kernel, padding=1, seed=6, device=cpu)
+    conv, relu, pool = three_layers(1, 4, kernel, 1, 2, 6, numpy.float32, cpu)
+    fused.needs_input_grad = conv.needs_input_grad = False
+    y = fused.forward(x)
+    assert fused._zshape is not None
+    assert numpy.array_equal(y, pool.forward(relu.forward(conv.forward(x))))
+    dy = rng.standard_normal(y.shape).astype(numpy.float32)
+    fused.backward(dy)
+    conv.backward(relu.backward(pool.backward(dy)))
+    assert numpy.array_equal(fused.grads["W"], conv.grads["W"])
