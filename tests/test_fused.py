@@ -11,7 +11,7 @@ from xnn.models.mnist import cnn
 
 from .gradcheck import check_layer, numerical_grad, rel_error
 from .test_conv import conv_loops, weight_grad_loops
-from .test_numpy_kernels import _layouts, _same_bits, _special, cpu, generic  # noqa: F401 (cpu: a fixture)
+from .test_numpy_kernels import _same_bits, cpu, generic, pool_case  # noqa: F401 (cpu: a fixture)
 
 
 def three_layers(cin, cout, k, pad, pool, seed, dtype, dev, bias=True):
@@ -177,12 +177,8 @@ def test_compiled_relu_max_pool_equals_the_generic_one_and_the_two_layers_bit_fo
     base = generic(cpu)
     kh, kw = k
     ho, wo = h // kh, w // kw
-    x = _layouts(_special(rng, (2, 5, h, w), dtype))[layout]
-    dy = _layouts(_special(rng, (2, 5, ho, wo), dtype))[layout]
-    like_y = x[:, :, :ho * kh:kh, :wo * kw:kw]
-    y, y0 = numpy.empty_like(like_y), numpy.empty_like(like_y)
-    win, win0 = numpy.empty_like(like_y, dtype=numpy.uint8), numpy.empty_like(like_y, dtype=numpy.uint8)
-    dx, dx0 = numpy.full_like(x, 7), numpy.full_like(x, 7)
+    x, dy, (y, y0), (dx, dx0) = pool_case(rng, dtype, layout, k, h, w)
+    win, win0 = numpy.empty_like(y, dtype=numpy.uint8), numpy.empty_like(y, dtype=numpy.uint8)
     assert numpy_kernels.channels_inner(x, y, dy, dx, win) is not None     # the compiled path is taken
     for rows in [(1, ho), (0, 1)]:
         cpu.relu_max_pool(x, y, win, kh, kw, rows)

@@ -346,6 +346,17 @@ def test_relu_takes_the_compiled_path_only_where_it_applies(cpu, rng, monkeypatc
     assert len(calls) == 1 and (y == numpy.maximum(x[::2], 0)).all()
 
 
+def pool_case(rng, dtype, layout, k, h, w):
+    """x (2, 5, h, w) and dy (2, 5, h // kh, w // kw) with special values in ``layout``; two outputs of
+    the pool's shape and memory order, and two input gradients filled with 7 (to see what is written)."""
+    kh, kw = k
+    ho, wo = h // kh, w // kw
+    x = _layouts(_special(rng, (2, 5, h, w), dtype))[layout]
+    dy = _layouts(_special(rng, (2, 5, ho, wo), dtype))[layout]
+    like_y = x[:, :, :ho * kh:kh, :wo * kw:kw]
+    return x, dy, (numpy.empty_like(like_y), numpy.empty_like(like_y)), (numpy.full_like(x, 7), numpy.full_like(x, 7))
+
+
 @pytest.mark.filterwarnings("ignore:invalid value encountered")
 @pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
@@ -356,11 +367,7 @@ def test_compiled_max_pool_equals_the_generic_one_bit_for_bit(cpu, rng, dtype, l
     base = generic(cpu)
     kh, kw = k
     ho, wo = h // kh, w // kw
-    x = _layouts(_special(rng, (2, 5, h, w), dtype))[layout]
-    dy = _layouts(_special(rng, (2, 5, ho, wo), dtype))[layout]
-    like_y = x[:, :, :ho * kh:kh, :wo * kw:kw]
-    y, y0 = numpy.empty_like(like_y), numpy.empty_like(like_y)
-    dx, dx0 = numpy.full_like(x, 7), numpy.full_like(x, 7)
+    x, dy, (y, y0), (dx, dx0) = pool_case(rng, dtype, layout, k, h, w)
     assert numpy_kernels.channels_inner(x, y, dy, dx) is not None     # the compiled path is taken
     for rows in [(1, ho), (0, 1)]:
         cpu.max_pool(x, y, kh, kw, rows)
