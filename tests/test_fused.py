@@ -194,14 +194,16 @@ def test_compiled_relu_max_pool_equals_the_generic_one_and_the_two_layers_bit_fo
     assert _same_bits(y, y2) and _same_bits(dx[:, :, :ho * kh, :wo * kw], dx2)
 
 
-def test_generic_fused_conv_is_refused_by_the_base_device(cpu, rng):
-    """The base device has no fused conv pass: it says False and the layer runs the three steps."""
+def test_the_base_device_offers_no_fused_conv_pass(cpu):
+    """The generic device has no one-pass conv-ReLU-pool: it says so, and its kernels refuse to run."""
     base = generic(cpu)
-    y = numpy.empty((1, 2, 2, 4), numpy.float32)
-    assert base("conv_relu_max_pool")(numpy.zeros((1, 6, 6, 1), numpy.float32), numpy.zeros((3, 3, 1, 4), numpy.float32),
-                                      numpy.zeros(4, numpy.float32), y, numpy.empty(y.shape, numpy.uint8), 2, (0, 2)) is False
-    with pytest.raises(NotImplementedError, match="no fused conv-ReLU-pool kernel"):
-        base("conv_relu_max_pool_grads")(None, None, None, None, None, 2, (0, 2))
+    assert base("offers_conv_relu_max_pool")((3, 3), 2, numpy.float32) is False
+    assert cpu.offers_conv_relu_max_pool((3, 3), 2, numpy.float32)
+    assert not cpu.offers_conv_relu_max_pool((3, 3), 2, numpy.float16)
+    assert not cpu.offers_conv_relu_max_pool((3, 3), 3, numpy.float32)
+    for name, args in [("conv_relu_max_pool", (None,) * 5), ("conv_relu_max_pool_grads", (None,) * 5)]:
+        with pytest.raises(NotImplementedError, match="no fused conv-ReLU-pool kernel"):
+            base(name)(*args, 2, (0, 2))
 
 
 @pytest.mark.parametrize("first", [True, False])

@@ -178,13 +178,11 @@ class NumpyDevice(Device):
         dy, dx, winner = views
         return numpy_kernels.relu_max_pool_backward(dy, winner, dx, kh, kw, rows)
 
+    def offers_conv_relu_max_pool(self, kernel, pool, dtype):
+        return self.compiled_kernels and numpy_kernels.offers_conv_relu_max_pool(kernel, pool, dtype)
+
     def conv_relu_max_pool(self, xpad, w, b, y, winner, pool, rows):
-        if not (self.compiled_kernels and numpy_kernels.compiled_for(y.dtype)
-                and numpy_kernels.conv_relu_max_pool_shape(w, pool) and xpad.dtype == w.dtype == b.dtype == y.dtype
-                and winner.dtype == numpy.uint8 and all(a.flags.c_contiguous for a in (xpad, w, b, y, winner))):
-            return False
         numpy_kernels.conv_relu_max_pool(xpad, w, b, y, winner, pool, rows)
-        return True
 
     def conv_relu_max_pool_grads(self, xpad, dy, winner, dw, db, pool, rows):
         numpy_kernels.conv_relu_max_pool_grads(xpad, dy, winner, dw, db, pool, rows)

@@ -584,9 +584,9 @@ def relu_max_pool_backward(dy, win, dx, kh: int, kw: int, rows):
     _relu_max_pool_backward(dy, win, dx, kh, kw, rows[0], rows[1], _constants(dy.dtype))
 
 
-def conv_relu_max_pool_shape(w, pool: int) -> bool:
-    """True when a fused kernel is compiled for this weight shape (kh, kw, C, O) and pool size."""
-    return (w.shape[0], w.shape[1], pool) in CONV_RELU_MAX_POOL
+def offers_conv_relu_max_pool(kernel, pool: int, dtype) -> bool:
+    """True when a fused kernel exists for this (kh, kw) kernel and pool size on ``dtype`` data."""
+    return compiled_for(dtype) and (tuple(kernel) + (pool,)) in CONV_RELU_MAX_POOL
 
 
 def conv_relu_max_pool(xpad, w, b, y, win, pool: int, rows):

@@ -20,8 +20,9 @@ class ConvReLUMaxPool2d(Conv2d):
     and 0 elsewhere, then the conv's backward (dW = X^T dz, db = sum dz, dx by the transposed conv).
 
     Fused path: where the layer needs no input gradient (a network's first layer), the stride is 1,
-    the padding zeros and kh * kw * C is small (:data:`FUSED_MAX_TAPS`), the device may run all
-    three in one pass (``dev.conv_relu_max_pool``: a compiled loop on the CPU) that never stores z,
+    the padding zeros, kh * kw * C is small (:data:`FUSED_MAX_TAPS`) and the device offers it
+    (``dev.offers_conv_relu_max_pool``), the three run in one pass (``dev.conv_relu_max_pool``: a
+    compiled loop on the CPU, for a 3x3 kernel and pool 2) that never stores z,
     and the weight gradients come from the winners alone: dW[a, b, c, o] = sum over windows of
     dy * xpad[winning pixel + (a, b), c], db[o] = sum of the passing dy.  Same maths as the
     three steps, other rounding (the tests compare the two).
@@ -40,10 +41,11 @@ class ConvReLUMaxPool2d(Conv2d):
         super()._clear_cache()
         self._winner = self._zshape = None
 
-    def _fusable(self) -> bool:
+    def _fusable(self, x) -> bool:
         (kh, kw), c = self.kernel_size, self.in_channels
         return (not self.needs_input_grad and self.stride == (1, 1) and self.padding_mode == "zeros"
-                and kh * kw * c <= self.FUSED_MAX_TAPS)
+                and kh * kw * c <= self.FUSED_MAX_TAPS and x.dtype == self.params["W"].dtype
+                and self.device.offers_conv_relu_max_pool(self.kernel_size, self.pool, x.dtype))
 
     def forward(self, x):
         xp, dev, k = self.xp, self.device, self.pool
@@ -57,16 +59,15 @@ class ConvReLUMaxPool2d(Conv2d):
         o, p = self.out_channels, self.padding
         y = xp.empty((n, ho // k, wo // k, o), dtype=x.dtype)     # channels-last, as a conv output
         winner = xp.empty(y.shape, dtype=xp.uint8)
-        if self._fusable():
+        if self._fusable(x):
             xpad = xp.zeros((n, h + 2 * p, w + 2 * p, self.in_channels), dtype=x.dtype)
             xpad[:, p:p + h, p:p + w] = x.transpose(0, 2, 3, 1)
             wk = xp.ascontiguousarray(self.params["W"].transpose(2, 3, 1, 0))
             b = self.params["b"] if "b" in self.params else xp.zeros(o, dtype=x.dtype)
-            bands = row_ranges(dev, y, axis=1)
-            if all(dev.parallel_map(lambda r: dev.conv_relu_max_pool(xpad, wk, b, y, winner, k, r), bands)):
-                self._xpad = None if self.frozen else xpad
-                self._xshape, self._zshape, self._winner = (n, h, w, self.in_channels), None, winner
-                return y.transpose(0, 3, 1, 2)
+            dev.parallel_map(lambda r: dev.conv_relu_max_pool(xpad, wk, b, y, winner, k, r), row_ranges(dev, y, axis=1))
+            self._xpad = None if self.frozen else xpad
+            self._xshape, self._zshape, self._winner = (n, h, w, self.in_channels), None, winner
+            return y.transpose(0, 3, 1, 2)
         z = super().forward(x)                                     # (N, O, Ho, Wo), channels-last memory
         y, winner = y.transpose(0, 3, 1, 2), winner.transpose(0, 3, 1, 2)
         dev.parallel_map(lambda r: dev.relu_max_pool(z, y, winner, k, k, r), row_ranges(dev, y))
