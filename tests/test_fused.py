@@ -291,3 +291,21 @@ def test_a_kernel_without_a_compiled_pass_takes_the_three_steps(cpu, rng, kernel
     fused.backward(dy)
     conv.backward(relu.backward(pool.backward(dy)))
     assert numpy.array_equal(fused.grads["W"], conv.grads["W"])
+
+
+def test_defaults_and_dtypes(cpu, rng):
+    """No padding by default (as Conv2d); the fused pass keeps the layer's dtype (its padded input
+    too); float16, which has no compiled pass, takes the three steps and stays float16."""
+    x = rng.standard_normal((2, 1, 8, 8)).astype(numpy.float32)
+    layer = ConvReLUMaxPool2d(1, 4, 3, device=cpu)
+    layer.needs_input_grad = False
+    assert layer.padding == 0 and layer.forward(x).shape == (2, 4, 3, 3)
+    assert layer._zshape is None and layer._xpad.dtype == numpy.float32 and layer._xpad.shape == (2, 8, 8, 1)
+    padded = ConvReLUMaxPool2d(1, 4, 3, padding=1, device=cpu)
+    padded.needs_input_grad = False
+    padded.forward(x)
+    assert padded._xpad.shape == (2, 10, 10, 1)
+    half = ConvReLUMaxPool2d(1, 4, 3, padding=1, dtype=numpy.float16, device=cpu)
+    half.needs_input_grad = False
+    y = half.forward(x.astype(numpy.float16))
+    assert half._zshape is not None and y.dtype == numpy.float16
