@@ -1,6 +1,7 @@
 """Compiled CPU kernels for the NumPy backend (Numba): the Winograd tile transforms of F(2x2), F(4x4)
-and F(6x6), the element-wise layers ReLU and max pooling (side-by-side windows), and SGD's
-momentum step.
+and F(6x6), the element-wise layers ReLU and max pooling (side-by-side windows, also fused as ReLU
+then max pool), a one-pass 3x3 convolution + ReLU + 2x2 max pool for few input channels (the MNIST
+CNN's first block) with its weight gradients, and SGD's momentum step.
 
 The generic Winograd code (:class:`xnn.backends.base.Device`) gathers every alpha x alpha
 input tile into a contiguous copy and applies the transforms as GEMMs with Kronecker
@@ -30,6 +31,9 @@ views in memory order.  Their results equal the generic ``xp`` code's bit for bi
 signed zeros included: the same comparisons, and a gradient that does not pass is dy * 0, not 0).
 SGD's momentum step likewise: one pass where NumPy makes eight (the same float operations in the
 same order, so the same bits).
+
+The fused conv + ReLU + pool pass is not bit-equal to the three steps (its sums run in another
+order than the GEMM's); the tests compare it with them and with float64 loops, winners included.
 
 Each kernel releases the GIL (``nogil``), so the backend's ``parallel_map`` workers run
 them side by side, as they run the GEMMs.  Compiled on first use per dtype (about 7 s for
@@ -517,9 +521,9 @@ def _conv_relu_max_pool_grads_body(x, dy, win, dw, db, kh, kw, pk, i0, i1, k):
                                     dw[a, bb, c, o] += xv * g[q, o]
 
 
-# One compiled entry a (kh, kw, pool) shape: with the sizes as literals the loops above run 1.5-3x
+# One compiled entry a (kh, kw, pool) shape: with the sizes as literals the loops above run 2.5-3x
 # faster than with sizes read at run time (the MNIST CNN's first block, 64 images, one thread:
-# 1.6 against 5.1 ms forward, 1.5 against 3.8 backward), slower than the three separate steps.
+# 1.6 against 5.1 ms forward, 1.5 against 3.8 backward), which were slower than the three steps.
 @_jit
 def _conv3x3_relu_max_pool2(x, w, b, y, win, i0, i1, k):
     _conv_relu_max_pool_body(x, w, b, y, win, 3, 3, 2, i0, i1, k)
