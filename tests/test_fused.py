@@ -1,6 +1,6 @@
-"""ConvReLUMaxPool2d (xnn/layers/fused.py) and the device kernels behind it: equal to Conv2d -> ReLU ->
-MaxPool2d, to direct float64 loops, and to finite differences, on every backend; the fused CPU pass
-only where it applies."""
+"""ConvReLUMaxPool2d (xnn/layers/fused.py) and the fused ReLU + max pool kernels behind it: equal to
+Conv2d -> ReLU -> MaxPool2d bit for bit, to direct float64 loops, and to finite differences, on every
+backend."""
 import numpy
 import pytest
 
@@ -30,7 +30,7 @@ def pool_loops(z, k):
 
 
 # (C, O, H, W, kernel, padding, pool): MNIST's first block, a floor-mode remainder, three input
-# channels, a 5x5 kernel (no compiled pass: the three steps), a 3x3 pool
+# channels, a 5x5 kernel, a 3x3 pool, a 2x3 input, a pool of 1
 SHAPES = [(1, 32, 28, 28, 3, 1, 2), (1, 6, 9, 7, 3, 1, 2), (3, 5, 10, 11, 3, 1, 2), (2, 4, 8, 9, 5, 2, 2),
           (1, 4, 9, 9, 3, 1, 3), (2, 3, 7, 10, 3, 1, 2), (1, 3, 2, 3, 3, 1, 2), (1, 3, 5, 5, 3, 1, 1)]
 
@@ -75,8 +75,8 @@ def test_equals_direct_float64_loops(dev, rng, first, c, o, h, w, k, pad, pool):
 
 @pytest.mark.parametrize("c,o,h,w,k,pad,pool", SHAPES[1:])
 def test_gradients_by_finite_differences(dev, rng, c, o, h, w, k, pad, pool):
-    """float64: the three-step path (input gradient wanted) by check_layer; the first-layer path
-    (the fused pass on the CPU) by the parameters' finite differences."""
+    """float64: with the input gradient by check_layer; as a first layer (no input gradient) by the
+    parameters' finite differences."""
     x = rng.standard_normal((2, c, h, w))
     check_layer(ConvReLUMaxPool2d(c, o, k, padding=pad, pool=pool, seed=5), x, dev)
     layer = ConvReLUMaxPool2d(c, o, k, padding=pad, pool=pool, seed=5).to(dev, numpy.float64)
@@ -92,8 +92,7 @@ def test_gradients_by_finite_differences(dev, rng, c, o, h, w, k, pad, pool):
 @pytest.mark.parametrize("first", [True, False])
 @pytest.mark.parametrize("bias", [True, False])
 def test_same_as_conv_relu_maxpool_layers(dev, rng, first, bias):
-    """The same weights give the three layers' output and gradients: bit for bit on the three-step
-    path, to float32 rounding on the fused pass."""
+    """The same weights give the three layers' output and gradients, bit for bit."""
     x = dev.asarray(rng.standard_normal((3, 1, 12, 10)).astype(numpy.float32))
     conv, relu, pool = three_layers(1, 8, 3, 1, 2, 4, numpy.float32, dev, bias)
     fused = ConvReLUMaxPool2d(1, 8, 3, padding=1, pool=2, seed=4, bias=bias, device=dev)
@@ -102,35 +101,11 @@ def test_same_as_conv_relu_maxpool_layers(dev, rng, first, bias):
     got = fused.forward(x)
     dy = dev.asarray(rng.standard_normal(want.shape).astype(numpy.float32))
     dx_want, dx_got = conv.backward(relu.backward(pool.backward(dy))), fused.backward(dy)
-    exact = fused._zshape is not None
-    assert exact == (not first or dev.kind != "cpu")      # the CPU's first layer: the fused pass
     for a, b in [(want, got)] + [(conv.grads[n], fused.grads[n]) for n in conv.grads]:
-        a, b = xnn.to_numpy(a), xnn.to_numpy(b)
-        assert (numpy.array_equal(a, b) if exact else rel_error(a, b) < 1e-6)
+        assert numpy.array_equal(xnn.to_numpy(a), xnn.to_numpy(b))
     assert (dx_want is None) == (dx_got is None) == first
     if not first:
         assert numpy.array_equal(xnn.to_numpy(dx_want), xnn.to_numpy(dx_got))
-
-
-def test_the_fused_pass_runs_only_where_it_applies(cpu, rng, monkeypatch):
-    """A compiled 3x3 / pool-2 first layer with few input channels: one pass; an input gradient,
-    many channels, reflection, stride 2, another kernel, or XNN_NUMBA=0: the three steps."""
-    x = lambda c: rng.standard_normal((2, c, 8, 8)).astype(numpy.float32)   # noqa: E731
-    cases = [(dict(), 1, True), (dict(), 4, True), (dict(), 5, False), (dict(padding_mode="reflect"), 1, False),
-             (dict(stride=2), 1, False), (dict(kernel_size=5, padding=2), 1, False), (dict(pool=3), 1, False)]
-    for kw, c, fused in cases:
-        args = dict(kernel_size=3, padding=1) | kw
-        layer = ConvReLUMaxPool2d(c, 4, device=cpu, **args)
-        layer.needs_input_grad = False
-        layer.forward(x(c))
-        assert (layer._zshape is None) == fused, (kw, c)
-    layer = ConvReLUMaxPool2d(1, 4, 3, padding=1, device=cpu)          # wants its input gradient
-    layer.forward(x(1))
-    assert layer._zshape is not None
-    monkeypatch.setattr(cpu, "compiled_kernels", False)
-    layer.needs_input_grad = False
-    layer.forward(x(1))
-    assert layer._zshape is not None
 
 
 def test_frozen_first_layer_keeps_no_input(cpu, rng):
@@ -143,6 +118,10 @@ def test_frozen_first_layer_keeps_no_input(cpu, rng):
 def test_bad_shapes_and_pool_say_what_is_wrong(cpu):
     with pytest.raises(ValueError, match="pool must be a positive int"):
         ConvReLUMaxPool2d(1, 4, 3, pool=0)
+    layer = ConvReLUMaxPool2d(1, 4, 3, padding=1, device=cpu)
+    layer.forward(numpy.zeros((1, 1, 8, 8), numpy.float32))
+    with pytest.raises(ValueError, match=r"dy of the output's shape \(1, 4, 4, 4\), got \(1, 4, 4, 3\)"):
+        layer.backward(numpy.zeros((1, 4, 4, 3), numpy.float32))
     layer = ConvReLUMaxPool2d(1, 4, 3, padding=1, pool=4, device=cpu)
     with pytest.raises(ValueError, match="smaller than its 4x4 pool"):
         layer.forward(numpy.zeros((1, 1, 3, 3), numpy.float32))
@@ -194,22 +173,10 @@ def test_compiled_relu_max_pool_equals_the_generic_one_and_the_two_layers_bit_fo
     assert _same_bits(y, y2) and _same_bits(dx[:, :, :ho * kh, :wo * kw], dx2)
 
 
-def test_the_base_device_offers_no_fused_conv_pass(cpu):
-    """The generic device has no one-pass conv-ReLU-pool: it says so, and its kernels refuse to run."""
-    base = generic(cpu)
-    assert base("offers_conv_relu_max_pool")((3, 3), 2, numpy.float32) is False
-    assert cpu.offers_conv_relu_max_pool((3, 3), 2, numpy.float32)
-    assert not cpu.offers_conv_relu_max_pool((3, 3), 2, numpy.float16)
-    assert not cpu.offers_conv_relu_max_pool((3, 3), 3, numpy.float32)
-    for name, args in [("conv_relu_max_pool", (None,) * 5), ("conv_relu_max_pool_grads", (None,) * 5)]:
-        with pytest.raises(NotImplementedError, match="no fused conv-ReLU-pool kernel"):
-            base(name)(*args, 2, (0, 2))
-
-
 @pytest.mark.parametrize("first", [True, False])
 def test_bands_side_by_side_give_the_one_band_result(cpu, rng, monkeypatch, first):
-    """Output rows cut into bands for three workers (the weight gradients summed over the bands) equal
-    one band: dtype kept, winners one byte each."""
+    """Output rows cut into bands for three workers equal one band: dtype kept, winners one byte each
+    in the output's memory order."""
     from xnn.layers import layout
     x = rng.standard_normal((2, 1, 14, 12)).astype(numpy.float32)
     dy = rng.standard_normal((2, 4, 7, 6)).astype(numpy.float32)
@@ -220,6 +187,7 @@ def test_bands_side_by_side_give_the_one_band_result(cpu, rng, monkeypatch, firs
         y = layer.forward(x)
         dx = layer.backward(dy)
         assert layer._winner.dtype == numpy.uint8 and y.dtype == numpy.float32
+        assert layer._winner.strides == tuple(s // 4 for s in y.strides)
         assert all(g.dtype == numpy.float32 for g in layer.grads.values())
         return [y, dx] + [layer.grads[n] for n in ("W", "b")]
 
@@ -243,69 +211,21 @@ def test_pool_sizes_accepted_and_refused(cpu, rng):
     layer = ConvReLUMaxPool2d(1, 3, 3, padding=1, pool=2, device=cpu)
     assert layer.forward(x[:, :, :2, :2]).shape == (1, 3, 1, 1)
     for shape in [(1, 1, 1, 4), (1, 1, 4, 1)]:
-        with pytest.raises(ValueError, match="smaller than its 2x2 pool"):
+        h, w = shape[2:]
+        with pytest.raises(ValueError, match=f"the {h}x{w} conv output of a {h}x{w} input is smaller than its 2x2 pool"):
             layer.forward(numpy.zeros(shape, numpy.float32))
     for shape in [(1, 4, 4), (1, 1, 4)]:
         with pytest.raises(ValueError, match=r"expects \(N, 1, H, W\)"):
             layer.forward(numpy.zeros(shape, numpy.float32))
 
 
-def test_ties_pass_the_gradient_to_the_first_pixel_of_the_window_on_every_path(cpu, rng, monkeypatch):
-    """Small integers (exact sums, many equal conv outputs in a window): the fused pass and the three
-    steps pick the same winners, so their weight gradients are equal to the bit."""
-    x = rng.integers(-1, 2, (2, 1, 10, 10)).astype(numpy.float32)
-    dy = rng.integers(-2, 3, (2, 4, 5, 5)).astype(numpy.float32)
-
-    def run():
-        layer = ConvReLUMaxPool2d(1, 4, 3, padding=1, device=cpu)
-        layer.params["W"][...] = rng_w
-        layer.params["b"][...] = 0
-        layer.needs_input_grad = False
-        layer.forward(x)
-        layer.backward(dy)
-        return layer
-
-    rng_w = numpy.random.default_rng(3).integers(-1, 2, (4, 1, 3, 3)).astype(numpy.float32)
-    fused = run()
-    monkeypatch.setattr(cpu, "compiled_kernels", False)
-    steps = run()
-    assert fused._zshape is None and steps._zshape is not None
-    assert numpy.array_equal(fused._winner.transpose(0, 3, 1, 2), steps._winner)
-    assert (fused._winner < 4).sum() > 20
-    for name in ("W", "b"):
-        assert numpy.array_equal(fused.grads[name], steps.grads[name])
-
-
-@pytest.mark.parametrize("kernel", [(5, 3), (3, 5)])
-def test_a_kernel_without_a_compiled_pass_takes_the_three_steps(cpu, rng, kernel):
-    """Only the compiled (kh, kw, pool) shapes run fused (3x3, pool 2): a 5x3 first layer equals the
-    three layers bit for bit."""
-    x = rng.standard_normal((2, 1, 9, 8)).astype(numpy.float32)
-    fused = ConvReLUMaxPool2d(1, 4, kernel, padding=1, seed=6, device=cpu)
-    conv, relu, pool = three_layers(1, 4, kernel, 1, 2, 6, numpy.float32, cpu)
-    fused.needs_input_grad = conv.needs_input_grad = False
-    y = fused.forward(x)
-    assert fused._zshape is not None
-    assert numpy.array_equal(y, pool.forward(relu.forward(conv.forward(x))))
-    dy = rng.standard_normal(y.shape).astype(numpy.float32)
-    fused.backward(dy)
-    conv.backward(relu.backward(pool.backward(dy)))
-    assert numpy.array_equal(fused.grads["W"], conv.grads["W"])
-
-
 def test_defaults_and_dtypes(cpu, rng):
-    """No padding by default (as Conv2d); the fused pass keeps the layer's dtype (its padded input
-    too); float16, which has no compiled pass, takes the three steps and stays float16."""
+    """No padding by default (as Conv2d); float16, which has no compiled kernel, takes the generic
+    ReLU + pool and stays float16."""
     x = rng.standard_normal((2, 1, 8, 8)).astype(numpy.float32)
     layer = ConvReLUMaxPool2d(1, 4, 3, device=cpu)
-    layer.needs_input_grad = False
     assert layer.padding == 0 and layer.forward(x).shape == (2, 4, 3, 3)
-    assert layer._zshape is None and layer._xpad.dtype == numpy.float32 and layer._xpad.shape == (2, 8, 8, 1)
-    padded = ConvReLUMaxPool2d(1, 4, 3, padding=1, device=cpu)
-    padded.needs_input_grad = False
-    padded.forward(x)
-    assert padded._xpad.shape == (2, 10, 10, 1)
+    assert ConvReLUMaxPool2d(1, 4, 3, padding=1, device=cpu).forward(x).shape == (2, 4, 4, 4)
     half = ConvReLUMaxPool2d(1, 4, 3, padding=1, dtype=numpy.float16, device=cpu)
-    half.needs_input_grad = False
     y = half.forward(x.astype(numpy.float16))
-    assert half._zshape is not None and y.dtype == numpy.float16
+    assert y.dtype == numpy.float16 and half.backward(numpy.ones_like(y)).dtype == numpy.float16

@@ -168,26 +168,6 @@ class Device:
         for q, view in enumerate(self._pool_offsets(dx, dy.shape[3], kh, kw, rows)):
             self.xp.multiply(d, win == q, out=view)
 
-    def offers_conv_relu_max_pool(self, kernel, pool: int, dtype) -> bool:
-        """True where the device has a one-pass kernel for a ``kernel`` = (kh, kw) convolution
-        (stride 1), ReLU and a pool x pool max pool on ``dtype`` data (:meth:`conv_relu_max_pool`);
-        elsewhere the layer (:class:`~xnn.layers.fused.ConvReLUMaxPool2d`) runs the three steps.
-        The generic device has none."""
-        return False
-
-    def conv_relu_max_pool(self, xpad, w, b, y, winner, pool: int, rows) -> None:
-        """Convolution (stride 1), ReLU and a pool x pool max pool in one pass (a compiled loop for
-        few input channels: the conv's output is never stored), for output rows [i0, i1) = ``rows``,
-        where :meth:`offers_conv_relu_max_pool` says so.  C-contiguous channels-last arrays of one
-        dtype: xpad (N, Hp, Wp, C) the padded input, w (kh, kw, C, O), b (O,), y (N, Po, Qo, O), and
-        winner (uint8, y's shape) as :meth:`relu_max_pool` gives it."""
-        raise NotImplementedError(f"{self.name} has no fused conv-ReLU-pool kernel")
-
-    def conv_relu_max_pool_grads(self, xpad, dy, winner, dw, db, pool: int, rows) -> None:
-        """dw (kh, kw, C, O) += and db (O,) += the gradients of :meth:`conv_relu_max_pool` over output
-        rows [i0, i1): each window passes dy to the conv pixel ``winner`` names, and only there."""
-        raise NotImplementedError(f"{self.name} has no fused conv-ReLU-pool kernel")
-
     @staticmethod
     def _pool_offsets(x, wo: int, kh: int, kw: int, rows):
         """The strided views of x that window offset (a, b) reads for output rows [i0, i1), in

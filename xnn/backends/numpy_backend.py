@@ -178,15 +178,6 @@ class NumpyDevice(Device):
         dy, dx, winner = views
         return numpy_kernels.relu_max_pool_backward(dy, winner, dx, kh, kw, rows)
 
-    def offers_conv_relu_max_pool(self, kernel, pool, dtype):
-        return self.compiled_kernels and numpy_kernels.offers_conv_relu_max_pool(kernel, pool, dtype)
-
-    def conv_relu_max_pool(self, xpad, w, b, y, winner, pool, rows):
-        numpy_kernels.conv_relu_max_pool(xpad, w, b, y, winner, pool, rows)
-
-    def conv_relu_max_pool_grads(self, xpad, dy, winner, dw, db, pool, rows):
-        numpy_kernels.conv_relu_max_pool_grads(xpad, dy, winner, dw, db, pool, rows)
-
     def sgd_momentum(self, p, g, v, lr, momentum, weight_decay, nesterov):
         if self.compiled_kernels and p.flags.c_contiguous and v.flags.c_contiguous \
                 and p.dtype == g.dtype == v.dtype and p.shape == g.shape == v.shape:

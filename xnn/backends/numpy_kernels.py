@@ -1,7 +1,6 @@
 """Compiled CPU kernels for the NumPy backend (Numba): the Winograd tile transforms of F(2x2), F(4x4)
 and F(6x6), the element-wise layers ReLU and max pooling (side-by-side windows, also fused as ReLU
-then max pool), a one-pass 3x3 convolution + ReLU + 2x2 max pool for few input channels (the MNIST
-CNN's first block) with its weight gradients, and SGD's momentum step.
+then max pool), and SGD's momentum step.
 
 The generic Winograd code (:class:`xnn.backends.base.Device`) gathers every alpha x alpha
 input tile into a contiguous copy and applies the transforms as GEMMs with Kronecker
@@ -31,9 +30,6 @@ views in memory order.  Their results equal the generic ``xp`` code's bit for bi
 signed zeros included: the same comparisons, and a gradient that does not pass is dy * 0, not 0).
 SGD's momentum step likewise: one pass where NumPy makes eight (the same float operations in the
 same order, so the same bits).
-
-The fused conv + ReLU + pool pass is not bit-equal to the three steps (its sums run in another
-order than the GEMM's); the tests compare it with them and with float64 loops, winners included.
 
 Each kernel releases the GIL (``nogil``), so the backend's ``parallel_map`` workers run
 them side by side, as they run the GEMMs.  Compiled on first use per dtype (about 7 s for
@@ -87,12 +83,6 @@ def _jit(fn):
 # B^T = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
 #        [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]
 # A^T = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]
-def _inline(fn):
-    """numba.njit(inline="always"): a kernel body compiled into each caller, so that the sizes the
-    caller passes as literals are constants to the compiler (fixed trip counts, unrolled loops)."""
-    return fn if numba is None else numba.njit(nogil=True, inline="always")(fn)
-
-
 @_jit
 def _tile4(d, v, p, t, k):
     """V[:, p] = B^T d B of one 6 x 6 x C tile d."""
@@ -414,18 +404,6 @@ def _max_pool_backward(x, y, dy, dx, kh, kw, i0, i1, k):
                             dx[n, i * kh + a, j * kw + b, c] = d if hit else d * zero
 
 
-@_inline
-def _relu_of_pool(y, win, n, i, j, zero):
-    """ReLU after the pool (the two commute): a window whose maximum is not > 0 gives +0 (a NaN stays)
-    and passes no gradient (win 255)."""
-    for c in range(y.shape[3]):
-        m = y[n, i, j, c]
-        if not (m > zero):
-            win[n, i, j, c] = 255
-            if m == m:
-                y[n, i, j, c] = zero
-
-
 @_jit
 def _relu_max_pool(x, y, win, kh, kw, i0, i1, k):
     """ReLU then max pooling, fused: y[n, i, j, c] = the pool of maximum(x, 0) over the window (NaN
@@ -445,7 +423,12 @@ def _relu_max_pool(x, y, win, kh, kw, i0, i1, k):
                             y[n, i, j, c] = v
                             if v > m or v != v:         # a tie keeps the first
                                 win[n, i, j, c] = q
-                _relu_of_pool(y, win, n, i, j, zero)
+                for c in range(y.shape[3]):             # ReLU after the pool (the two commute)
+                    m = y[n, i, j, c]
+                    if not (m > zero):                  # not > 0: +0 (a NaN stays), no gradient
+                        win[n, i, j, c] = 255
+                        if m == m:
+                            y[n, i, j, c] = zero
 
 
 @_jit
@@ -459,83 +442,6 @@ def _relu_max_pool_backward(dy, win, dx, kh, kw, i0, i1, k):
                     for c in range(dy.shape[3]):
                         d = dy[n, i, j, c]
                         dx[n, i * kh + q // kw, j * kw + q % kw, c] = d if win[n, i, j, c] == q else d * zero
-
-
-@_inline
-def _conv_relu_max_pool_body(x, w, b, y, win, kh, kw, pk, i0, i1, k):
-    """Convolution, ReLU and max pooling in one pass, for few input channels (the conv's output is
-    never stored): for each pool window offset q, v[q] = b + sum_{a, b, c} x[n, r + a, s + b, c] w[a, b, c]
-    at the conv output pixel (r, s) = (i*pk + q // pk, j*pk + q % pk) of the padded channels-last x;
-    then y and win as :func:`_relu_max_pool`.  w (kh, kw, C, O); y, win (N, Po, Qo, O)."""
-    zero = k[4]
-    cin, out = w.shape[2], w.shape[3]
-    v = numpy.empty((pk * pk, out), y.dtype)
-    for n in range(y.shape[0]):
-        for i in range(i0, i1):
-            for j in range(y.shape[2]):
-                for q in range(pk * pk):
-                    r, s = i * pk + q // pk, j * pk + q % pk
-                    for o in range(out):
-                        v[q, o] = b[o]
-                    for a in range(kh):
-                        for bb in range(kw):
-                            for c in range(cin):
-                                xv = x[n, r + a, s + bb, c]
-                                for o in range(out):
-                                    v[q, o] += xv * w[a, bb, c, o]
-                for o in range(out):
-                    m, best = v[0, o], 0
-                    for q in range(1, pk * pk):
-                        u = v[q, o]
-                        if u > m or (u != u and m == m):   # a tie keeps the first, a NaN wins
-                            m, best = u, q
-                    if m > zero:
-                        y[n, i, j, o], win[n, i, j, o] = m, best
-                    else:
-                        y[n, i, j, o], win[n, i, j, o] = (m if m != m else zero), 255
-
-
-@_inline
-def _conv_relu_max_pool_grads_body(x, dy, win, dw, db, kh, kw, pk, i0, i1, k):
-    """dw (kh, kw, C, O) += and db (O,) += the weight and bias gradients of the fused pass over output
-    rows i0 <= i < i1: only the conv pixel each window passed (win) has a gradient, dy."""
-    zero = k[4]
-    cin, out = dw.shape[2], dw.shape[3]
-    g = numpy.empty((pk * pk, out), dy.dtype)
-    for n in range(dy.shape[0]):
-        for i in range(i0, i1):
-            for j in range(dy.shape[2]):
-                for o in range(out):
-                    h, d = win[n, i, j, o], dy[n, i, j, o]
-                    for q in range(pk * pk):
-                        g[q, o] = d if h == q else zero
-                    if h != 255:
-                        db[o] += d
-                for q in range(pk * pk):
-                    r, s = i * pk + q // pk, j * pk + q % pk
-                    for a in range(kh):
-                        for bb in range(kw):
-                            for c in range(cin):
-                                xv = x[n, r + a, s + bb, c]
-                                for o in range(out):
-                                    dw[a, bb, c, o] += xv * g[q, o]
-
-
-# One compiled entry a (kh, kw, pool) shape: with the sizes as literals the loops above run 2.5-3x
-# faster than with sizes read at run time (the MNIST CNN's first block, 64 images, one thread:
-# 1.6 against 5.1 ms forward, 1.5 against 3.8 backward), which were slower than the three steps.
-@_jit
-def _conv3x3_relu_max_pool2(x, w, b, y, win, i0, i1, k):
-    _conv_relu_max_pool_body(x, w, b, y, win, 3, 3, 2, i0, i1, k)
-
-
-@_jit
-def _conv3x3_relu_max_pool2_grads(x, dy, win, dw, db, i0, i1, k):
-    _conv_relu_max_pool_grads_body(x, dy, win, dw, db, 3, 3, 2, i0, i1, k)
-
-
-#: (kh, kw, pool) -> (forward, gradients) of the fused conv-ReLU-pool kernels
-CONV_RELU_MAX_POOL = {(3, 3, 2): (_conv3x3_relu_max_pool2, _conv3x3_relu_max_pool2_grads)}
 
 
 def channels_inner(*arrays):
@@ -586,26 +492,6 @@ def relu_max_pool(x, y, win, kh: int, kw: int, rows):
 def relu_max_pool_backward(dy, win, dx, kh: int, kw: int, rows):
     """dx over the windows of output rows [rows[0], rows[1]) of :func:`relu_max_pool`."""
     _relu_max_pool_backward(dy, win, dx, kh, kw, rows[0], rows[1], _constants(dy.dtype))
-
-
-def offers_conv_relu_max_pool(kernel, pool: int, dtype) -> bool:
-    """True when a fused kernel exists for this (kh, kw) kernel and pool size on ``dtype`` data."""
-    return compiled_for(dtype) and (tuple(kernel) + (pool,)) in CONV_RELU_MAX_POOL
-
-
-def conv_relu_max_pool(xpad, w, b, y, win, pool: int, rows):
-    """Output rows [rows[0], rows[1]) of conv (stride 1) -> ReLU -> pool x pool max pool, C-contiguous
-    channels-last arrays: xpad (N, Hp, Wp, C), w (kh, kw, C, O), b (O,), y and win (N, Po, Qo, O);
-    a shape of :data:`CONV_RELU_MAX_POOL`."""
-    forward = CONV_RELU_MAX_POOL[(w.shape[0], w.shape[1], pool)][0]
-    forward(xpad, w, b, y, win, rows[0], rows[1], _constants(y.dtype))
-
-
-def conv_relu_max_pool_grads(xpad, dy, win, dw, db, pool: int, rows):
-    """dw (kh, kw, C, O) += and db += the gradients of :func:`conv_relu_max_pool` over output rows
-    [rows[0], rows[1]) for the channels-last, C-contiguous dy (N, Po, Qo, O)."""
-    grads = CONV_RELU_MAX_POOL[(dw.shape[0], dw.shape[1], pool)][1]
-    grads(xpad, dy, win, dw, db, rows[0], rows[1], _constants(dy.dtype))
 
 
 def supports(m: int, dtype) -> bool:

@@ -22,9 +22,8 @@ def cnn(channels=(32, 64), fc: int = 128, num_classes: int = 10, seed: int = 0, 
     """[conv3x3 -> ReLU -> maxpool2] per entry of ``channels``, then fc -> ReLU -> classes.
 
     Each conv-ReLU-pool block is one layer, :class:`~xnn.layers.ConvReLUMaxPool2d`, named
-    "conv{i}": the same function and parameters ("conv1.W", ...) as the three layers, with the
-    ReLU and the pool done in one pass (and the first block, with one input channel and no input
-    gradient, entirely in one compiled pass on the CPU)."""
+    "conv{i}": the same function, parameters ("conv1.W", ...) and numbers as the three layers, with
+    the ReLU and the pool done in one pass."""
     layers, cin, size = [], 1, 28
     for i, c in enumerate(channels, 1):
         layers.append((f"conv{i}", ConvReLUMaxPool2d(cin, c, 3, padding=1, pool=2, seed=seed + i)))
